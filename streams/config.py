@@ -1,0 +1,145 @@
+"""One typed configuration object.
+
+Sources, later ones win: defaults below, a TOML file (``--config`` or ``FRAMEBUS_CONFIG``), then
+``FRAMEBUS_*`` environment variables (``FRAMEBUS_BROKER``, ``FRAMEBUS_DATA_DIR``, ``FRAMEBUS_MODELS``,
+``FRAMEBUS_INGEST_ROOTS``, ``FRAMEBUS_TOPIC_PREFIX`` are part of the public contract). No other module
+reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FRAMEBUS_", extra="ignore")
+
+    # --- broker -------------------------------------------------------------------------------
+    broker: str | None = Field(None, description="Kafka bootstrap servers; unset = embedded broker")
+    embedded_broker: str = Field("127.0.0.1:9092", description="where the embedded broker listens")
+    topic_prefix: str = ""
+    partitions: int = Field(4, ge=1, description="partitions of every topic framebus creates")
+    replication_factor: int = Field(1, ge=1)
+    app_id: str = Field("framebus", description="consumer group / faust app id")
+    # Kafka security, passed through to every client (aiokafka and faust).
+    security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL
+    sasl_mechanism: str | None = None  # PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+
+    # --- storage ------------------------------------------------------------------------------
+    data_dir: Path = Field(Path("./framebus-data"), description="vector store, blobs, caches")
+    qdrant_url: str | None = Field(None, description="Qdrant server URL; unset = embedded, on disk")
+    vector_backend: str = Field("qdrant", description="qdrant or faiss")
+
+    # --- models -------------------------------------------------------------------------------
+    models: str = Field("default", description="model profile: default or tiny")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+
+    # --- ingest limits and policy ---------------------------------------------------------
+    ingest_roots: list[Path] = Field(default_factory=list, description="dirs file URIs may come from")
+    max_file_bytes: int = 2 * 1024**3
+    max_duration_s: float = 4 * 3600.0
+    max_width: int = 7680
+    max_height: int = 4320
+    max_event_bytes: int = 1_000_000
+
+    # --- decode -------------------------------------------------------------------------------
+    decoder: str = Field("pyav", description="pyav or decord")
+    sample_fps: float = Field(1.0, gt=0, description="frames sampled per second of video")
+    segment_s: float = Field(2.0, gt=0, description="length of a fixed segment")
+    max_frames: int = Field(20_000, ge=1)
+    frame_size: int = Field(224, ge=16, description="short side of frames sent to models")
+    jpeg_quality: int = Field(85, ge=10, le=100)
+    decode_workers: int = Field(0, ge=0, description="process pool size; 0 = CPU count")
+
+    # --- batching ----------------------------------------------------------------------------
+    embed_batch_size: int = Field(32, ge=1)
+    embed_batch_wait_s: float = Field(0.05, ge=0)
+    index_batch_size: int = Field(64, ge=1)
+    index_batch_wait_s: float = Field(0.05, ge=0)
+
+    # --- HTTP ---------------------------------------------------------------------------------
+    http: str = Field("127.0.0.1:8080", description="where the HTTP API listens")
+
+    @field_validator("ingest_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [p for p in v.split(":") if p]
+        return v
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        # Colon-separated FRAMEBUS_INGEST_ROOTS is not JSON; read it as a plain string.
+        return (init_settings, _PlainEnv(settings_cls), file_secret_settings)
+
+    # --- derived ---------------------------------------------------------------------------------
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+    @property
+    def qdrant_path(self) -> Path:
+        return self.data_dir / "qdrant"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    def kafka_security(self) -> dict[str, Any]:
+        """Keyword arguments for aiokafka clients (faust takes the same via ``broker_credentials``)."""
+        out: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.sasl_mechanism:
+            out.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=self.sasl_username,
+                       sasl_plain_password=self.sasl_password)
+        if "SSL" in self.security_protocol:
+            from aiokafka.helpers import create_ssl_context
+
+            out["ssl_context"] = create_ssl_context(cafile=self.ssl_cafile, certfile=self.ssl_certfile,
+                                                    keyfile=self.ssl_keyfile)
+        return out
+
+    @property
+    def bootstrap(self) -> str:
+        return self.broker or self.embedded_broker
+
+
+class _PlainEnv:
+    """FRAMEBUS_* variables as plain strings; pydantic does the typing."""
+
+    def __init__(self, settings_cls):
+        self.fields = settings_cls.model_fields
+
+    def __call__(self) -> dict[str, Any]:
+        out = {}
+        for name in self.fields:
+            val = os.environ.get(f"FRAMEBUS_{name.upper()}")
+            if val is not None and val != "":
+                out[name] = val
+        return out
+
+
+def load_settings(config_file: str | os.PathLike | None = None, **overrides: Any) -> Settings:
+    """Defaults < TOML file < environment < explicit ``overrides`` (CLI flags; ``None`` = not given)."""
+    path = config_file or os.environ.get("FRAMEBUS_CONFIG")
+    file_values: dict[str, Any] = {}
+    if path:
+        with open(path, "rb") as fh:
+            file_values = tomllib.load(fh)
+    env_values = _PlainEnv(Settings)()
+    merged = {**file_values, **env_values, **{k: v for k, v in overrides.items() if v is not None}}
+    return Settings(**merged)
