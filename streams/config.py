@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     partitions: int = Field(4, ge=1, description="partitions of every topic framebus creates")
     replication_factor: int = Field(1, ge=1)
     app_id: str = Field("framebus", description="consumer group / faust app id")
+    session_timeout_s: float = Field(10.0, gt=0, description="consumer group session timeout")
+    closed_ttl_s: float = Field(3600.0, ge=0, description="how long publish remembers finished videos")
+    stream_buffer: int = Field(256, ge=1, description="bound of each agent's in-process event buffer")
     # Kafka security, passed through to every client (aiokafka and faust).
     security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL
     sasl_mechanism: str | None = None  # PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
@@ -40,6 +43,7 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("./framebus-data"), description="vector store, blobs, caches")
     qdrant_url: str | None = Field(None, description="Qdrant server URL; unset = embedded, on disk")
     vector_backend: str = Field("qdrant", description="qdrant or faiss")
+    collection_prefix: str = Field("framebus", description="vector collections are <prefix>_<model>_<version>")
 
     # --- models -------------------------------------------------------------------------------
     models: str = Field("default", description="model profile: default or tiny")

@@ -1,0 +1,83 @@
+"""decode: decode and sample a video in the process pool, send its segments as compact frames.
+
+Reads the internal decode topic; writes one SegmentFrames per segment (JPEG at model resolution inline,
+or a claim-check reference when a segment would exceed the event budget).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import uuid
+from pathlib import Path
+
+import faust
+
+from agents.media.pipeline import DecodeJob, DecodedSegment, decode_video
+from streams.errors import FramebusError
+from streams.runtime import Runtime
+from topics import codec, registry
+from topics import events as ev
+
+log = logging.getLogger("framebus.agents.decode")
+
+
+def frames_payload(seg: DecodedSegment, budget: int, blob_dir) -> list[ev.Frame]:
+    """Inline JPEGs while they fit ``budget`` bytes (base64 included); beyond it, claim-check refs."""
+    inline = sum(len(jpeg) * 4 // 3 + 64 for _, jpeg in seg.frames)
+    if inline <= budget:
+        return [ev.Frame(pts_s=pts, jpeg_b64=base64.b64encode(jpeg).decode()) for pts, jpeg in seg.frames]
+    blob_dir.mkdir(parents=True, exist_ok=True)
+    refs = []
+    for pts, jpeg in seg.frames:
+        path = blob_dir / f"{uuid.uuid4().hex}.jpg"
+        path.write_bytes(jpeg)
+        refs.append(ev.Frame(pts_s=pts, ref=path.as_uri()))
+    return refs
+
+
+async def handle(rt: Runtime, event: faust.EventT) -> None:
+    s = rt.settings
+    trace_id = rt.trace_id(event)
+    try:
+        task = codec.decode(ev.DecodeTask, event.value)
+    except FramebusError as err:
+        await rt.dead_letter("decode", registry.DECODE, event, err, trace_id)
+        return
+    job = DecodeJob(path=task.path, video_id=task.video_id, sample_fps=s.sample_fps, segment_s=s.segment_s,
+                    max_frames=s.max_frames, short_side=s.frame_size, jpeg_quality=s.jpeg_quality,
+                    decoder=s.decoder, thumb_dir=str(s.blob_dir / "thumbnails" / task.tenant))
+    try:
+        decoded = await rt.in_process(decode_video, job)
+    except FramebusError as err:
+        await rt.dead_letter("decode", registry.DECODE, event, err, trace_id)
+        await rt.fail_video(video_id=task.video_id, tenant=task.tenant, error=err, trace_id=trace_id,
+                            uri=task.uri)
+        return
+    info = decoded.info
+    facts = task.video.model_copy(update={"duration_s": info.duration_s, "fps": info.fps})
+    count = len(decoded.segments)
+    budget = s.max_event_bytes // 2
+    for seg in decoded.segments:
+        frames = frames_payload(seg, budget, s.blob_dir / "frames" / task.video_id)
+        segment = ev.Segment(index=seg.index, start_s=seg.start_s, end_s=seg.end_s, keyframe_s=seg.keyframe_s,
+                             thumbnail=_as_uri(seg.thumbnail))
+        msg = ev.SegmentFrames(video_id=task.video_id, tenant=task.tenant, uri=task.uri, segment=segment,
+                               segment_count=count, frames=frames, video=facts, trace_id=trace_id)
+        await rt.send(registry.FRAMES, task.video_id, msg, trace_id)
+    rt.count("frames.decoded", decoded.frames_decoded)
+    log.info("decode: %s -> %d segments, %d frames decoded", task.video_id, count, decoded.frames_decoded)
+
+
+def _as_uri(path: str | None) -> str | None:
+    return Path(path).resolve().as_uri() if path else None
+
+
+def register(rt: Runtime) -> None:
+    workers = rt.settings.decode_workers or os.cpu_count() or 1
+
+    @rt.app.agent(rt.topic(registry.DECODE), name="framebus.decode", concurrency=workers)
+    async def decode(stream):
+        async for event in stream.events():
+            await handle(rt, event)

@@ -1,0 +1,34 @@
+"""JPEG in and out (Pillow). Frames travel between agents as JPEG bytes."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from streams.errors import DecodeError
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = 85) -> bytes:
+    """HxWx3 uint8 RGB -> baseline JPEG bytes (4:2:0 chroma, like every camera and browser)."""
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"expected an HxWx3 uint8 array, got {rgb.shape} {rgb.dtype}")
+    if not 1 <= int(quality) <= 100:
+        raise ValueError(f"jpeg quality must be in 1..100, got {quality}")
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb), "RGB").save(buf, format="JPEG", quality=int(quality))
+    return buf.getvalue()
+
+
+def decode_jpeg(data: bytes) -> np.ndarray:
+    """JPEG bytes -> HxWx3 uint8 RGB. Raises ``DecodeError(code='decode.corrupt')`` on bad data."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.format != "JPEG":
+                raise DecodeError(f"not a JPEG image ({im.format})", code="decode.corrupt")
+            return np.asarray(im.convert("RGB"))
+    except DecodeError:
+        raise
+    except Exception as e:  # noqa: BLE001 - Pillow raises many types
+        raise DecodeError(f"cannot decode JPEG: {e}", code="decode.corrupt") from None

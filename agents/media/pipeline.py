@@ -1,0 +1,198 @@
+"""One call that turns a local video file into sampled JPEG frames grouped by segment.
+
+``decode_video(job)`` is what the decode agent runs in its process pool: a picklable
+``DecodeJob`` in, a picklable ``DecodedVideo`` out, and only ``FramebusError`` subclasses raised
+(so the error's ``code`` survives the trip back and lands in the DLQ / metadata document).
+
+Steps: probe (limits enforced) -> plan fixed segments -> choose target instants (``sample_fps``
+grid, capped at ``max_frames``, plus the midpoint of any segment no target falls in) -> decode and
+select by exact pts -> JPEG -> assign frames to segments (a segment with no frame of its own gets
+the nearest one) -> keyframe per segment (nearest its middle) and optional thumbnail file.
+When the video stream does not state its own length, ``info.duration_s`` is replaced by the end of
+the last decoded frame and the segments are planned on that.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import av
+
+from streams.errors import DecodeError, FramebusError
+
+from ._avutil import av_error
+from .decoders import DEFAULT_DECODER, get_decoder
+from .frames import encode_jpeg
+from .probe import Limits, VideoInfo, probe_detailed
+from .sampling import (assign_frames_to_segments, keyframe_index, plan_segments,
+                       sample_times, segment_midpoints_without_targets)
+
+
+@dataclass
+class DecodeJob:
+    path: str
+    video_id: str
+    sample_fps: float = 1.0
+    segment_s: float = 2.0
+    max_frames: int = 20_000
+    short_side: int = 224
+    jpeg_quality: int = 85
+    decoder: str = DEFAULT_DECODER
+    thumb_dir: str | None = None
+    limits: Limits = field(default_factory=Limits)
+
+    @classmethod
+    def from_settings(cls, settings: Any, path: str | os.PathLike, video_id: str,
+                      thumb_dir: str | os.PathLike | None = None) -> "DecodeJob":
+        """A job with every knob taken from ``streams.config.Settings``."""
+        return cls(path=os.fspath(path), video_id=video_id, sample_fps=settings.sample_fps,
+                   segment_s=settings.segment_s, max_frames=settings.max_frames,
+                   short_side=settings.frame_size, jpeg_quality=settings.jpeg_quality,
+                   decoder=settings.decoder,
+                   thumb_dir=os.fspath(thumb_dir) if thumb_dir is not None else None,
+                   limits=Limits.from_settings(settings))
+
+
+@dataclass
+class DecodedSegment:
+    index: int
+    start_s: float
+    end_s: float
+    keyframe_s: float
+    #: (pts seconds, JPEG bytes), in presentation order; never empty
+    frames: list[tuple[float, bytes]]
+    #: path of ``<thumb_dir>/<video_id>/<index>.jpg`` (the keyframe), if a thumb_dir was given
+    thumbnail: str | None = None
+
+
+@dataclass
+class DecodedVideo:
+    info: VideoInfo
+    segments: list[DecodedSegment]
+    frames_decoded: int
+
+    @property
+    def frames_sampled(self) -> int:
+        return len({pts for seg in self.segments for pts, _ in seg.frames})
+
+
+def decode_video(job: DecodeJob) -> DecodedVideo:
+    """Run ``job``; raises only ``FramebusError`` subclasses (``IngestError`` from the probe,
+    ``DecodeError`` with ``decode.corrupt`` / ``decode.truncated`` / ``decode.unsupported_codec``
+    / ``decode.bad_request`` / ``decode.unknown_decoder`` / ``decode.io_error`` (transient))."""
+    try:
+        return _decode_video(job)
+    except FramebusError:
+        raise
+    except av.FFmpegError as e:
+        raise av_error(e) from None
+    except OSError as e:
+        raise DecodeError(f"I/O error: {e}", code="decode.io_error", transient=True) from None
+    except MemoryError:
+        raise DecodeError("out of memory while decoding", code="decode.failed", transient=True) from None
+    except Exception as e:  # noqa: BLE001 - the contract is typed errors only
+        raise DecodeError(f"unexpected {type(e).__name__}: {e}", code="decode.failed") from None
+
+
+def _validate(job: DecodeJob) -> None:
+    problems = []
+    if not (job.sample_fps > 0) or not math.isfinite(job.sample_fps):
+        problems.append(f"sample_fps={job.sample_fps!r}")
+    if not (job.segment_s > 0) or not math.isfinite(job.segment_s):
+        problems.append(f"segment_s={job.segment_s!r}")
+    if job.max_frames < 1:
+        problems.append(f"max_frames={job.max_frames!r}")
+    if job.short_side < 1:
+        problems.append(f"short_side={job.short_side!r}")
+    if not 1 <= job.jpeg_quality <= 100:
+        problems.append(f"jpeg_quality={job.jpeg_quality!r}")
+    if not job.video_id or "\x00" in job.video_id:
+        problems.append("video_id is empty")
+    if problems:
+        raise DecodeError("bad decode job: " + ", ".join(problems), code="decode.bad_request")
+
+
+def _decode_video(job: DecodeJob) -> DecodedVideo:
+    _validate(job)
+    path = Path(job.path)
+    pr = probe_detailed(path, job.limits)
+    info = pr.info
+    decoder = get_decoder(job.decoder)
+
+    segments = plan_segments(info.duration_s, job.segment_s)
+    grid = sample_times(info.duration_s, job.sample_fps, job.max_frames)
+    extra = segment_midpoints_without_targets(segments, grid)
+
+    run = decoder.sample(path, job.sample_fps, job.max_frames, job.short_side,
+                         extra_times=extra, probe=pr)
+    frames: list[tuple[float, bytes]] = []
+    for sf in run:
+        frames.append((sf.pts_s, encode_jpeg(sf.rgb, job.jpeg_quality)))
+    stats = getattr(run, "stats", None)
+    frames_decoded = stats.frames_decoded if stats is not None else len(frames)
+    if not frames:
+        raise DecodeError("no frame could be sampled", code="decode.corrupt")
+
+    # Refine the duration from the decoded frames when the stream did not state it (or when the
+    # frames run past what it stated by more than a frame).
+    if stats is not None and stats.complete and stats.end_s:
+        slack = 1.5 / info.fps if info.fps > 0 else 0.1
+        if pr.duration_source != "stream" or stats.end_s > info.duration_s + slack:
+            if abs(stats.end_s - info.duration_s) > 1e-6:
+                info = dataclasses.replace(info, duration_s=float(stats.end_s))
+                segments = plan_segments(info.duration_s, job.segment_s)
+
+    frames.sort(key=lambda f: f[0])
+    pts = [p for p, _ in frames]
+    groups = assign_frames_to_segments(pts, segments)
+    thumb_root = _thumb_root(job)
+    out = []
+    for k, ((a, b), idxs) in enumerate(zip(segments, groups)):
+        key = keyframe_index(pts, idxs, (a, b))
+        thumb = None
+        if thumb_root is not None:
+            thumb = _write_atomic(thumb_root / f"{k}.jpg", frames[key][1])
+        out.append(DecodedSegment(index=k, start_s=a, end_s=b, keyframe_s=pts[key],
+                                  frames=[frames[i] for i in idxs], thumbnail=thumb))
+    return DecodedVideo(info=info, segments=out, frames_decoded=frames_decoded)
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def safe_component(name: str) -> str:
+    """``name`` as a single, harmless path component (no separators, no leading dot)."""
+    s = _UNSAFE.sub("_", name)[:200]
+    if not s or s.startswith("."):
+        s = "_" + s
+    return s
+
+
+def _thumb_root(job: DecodeJob) -> Path | None:
+    if not job.thumb_dir:
+        return None
+    root = Path(job.thumb_dir) / safe_component(job.video_id)
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _write_atomic(dest: Path, data: bytes) -> str:
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-", suffix=".jpg")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, dest)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return os.fspath(dest)

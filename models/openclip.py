@@ -1,0 +1,298 @@
+"""open_clip image/text embedder: pretrained weights (default profile) or the offline ``tiny`` model.
+
+Nothing here imports torch or open_clip at module import time; loading happens in the
+``OpenClipEmbedder.pretrained`` / ``OpenClipEmbedder.tiny`` constructors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import threading
+from copy import deepcopy
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from models.base import ModelInfo
+from streams.errors import ModelError, ModelNotAvailable
+
+# --- the tiny profile ----------------------------------------------------------------------------
+# A small CLIP that needs no download: random init under a fixed seed (deterministic across
+# processes and machines with the same torch build), or trained weights from
+# ``<data_dir>/models/tiny-clip.pt`` when that file exists. Its vectors carry no semantics until
+# trained; it exists so the whole pipeline runs offline (``FRAMEBUS_MODELS=tiny``).
+TINY_NAME = "framebus-tiny-clip"
+TINY_SEED = 1234
+TINY_CHECKPOINT = "tiny-clip.pt"
+TINY_CONFIG: dict[str, Any] = {
+    "embed_dim": 128,
+    "vision_cfg": {"image_size": 64, "patch_size": 8, "width": 128, "layers": 3, "head_width": 32},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 3},
+}
+
+DEFAULT_BATCH_SIZE = 64
+
+
+def _open_clip():
+    """Import open_clip, first patching torchvision where its compiled ops do not load."""
+    try:
+        from models._torchvision_compat import apply as _tv_compat
+    except ImportError:  # no shim in this checkout: torchvision imports fine on its own, or not at all
+        _tv_compat = None
+    if _tv_compat is not None:
+        _tv_compat()
+    import open_clip
+
+    return open_clip
+
+
+def _register_tiny_config(open_clip) -> None:
+    # get_model_config() deep-copies from this dict, so open_clip.create_model(TINY_NAME) and
+    # open_clip.get_tokenizer(TINY_NAME) (-> SimpleTokenizer, ships with open_clip) both work.
+    open_clip.factory._MODEL_CONFIGS[TINY_NAME] = deepcopy(TINY_CONFIG)
+
+
+def resolve_device(device: str | None) -> str:
+    """``auto`` -> ``cuda`` when available else ``cpu``; ``cpu``, ``cuda``, ``cuda:N`` pass through."""
+    import torch
+
+    dev = (device or "auto").strip().lower()
+    if dev == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if dev == "cpu":
+        return "cpu"
+    if dev.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ModelError(f"device {device!r} requested but CUDA is not available (torch {torch.__version__}); "
+                             "use device='cpu' or 'auto'", code="models.device_unavailable")
+        idx = dev.partition(":")[2]
+        if idx and (not idx.isdigit() or int(idx) >= torch.cuda.device_count()):
+            raise ModelError(f"device {device!r} does not exist ({torch.cuda.device_count()} CUDA devices)",
+                             code="models.device_unavailable")
+        return dev
+    raise ModelError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N", code="models.device_unavailable")
+
+
+class _DropRandomInitWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_random_init_warning() -> Iterator[None]:
+    """open_clip warns on the root logger that a model without weights is random: true and
+    intended for the untrained tiny model, so keep it out of framebus's logs."""
+    root = logging.getLogger()
+    flt = _DropRandomInitWarning()
+    root.addFilter(flt)
+    try:
+        yield
+    finally:
+        root.removeFilter(flt)
+
+
+def _state_dict_digest(model) -> str:
+    import torch
+
+    h = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        h.update(key.encode())
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(str(tuple(t.shape)).encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def weights_missing_message(arch: str, tag: str, *, cache_dir: Path | None, checkpoint: Path | None,
+                            cause: str = "") -> str:
+    """The ``models.weights_missing`` text: what is missing, how to provide it, how to run offline."""
+    repo = filename = ""
+    try:
+        cfg = _open_clip().get_pretrained_cfg(arch, tag) or {}
+        repo, filename = cfg.get("hf_hub", "").rsplit("/", 1) if cfg.get("hf_hub") else ("", "")
+        filename = filename or "open_clip_model.safetensors"  # what open_clip looks for first
+    except Exception:  # the message must not fail
+        pass
+    lines = [f"pretrained weights for open_clip model {arch} / {tag} are not available locally and could not "
+             f"be downloaded (offline, or the Hugging Face hub is unreachable)."]
+    if cause:
+        lines.append(f"cause: {cause}")
+    lines.append("provide them in one of these ways:")
+    if cache_dir is not None:
+        if repo:
+            lines.append(f"  - fill the Hugging Face cache framebus uses, {cache_dir}: run framebus once with hub "
+                         f"access, or `hf download {repo} {filename} --cache-dir {cache_dir}`")
+        else:
+            lines.append(f"  - fill the Hugging Face cache framebus uses, {cache_dir}, by running once with hub access")
+    if checkpoint is not None:
+        lines.append(f"  - put a local open_clip checkpoint (.safetensors, .pt or .bin) at {checkpoint} "
+                     f"(it lives under the data_dir setting, FRAMEBUS_DATA_DIR)")
+    lines.append("or run fully offline with the tiny model profile: FRAMEBUS_MODELS=tiny (models = \"tiny\").")
+    return "\n".join(lines)
+
+
+def _is_missing_weights(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__}: {exc}"
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None:
+        text += f" {type(cause).__name__}: {cause}"
+    markers = ("Failed to download", "LocalEntryNotFound", "OfflineModeIsEnabled", "Connection", "Timeout",
+               "offline", "hub is unreachable", "cannot find the requested files", "No such file")
+    return isinstance(exc, (FileNotFoundError, ConnectionError, TimeoutError)) or any(m in text for m in markers)
+
+
+class OpenClipEmbedder:
+    """``Embedder`` over an open_clip CLIP model. Use ``pretrained()`` or ``tiny()`` to build one."""
+
+    def __init__(self, model: Any, preprocess: Any, tokenizer: Any, info: ModelInfo, *, device: str,
+                 batch_size: int = DEFAULT_BATCH_SIZE):
+        import torch
+
+        self.model = model.eval()
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+        self.info = info
+        self.device = torch.device(device)
+        self.batch_size = max(1, int(batch_size))
+        self.dim = int(model.text_projection.shape[1]) if getattr(model, "text_projection", None) is not None \
+            else int(model.visual.output_dim)
+        size = getattr(model.visual, "image_size", 224)
+        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        self._lock = threading.Lock()
+
+    # --- construction ------------------------------------------------------------------------------
+    @classmethod
+    def pretrained(cls, arch: str, tag: str, *, cache_dir: Path | str | None = None,
+                   checkpoint: Path | str | None = None, device: str = "auto",
+                   batch_size: int = DEFAULT_BATCH_SIZE) -> "OpenClipEmbedder":
+        """Load ``arch`` with weights ``tag`` the way open_clip does (HF hub / ``cache_dir``).
+
+        If ``checkpoint`` names an existing file it is loaded instead of the tag. Missing weights
+        raise ``ModelNotAvailable`` (``models.weights_missing``).
+        """
+        open_clip = _open_clip()
+        dev = resolve_device(device)
+        ckpt = Path(checkpoint) if checkpoint is not None else None
+        source = str(ckpt) if ckpt is not None and ckpt.is_file() else tag
+        cache = Path(cache_dir) if cache_dir is not None else None
+        if cache is not None:
+            cache.mkdir(parents=True, exist_ok=True)
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                arch, pretrained=source, cache_dir=str(cache) if cache is not None else None, device=dev)
+            tokenizer = open_clip.get_tokenizer(arch, cache_dir=str(cache) if cache is not None else None)
+        except Exception as e:
+            if source == tag and _is_missing_weights(e):
+                raise ModelNotAvailable(weights_missing_message(arch, tag, cache_dir=cache, checkpoint=ckpt,
+                                                                cause=str(e).splitlines()[0][:300])) from e
+            raise ModelError(f"cannot load open_clip model {arch} / {source}: {type(e).__name__}: {e}") from e
+        version = f"{arch}/{tag}" if source == tag else f"{arch}/{_file_digest(Path(source))[:12]}"
+        info = ModelInfo(name=f"open_clip/{arch}", version=version, task="embed")
+        return cls(model, preprocess, tokenizer, info, device=dev, batch_size=batch_size)
+
+    @classmethod
+    def tiny(cls, *, checkpoint: Path | str | None = None, device: str = "auto",
+             batch_size: int = DEFAULT_BATCH_SIZE) -> "OpenClipEmbedder":
+        """The offline tiny CLIP: trained weights from ``checkpoint`` if that file exists, else a
+        seeded random init. ``version`` hashes the weights actually loaded (12 hex chars)."""
+        import torch
+
+        open_clip = _open_clip()
+        _register_tiny_config(open_clip)
+        dev = resolve_device(device)
+        ckpt = Path(checkpoint) if checkpoint is not None else None
+        use_ckpt = ckpt is not None and ckpt.is_file()
+        try:
+            # Build on CPU in fp32 under a private RNG so the init is identical everywhere and the
+            # caller's global RNG state is left alone; then move to the target device.
+            with torch.random.fork_rng(devices=[]), _quiet_random_init_warning():
+                torch.manual_seed(TINY_SEED)
+                model, _, preprocess = open_clip.create_model_and_transforms(
+                    TINY_NAME, pretrained=str(ckpt) if use_ckpt else None, device="cpu")
+            tokenizer = open_clip.get_tokenizer(TINY_NAME)
+        except Exception as e:
+            where = f" from {ckpt}" if use_ckpt else ""
+            raise ModelError(f"cannot build the tiny model{where} (checkpoint must match models.openclip."
+                             f"TINY_CONFIG): {type(e).__name__}: {e}") from e
+        digest = _file_digest(ckpt) if use_ckpt else _tiny_init_digest(model)
+        model = model.to(dev)
+        info = ModelInfo(name=TINY_NAME, version=digest[:12], task="embed")
+        return cls(model, preprocess, tokenizer, info, device=dev, batch_size=batch_size)
+
+    # --- inference ---------------------------------------------------------------------------------
+    def _autocast(self):
+        import torch
+
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _to_pil(self, image: np.ndarray):
+        from PIL import Image
+
+        arr = np.asarray(image)
+        if arr.ndim == 2:
+            arr = np.stack([arr] * 3, axis=-1)
+        if arr.ndim != 3 or arr.shape[2] not in (3, 4) or arr.shape[0] == 0 or arr.shape[1] == 0:
+            raise ModelError(f"expected an RGB image HxWx3, got shape {arr.shape}", code="models.bad_input")
+        if arr.dtype != np.uint8:
+            raise ModelError(f"expected uint8 pixels, got {arr.dtype}", code="models.bad_input")
+        return Image.fromarray(np.ascontiguousarray(arr[..., :3]), mode="RGB")
+
+    def embed_images(self, images: list[np.ndarray]) -> np.ndarray:
+        import torch
+
+        out = []
+        for lo in range(0, len(images), self.batch_size):
+            # preprocessing (PIL resize + center crop + normalize) runs outside the lock
+            batch = torch.stack([self.preprocess(self._to_pil(im)) for im in images[lo:lo + self.batch_size]])
+            with self._lock, torch.inference_mode(), self._autocast():
+                feats = self.model.encode_image(batch.to(self.device, non_blocking=True))
+                out.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy())
+        return self._stack(out)
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        if isinstance(texts, str):
+            raise TypeError("embed_texts takes a list of strings")
+        out = []
+        for lo in range(0, len(texts), self.batch_size):
+            with self._lock:
+                tokens = self.tokenizer([str(t) for t in texts[lo:lo + self.batch_size]])
+                with torch.inference_mode(), self._autocast():
+                    feats = self.model.encode_text(tokens.to(self.device, non_blocking=True))
+                    out.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy())
+        return self._stack(out)
+
+    def _stack(self, parts: list[np.ndarray]) -> np.ndarray:
+        if not parts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+
+    def __repr__(self) -> str:
+        return f"OpenClipEmbedder({self.info.name}, version={self.info.version}, dim={self.dim}, device={self.device})"
+
+
+def _tiny_init_digest(model) -> str:
+    """Version of the seeded tiny model: config + seed + the weights they produced.
+
+    Hashing the weights too means a torch build that initialises differently gets a different
+    version (and so a different collection) instead of silently mixing incompatible vectors.
+    """
+    h = hashlib.sha256(json.dumps({"config": TINY_CONFIG, "seed": TINY_SEED}, sort_keys=True).encode())
+    h.update(_state_dict_digest(model).encode())
+    return h.hexdigest()

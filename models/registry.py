@@ -1,0 +1,85 @@
+"""Backend registry: ``(task, backend name) -> factory(settings, **options)``.
+
+Factories receive the ``Settings`` object plus the profile's options; they never read the
+environment. Later tasks register their backends with ``@register("captioner", "...")``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+from models.profiles import TASKS, get_profile
+from streams.errors import ModelError
+
+if TYPE_CHECKING:
+    from models.base import Embedder
+    from streams.config import Settings
+
+Factory = Callable[..., Any]
+_FACTORIES: dict[tuple[str, str], Factory] = {}
+
+
+def register(task: str, backend: str) -> Callable[[Factory], Factory]:
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}")
+
+    def deco(fn: Factory) -> Factory:
+        _FACTORIES[(task, backend)] = fn
+        return fn
+
+    return deco
+
+
+def backends(task: str | None = None) -> list[tuple[str, str]]:
+    return sorted(k for k in _FACTORIES if task is None or k[0] == task)
+
+
+def create(task: str, backend: str, settings: "Settings", **options: Any) -> Any:
+    try:
+        factory = _FACTORIES[(task, backend)]
+    except KeyError:
+        known = ", ".join(b for t, b in backends(task)) or "none"
+        raise ModelError(f"no {task} backend named {backend!r} (registered: {known})",
+                         code="models.unknown_backend") from None
+    return factory(settings, **options)
+
+
+def load_embedder(settings: "Settings") -> "Embedder":
+    """The embedder of profile ``settings.models`` on ``settings.device``.
+
+    Raises ``ModelError`` ``models.unknown_profile`` for an unknown profile and ``ModelNotAvailable``
+    ``models.weights_missing`` when pretrained weights are not available offline.
+    """
+    spec = get_profile(settings.models).embedder
+    return create("embedder", spec.backend, settings, **spec.options)
+
+
+# --- built-in backends -----------------------------------------------------------------------------
+
+def pretrained_checkpoint_path(settings: "Settings", arch: str, tag: str) -> Any:
+    """Where a local checkpoint for ``arch``/``tag`` is looked for: the first existing file among
+    ``<data_dir>/models/<arch>-<tag>.{safetensors,pt,bin}``, else the ``.safetensors`` name."""
+    base = settings.model_cache_dir
+    candidates = [base / f"{arch}-{tag}{ext}" for ext in (".safetensors", ".pt", ".bin")]
+    return next((p for p in candidates if p.is_file()), candidates[0])
+
+
+def hf_cache_dir(settings: "Settings") -> Any:
+    """The Hugging Face cache framebus downloads pretrained weights into: ``<data_dir>/models/hf``."""
+    return settings.model_cache_dir / "hf"
+
+
+@register("embedder", "open_clip")
+def _open_clip_embedder(settings: "Settings", *, arch: str, pretrained: str, **kw: Any) -> "Embedder":
+    from models.openclip import OpenClipEmbedder
+
+    return OpenClipEmbedder.pretrained(arch, pretrained, cache_dir=hf_cache_dir(settings),
+                                       checkpoint=pretrained_checkpoint_path(settings, arch, pretrained),
+                                       device=settings.device, **kw)
+
+
+@register("embedder", "framebus_tiny_clip")
+def _tiny_clip_embedder(settings: "Settings", **kw: Any) -> "Embedder":
+    from models.openclip import TINY_CHECKPOINT, OpenClipEmbedder
+
+    return OpenClipEmbedder.tiny(checkpoint=settings.model_cache_dir / TINY_CHECKPOINT, device=settings.device, **kw)

@@ -1,0 +1,217 @@
+"""The ``framebus`` command: a thin layer over the same functions a Python user calls."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from streams.config import Settings, load_settings
+from streams.errors import FramebusError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+topics_app = typer.Typer(no_args_is_help=True, help="Topic names, partitions and JSON Schemas.")
+app.add_typer(topics_app, name="topics")
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML settings file")]
+BrokerOpt = Annotated[Optional[str], typer.Option("--broker", help="external Kafka bootstrap HOST:PORT[,...]")]
+DataOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="vector store, blobs, caches")]
+ModelsOpt = Annotated[Optional[str], typer.Option("--models", help="model profile: default or tiny")]
+
+
+def _settings(config: Path | None, **overrides) -> Settings:
+    try:
+        return load_settings(config, **overrides)
+    except Exception as exc:  # pydantic validation, unreadable file
+        err_console.print(f"[red]configuration error:[/] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _fail(err: FramebusError) -> None:
+    err_console.print(f"[red]{err.code}[/]: {err.message}")
+    raise typer.Exit(1)
+
+
+@app.command()
+def up(config: ConfigOpt = None, broker: BrokerOpt = None,
+       embedded_broker: Annotated[Optional[str], typer.Option(help="where the embedded broker listens")] = None,
+       http: Annotated[Optional[str], typer.Option(help="where the HTTP API listens, HOST:PORT")] = None,
+       data_dir: DataOpt = None, models: ModelsOpt = None,
+       log_level: Annotated[str, typer.Option(help="log level")] = "warning") -> None:
+    """Run everything on this machine: broker (embedded unless --broker), all agents, store, HTTP API."""
+    from streams.app import up as run_up
+
+    settings = _settings(config, broker=broker, embedded_broker=embedded_broker, http=http, data_dir=data_dir,
+                         models=models)
+    try:
+        run_up(settings, loglevel=log_level)
+    except FramebusError as err:
+        _fail(err)
+
+
+@app.command()
+def worker(agents: Annotated[str, typer.Option(help="comma-separated: ingest,decode,embed,index,publish or all")],
+           config: ConfigOpt = None, broker: BrokerOpt = None, data_dir: DataOpt = None, models: ModelsOpt = None,
+           name: Annotated[Optional[str], typer.Option(help="worker name in logs")] = None,
+           log_level: Annotated[str, typer.Option(help="log level")] = "warning") -> None:
+    """Run chosen agents against a broker (scale-out: more workers join the same consumer group)."""
+    from streams.app import parse_agents, worker as run_worker
+
+    settings = _settings(config, broker=broker, data_dir=data_dir, models=models)
+    try:
+        run_worker(settings, parse_agents(agents), name=name, loglevel=log_level)
+    except FramebusError as err:
+        _fail(err)
+
+
+@app.command()
+def ingest(paths: Annotated[list[Path], typer.Argument(help="local video files")],
+           tenant: Annotated[str, typer.Option(help="tenant the videos belong to")] = "default",
+           wait: Annotated[bool, typer.Option(help="follow each video to its metadata document")] = False,
+           timeout: Annotated[float, typer.Option(help="seconds to wait with --wait")] = 300.0,
+           json_out: Annotated[bool, typer.Option("--json", help="print metadata as JSON lines")] = False,
+           config: ConfigOpt = None, broker: BrokerOpt = None) -> None:
+    """Publish ingest requests for local files to framebus.ingest."""
+    from streams.client import ingest as client_ingest, video_id_for
+    from topics.events import IngestRequest
+
+    settings = _settings(config, broker=broker)
+    requests = [IngestRequest(video_id=video_id_for(p), uri=str(p.resolve()), tenant=tenant) for p in paths]
+    docs = asyncio.run(client_ingest(settings, requests, wait=wait, timeout_s=timeout))
+    if not wait:
+        for r in requests:
+            console.print(f"published {r.video_id} <- {r.uri}")
+        return
+    if json_out:
+        for r in requests:
+            if r.video_id in docs:
+                print(docs[r.video_id].model_dump_json(by_alias=True, exclude_none=True))
+    else:
+        print_metadata_table([docs[r.video_id] for r in requests if r.video_id in docs])
+    missing = [r.video_id for r in requests if r.video_id not in docs]
+    if missing:
+        err_console.print(f"[red]no metadata within {timeout:.0f}s for:[/] {', '.join(missing)}")
+        raise typer.Exit(1)
+    if any(d.status != "ok" for d in docs.values()):
+        raise typer.Exit(1)
+
+
+def print_metadata_table(docs) -> None:
+    table = Table("video", "status", "duration", "fps", "size", "codec", "segments", "error")
+    for d in docs:
+        table.add_row(d.video_id, d.status, f"{d.duration_s:.2f}s" if d.duration_s else "-",
+                      f"{d.fps:.2f}" if d.fps else "-", f"{d.width}x{d.height}" if d.width else "-",
+                      d.codec or "-", str(len(d.shots)), d.error.code if d.error else "")
+    console.print(table)
+
+
+@app.command()
+def search(query: Annotated[str, typer.Argument(help="what to look for, in words")],
+           tenant: Annotated[str, typer.Option(help="tenant to search in")] = "default",
+           limit: Annotated[int, typer.Option(min=1, max=100)] = 10,
+           api: Annotated[Optional[str], typer.Option(help="HTTP API of a running framebus, HOST:PORT")] = None,
+           json_out: Annotated[bool, typer.Option("--json", help="print the response as JSON")] = False,
+           config: ConfigOpt = None, data_dir: DataOpt = None, models: ModelsOpt = None) -> None:
+    """Semantic search: through the HTTP API of a running framebus, else straight from the data dir."""
+    settings = _settings(config, data_dir=data_dir, models=models, http=api)
+    try:
+        resp = httpx.get(f"http://{settings.http}/search", params={"q": query, "tenant": tenant, "limit": limit},
+                         timeout=60)
+        resp.raise_for_status()
+        data = resp.json()
+    except httpx.ConnectError:
+        data = _search_local(settings, query, tenant, limit)
+    if json_out:
+        print(json.dumps(data, indent=2))
+        return
+    print_search_results(data)
+
+
+def _search_local(settings: Settings, query: str, tenant: str, limit: int) -> dict:
+    from indexing import open_store
+    from models.registry import load_embedder
+    from streams.search import search as run_search
+
+    try:
+        store = open_store(settings)
+        try:
+            return run_search(settings, load_embedder(settings), store, query, tenant=tenant,
+                              limit=limit).model_dump()
+        finally:
+            store.close()
+    except FramebusError as err:
+        _fail(err)
+        raise
+
+
+def print_search_results(data: dict) -> None:
+    console.print(f"[bold]{data['query']!r}[/] in tenant {data['tenant']} ({data['model']})")
+    if not data["results"]:
+        console.print("  no results")
+    for rank, video in enumerate(data["results"], 1):
+        spans = ", ".join(f"{s['start_s']:.1f}-{s['end_s']:.1f}s ({s['score']:.3f})" for s in video["segments"])
+        console.print(f"  {rank}. {video['video_id']}  score {video['score']:.3f}  [{spans}]")
+
+
+@topics_app.command("schema")
+def topics_schema(topic: Annotated[Optional[str], typer.Argument(help="one topic; default all public")] = None
+                  ) -> None:
+    """Print the JSON Schema of every public event (validate before you send)."""
+    from topics.registry import json_schemas
+
+    schemas = json_schemas()
+    if topic:
+        if topic not in schemas:
+            err_console.print(f"unknown public topic {topic!r}; known: {', '.join(schemas)}")
+            raise typer.Exit(2)
+        schemas = schemas[topic]
+    print(json.dumps(schemas, indent=2))
+
+
+@topics_app.command("list")
+def topics_list(config: ConfigOpt = None) -> None:
+    """Every topic framebus uses, with its key and partitions."""
+    from topics.registry import ALL
+
+    settings = _settings(config)
+    table = Table("topic", "key", "value", "public", "partitions")
+    for spec in ALL:
+        table.add_row(settings.topic(spec.name), spec.key, spec.model.__name__, "yes" if spec.public else "",
+                      str(settings.partitions))
+    console.print(table)
+
+
+@topics_app.command("create")
+def topics_create(config: ConfigOpt = None, broker: BrokerOpt = None) -> None:
+    """Create every topic on the broker with the configured partitions (idempotent)."""
+    from streams.broker import ensure_topics
+
+    settings = _settings(config, broker=broker)
+    for name, n in sorted(asyncio.run(ensure_topics(settings)).items()):
+        console.print(f"{name}  partitions={n}")
+
+
+@app.command()
+def demo(workdir: Annotated[Optional[Path], typer.Option(help="where to put sample videos and data")] = None,
+         keep: Annotated[bool, typer.Option(help="keep the work directory")] = False) -> None:
+    """Make sample videos, start the embedded stack, ingest them, print metadata and searches."""
+    from streams.demo import run_demo
+
+    sys.exit(run_demo(workdir, keep=keep))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

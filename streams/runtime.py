@@ -1,0 +1,198 @@
+"""One worker process: the faust app, its topics, executors, models and vector store.
+
+Agents are thin glue registered on a :class:`Runtime`. The event loop only moves events: decode runs in
+a process pool, model calls and vector-store calls run in threads.
+
+Delivery order, enforced by the agents: an agent awaits the delivery of everything it produces for an
+event (``Runtime.send`` waits for the broker's ack) before it takes the next event; faust commits an
+event's offset only after the agent took the next one. So offsets are committed after the effect, and a
+crash replays rather than loses. Replays are harmless because point ids and document keys are
+deterministic (video id, segment, model version).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import multiprocessing
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, TypeVar
+
+import faust
+from prometheus_client import Counter
+
+from streams.config import Settings
+from streams.errors import DecodeError, FramebusError
+from topics import codec, registry
+from topics import events as ev
+from topics.registry import TopicSpec
+
+log = logging.getLogger("framebus.runtime")
+T = TypeVar("T")
+TRACE_HEADER = "framebus-trace-id"
+AGENTS = ("ingest", "decode", "embed", "index", "publish")
+EVENTS = Counter("framebus_events", "events produced, dead-lettered and processed, by name", ["name"])
+
+
+def kafka_urls(bootstrap: str) -> list[str]:
+    return [f"kafka://{h.strip()}" for h in bootstrap.split(",") if h.strip()]
+
+
+def broker_credentials(settings: Settings):
+    sec = settings.kafka_security()
+    proto = settings.security_protocol.upper()
+    if proto.startswith("SASL"):
+        return faust.SASLCredentials(username=settings.sasl_username, password=settings.sasl_password,
+                                     mechanism=settings.sasl_mechanism or "PLAIN",
+                                     ssl_context=sec.get("ssl_context"))
+    if proto == "SSL":
+        return faust.SSLCredentials(sec["ssl_context"])
+    return None
+
+
+class Runtime:
+    """Shared services of one worker; agents call these, never construct their own."""
+
+    def __init__(self, settings: Settings, worker_name: str | None = None):
+        self.settings = settings
+        self.worker_name = worker_name or f"worker-{uuid.uuid4().hex[:6]}"
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.app = faust.App(
+            settings.app_id,
+            broker=kafka_urls(settings.bootstrap),
+            broker_credentials=broker_credentials(settings),
+            key_serializer="raw",
+            value_serializer="raw",
+            web_enabled=False,
+            topic_allow_declare=False,
+            topic_disable_leader=True,
+            topic_partitions=settings.partitions,
+            store="memory://",
+            datadir=str(settings.data_dir / "faust"),
+            consumer_auto_offset_reset="earliest",
+            broker_session_timeout=settings.session_timeout_s,
+            broker_heartbeat_interval=max(0.5, settings.session_timeout_s / 6),
+            broker_rebalance_timeout=max(10.0, settings.session_timeout_s * 2),
+            stream_buffer_maxsize=settings.stream_buffer,
+            producer_max_request_size=max(settings.max_event_bytes * 2, 1_048_576),
+        )
+        self.topics: dict[str, faust.TopicT] = {
+            spec.name: self.app.topic(settings.topic(spec.name), key_type=bytes, value_type=bytes,
+                                      partitions=settings.partitions)
+            for spec in registry.ALL
+        }
+        self.model_executor = ThreadPoolExecutor(1, thread_name_prefix="model")
+        self.io_executor = ThreadPoolExecutor(2, thread_name_prefix="io")
+        self._process_pool: ProcessPoolExecutor | None = None
+        self._embedder = None
+        self._store = None
+        self.stats: dict[str, int] = {}
+
+    # --- topics and events -----------------------------------------------------------------------
+
+    def topic(self, spec: TopicSpec) -> faust.TopicT:
+        return self.topics[spec.name]
+
+    async def send(self, spec: TopicSpec, key: str, event: ev.Event, trace_id: str | None = None) -> None:
+        """Produce ``event`` and wait until the broker acknowledged it (the effect happened)."""
+        value = codec.encode(event, max_bytes=self.settings.max_event_bytes)
+        headers = {TRACE_HEADER: trace_id.encode()} if trace_id else None
+        fut = await self.topic(spec).send(key=key.encode(), value=value, headers=headers)
+        await fut
+        self.count(f"sent.{spec.name}")
+
+    async def dead_letter(self, stage: str, spec: TopicSpec, event: faust.EventT, error: FramebusError,
+                          trace_id: str | None = None) -> None:
+        raw = event.value if isinstance(event.value, bytes) else bytes(event.value or b"")
+        try:
+            original, encoding = raw.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            original, encoding = base64.b64encode(raw).decode(), "base64"
+        key = event.key.decode("utf-8", "replace") if isinstance(event.key, bytes) else event.key
+        letter = ev.DeadLetter(stage=stage, topic=self.settings.topic(spec.name), key=key,
+                               error=ev.ErrorInfo(**error.as_dict()), error_class=type(error).__name__,
+                               original=original, original_encoding=encoding, trace_id=trace_id)
+        log.warning("%s: dead-lettered %s: %s %s", stage, key, error.code, error.message)
+        # The DLQ keeps the original even when it is near the size limit.
+        value = codec.encode(letter)
+        headers = {TRACE_HEADER: trace_id.encode()} if trace_id else None
+        fut = await self.topic(registry.DLQ).send(key=(key or "").encode(), value=value, headers=headers)
+        await fut
+        self.count(f"dlq.{stage}")
+
+    async def fail_video(self, *, video_id: str, tenant: str, error: FramebusError, trace_id: str | None,
+                         uri: str | None = None) -> None:
+        """Tell publish that the video failed; it emits the ``status: failed`` document."""
+        done = ev.SegmentDone(video_id=video_id, tenant=tenant, uri=uri, trace_id=trace_id,
+                              error=ev.ErrorInfo(**error.as_dict()))
+        await self.send(registry.PROGRESS, video_id, done, trace_id)
+
+    @staticmethod
+    def trace_id(event: faust.EventT) -> str:
+        headers = event.headers or {}
+        for k, v in headers.items() if isinstance(headers, Mapping) else headers:
+            if k == TRACE_HEADER and v:
+                return v.decode() if isinstance(v, bytes) else str(v)
+        return uuid.uuid4().hex
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.stats[name] = self.stats.get(name, 0) + n
+        EVENTS.labels(name=name).inc(n)
+
+    # --- executors ---------------------------------------------------------------------------------
+
+    @property
+    def process_pool(self) -> ProcessPoolExecutor:
+        if self._process_pool is None:
+            workers = self.settings.decode_workers or multiprocessing.cpu_count()
+            self._process_pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        return self._process_pool
+
+    async def in_process(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run CPU work in the process pool; a crashed child (hostile media) fails only this call."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self.process_pool, fn, *args)
+        except BrokenProcessPool:
+            self._process_pool = None
+            raise DecodeError("the decoder process crashed on this input", code="decode.crashed") from None
+
+    async def in_model_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.model_executor, fn, *args)
+
+    async def in_io_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.io_executor, fn, *args)
+
+    # --- models and store (loaded once, lazily, off the loop) -----------------------------------
+
+    @property
+    def embedder(self):
+        if self._embedder is None:
+            from models.registry import load_embedder
+
+            started = time.monotonic()
+            self._embedder = load_embedder(self.settings)
+            log.info("embedder %s/%s loaded in %.1fs", self._embedder.info.name, self._embedder.info.version,
+                     time.monotonic() - started)
+        return self._embedder
+
+    @property
+    def store(self):
+        if self._store is None:
+            from indexing import open_store
+
+            self._store = open_store(self.settings)
+        return self._store
+
+    def close(self) -> None:
+        if self._process_pool is not None:
+            self._process_pool.shutdown(cancel_futures=True)
+        self.model_executor.shutdown(wait=False, cancel_futures=True)
+        self.io_executor.shutdown(wait=False, cancel_futures=True)
+        if self._store is not None:
+            self._store.close()

@@ -1,0 +1,59 @@
+"""Integration fixtures: the real embedded broker (Tansu) and the real ``framebus up``, as child processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from streams.client import ingest
+from streams.config import Settings, load_settings
+from streams.demo import free_port, start_stack, stop_stack
+from topics.events import IngestRequest, VideoMetadata
+
+pytestmark = pytest.mark.integration
+
+
+def stack_env(data_dir: Path, roots: list[Path], **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FRAMEBUS_")}
+    env.update({"FRAMEBUS_MODELS": "tiny", "FRAMEBUS_DATA_DIR": str(data_dir),
+                "FRAMEBUS_INGEST_ROOTS": ":".join(map(str, roots)), "FRAMEBUS_SESSION_TIMEOUT_S": "6",
+                "FRAMEBUS_DECODE_WORKERS": "2", "PYTHONUNBUFFERED": "1", **extra})
+    return env
+
+
+@dataclass
+class Stack:
+    broker: str
+    http: str
+    media: Path
+    data_dir: Path
+    log: Path
+
+    @property
+    def settings(self) -> Settings:
+        return load_settings(embedded_broker=self.broker, http=self.http)
+
+    def ingest(self, requests: list[IngestRequest], timeout_s: float = 240) -> dict[str, VideoMetadata]:
+        return asyncio.run(ingest(self.settings, requests, wait=True, timeout_s=timeout_s))
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory) -> Stack:
+    """One ``framebus up`` for the whole session, its ingest root a temp media dir."""
+    base = tmp_path_factory.mktemp("stack")
+    media = base / "media"
+    media.mkdir()
+    broker, http = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    log = base / "up.log"
+    proc = start_stack(stack_env(base / "data", [media]), broker, http, log)
+    try:
+        yield Stack(broker=broker, http=http, media=media, data_dir=base / "data", log=log)
+    finally:
+        stop_stack(proc)
+        if os.environ.get("FRAMEBUS_TEST_SHOW_LOG"):
+            sys.stderr.write(log.read_text(errors="replace")[-20000:])

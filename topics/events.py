@@ -1,0 +1,208 @@
+"""Event models: one pydantic model per topic value, defined once and imported everywhere.
+
+Public events (DESIGN.md contracts) carry a ``schema`` field such as ``"framebus.ingest/v1"``. A breaking
+change to a public event means a new ``/vN`` and a new model; additive optional fields do not.
+Internal events (agent to agent) are versioned the same way but may change with the code.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Event(BaseModel):
+    """Base of every topic value. Unknown fields are kept (forward compatible producers)."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class ErrorInfo(BaseModel):
+    code: str = Field(description="stable error code, e.g. ingest.not_a_video")
+    message: str
+
+
+class ModelRef(BaseModel):
+    task: str = Field(description="embed, caption, moderate, generate")
+    name: str
+    version: str
+
+
+# --- public -------------------------------------------------------------------------------------
+
+
+class IngestRequest(Event):
+    schema_: Literal["framebus.ingest/v1"] = Field("framebus.ingest/v1", alias="schema")
+    video_id: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9._:@/+=-]+$")
+    uri: str = Field(min_length=1, max_length=4096, description="local path or file:// URI")
+    tenant: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
+    tasks: list[str] | None = Field(None, description="subset of embed, caption, moderate; default all")
+    priority: int = Field(0, ge=0, le=9)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class Segment(BaseModel):
+    """A time range of the video (a fixed window now; a detected shot later)."""
+
+    index: int = Field(ge=0)
+    start_s: float = Field(ge=0)
+    end_s: float = Field(ge=0)
+    keyframe_s: float = Field(ge=0)
+    thumbnail: str | None = Field(None, description="thumbnail reference (file URI under the data dir)")
+
+
+class VideoMetadata(Event):
+    schema_: Literal["framebus.metadata/v1"] = Field("framebus.metadata/v1", alias="schema")
+    video_id: str
+    tenant: str
+    status: Literal["ok", "failed"]
+    error: ErrorInfo | None = None
+    duration_s: float | None = None
+    fps: float | None = None
+    width: int | None = None
+    height: int | None = None
+    codec: str | None = None
+    shots: list[Segment] = Field(default_factory=list)
+    models: list[ModelRef] = Field(default_factory=list)
+    trace_id: str | None = None
+    uri: str | None = None
+
+
+class ModerationAlert(Event):
+    schema_: Literal["framebus.moderation/v1"] = Field("framebus.moderation/v1", alias="schema")
+    video_id: str
+    tenant: str
+    start_s: float
+    end_s: float
+    category: str
+    score: float
+    threshold: float
+    action: str
+    trace_id: str | None = None
+
+
+Mode = Literal["t2v", "i2v", "v2v", "upscale", "interpolate"]
+
+
+class GenerationRequest(Event):
+    schema_: Literal["framebus.generate/v1"] = Field("framebus.generate/v1", alias="schema")
+    job_id: str = Field(min_length=1, max_length=256)
+    prompt: str = Field(min_length=1, max_length=4000)
+    tenant: str = Field(min_length=1, max_length=128)
+    negative_prompt: str | None = None
+    seed: int | None = None
+    steps: int | None = Field(None, ge=1, le=1000)
+    guidance: float | None = None
+    num_frames: int | None = Field(None, ge=1, le=1024)
+    fps: float | None = Field(None, gt=0, le=240)
+    width: int | None = Field(None, ge=16, le=4096)
+    height: int | None = Field(None, ge=16, le=4096)
+    mode: Mode = "t2v"
+    source_uri: str | None = None
+    priority: int = Field(0, ge=0, le=9)
+
+
+class GenerationProgress(Event):
+    schema_: Literal["framebus.generate.progress/v1"] = Field("framebus.generate.progress/v1", alias="schema")
+    job_id: str
+    tenant: str
+    step: int
+    total_steps: int
+    message: str | None = None
+
+
+class GenerationResult(Event):
+    schema_: Literal["framebus.generate.results/v1"] = Field("framebus.generate.results/v1", alias="schema")
+    job_id: str
+    tenant: str
+    status: Literal["ok", "failed"]
+    uri: str | None = None
+    video_id: str | None = None
+    provenance: dict[str, Any] = Field(default_factory=dict)
+    error: ErrorInfo | None = None
+
+
+class DeadLetter(Event):
+    schema_: Literal["framebus.dlq/v1"] = Field("framebus.dlq/v1", alias="schema")
+    stage: str = Field(description="agent that gave up: ingest, decode, embed, index, publish")
+    topic: str = Field(description="topic the original event was read from")
+    key: str | None = None
+    error: ErrorInfo
+    error_class: str
+    original: str = Field(description="the original value, UTF-8 text (or base64 when not UTF-8)")
+    original_encoding: Literal["utf-8", "base64"] = "utf-8"
+    trace_id: str | None = None
+
+
+# --- internal -----------------------------------------------------------------------------------
+
+
+class VideoFacts(BaseModel):
+    """What the probe learned; carried along so later stages need not reopen the file."""
+
+    duration_s: float
+    fps: float
+    width: int
+    height: int
+    codec: str
+    pix_fmt: str | None = None
+    rotation: int = 0
+
+
+class DecodeTask(Event):
+    schema_: Literal["framebus.internal.decode/v1"] = Field("framebus.internal.decode/v1", alias="schema")
+    video_id: str
+    tenant: str
+    path: str
+    uri: str
+    tasks: list[str]
+    video: VideoFacts
+    trace_id: str
+
+
+class Frame(BaseModel):
+    pts_s: float
+    jpeg_b64: str | None = Field(None, description="compact payload: JPEG at model resolution")
+    ref: str | None = Field(None, description="claim-check reference to a JPEG in the blob store")
+
+
+class SegmentFrames(Event):
+    schema_: Literal["framebus.internal.frames/v1"] = Field("framebus.internal.frames/v1", alias="schema")
+    video_id: str
+    tenant: str
+    uri: str
+    segment: Segment
+    segment_count: int = Field(ge=1)
+    frames: list[Frame]
+    video: VideoFacts
+    trace_id: str
+
+
+class SegmentEmbedding(Event):
+    schema_: Literal["framebus.internal.embeddings/v1"] = Field("framebus.internal.embeddings/v1",
+                                                              alias="schema")
+    video_id: str
+    tenant: str
+    uri: str
+    segment: Segment
+    segment_count: int
+    vector: list[float]
+    model: ModelRef
+    video: VideoFacts
+    trace_id: str
+
+
+class SegmentDone(Event):
+    """One segment's work is finished (or a whole video failed, with ``error`` and no segment)."""
+
+    schema_: Literal["framebus.internal.progress/v1"] = Field("framebus.internal.progress/v1", alias="schema")
+    video_id: str
+    tenant: str
+    uri: str | None = None
+    segment: Segment | None = None
+    segment_count: int = Field(0, ge=0)
+    video: VideoFacts | None = None
+    models: list[ModelRef] = Field(default_factory=list)
+    error: ErrorInfo | None = None
+    trace_id: str | None = None
