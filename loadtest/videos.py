@@ -42,7 +42,7 @@ CODECS: dict[str, tuple[str, str, str, dict[str, str]]] = {
     "ffv1": ("ffv1", "yuv420p", ".mkv", {}),
 }
 
-PATTERNS = ("counter", "ball", "squares", "waves", "noise", "asym", "gradient")
+PATTERNS = ("counter", "ball", "squares", "waves", "noise", "mixed", "asym", "bars", "gradient")
 
 _COUNTER_BITS = 8
 
@@ -102,6 +102,18 @@ def render(pattern: str, i: int, width: int, height: int, fps: float = 24.0,
         img[h // 2:, : w // 2] = (0, 0, 255)
         img[h // 2:, w // 2:] = (255, 255, 255)
         return img
+    if pattern == "mixed":  # waves + a moving ball + grain: a more camera-like bitrate
+        img = render("waves", i, w, h, fps).astype(np.int16)
+        ball = render("ball", i, w, h, fps)
+        m = ball[..., 0] > 200
+        img[m] = ball[m]
+        rng = np.random.default_rng(seed * 100_003 + i)
+        grain = rng.integers(-12, 13, ((h + 1) // 2, (w + 1) // 2, 1), dtype=np.int16)
+        img += grain.repeat(2, 0).repeat(2, 1)[:h, :w]
+        return np.clip(img, 0, 255).astype(np.uint8)
+    if pattern == "bars":  # DEFAULT_BARS as vertical bars, static
+        xs = np.arange(w) * len(DEFAULT_BARS) // w
+        return np.ascontiguousarray(np.broadcast_to(np.asarray(DEFAULT_BARS, np.uint8)[xs], (h, w, 3)))
     if pattern == "gradient":
         img = np.empty((h, w, 3), np.uint8)
         img[..., 0] = (xx * 255 / max(w - 1, 1)).astype(np.uint8)
@@ -184,18 +196,48 @@ def _encode(out, stream, frames: Iterable[av.VideoFrame]) -> int:
 def make_clip(path: str | os.PathLike, codec: str = "h264", width: int = 64, height: int = 48,
               fps: float = 24.0, duration_s: float = 1.0, pattern: str = "counter", *,
               pix_fmt: str | None = None, options: dict[str, str] | None = None,
-              container_options: dict[str, str] | None = None, seed: int = 0) -> Path:
+              container_options: dict[str, str] | None = None, seed: int = 0,
+              audio_s: float | None = None) -> Path:
     """Encode ``round(fps*duration_s)`` frames of ``pattern`` with ``codec``; returns the path.
 
     The container follows the path's suffix (``default_suffix(codec)`` is a safe choice).
+    ``audio_s``: also add a tone audio track that long (e.g. longer than the video, so that the
+    container's duration is not the video's).
     """
     path = Path(path)
     n = max(1, int(round(fps * duration_s)))
     with av.open(str(path), "w", options=container_options or {}) as out:
         stream = _open_stream(out, codec, width, height, fps, pix_fmt, options)
+        astream = None
+        if audio_s:
+            astream = out.add_stream("pcm_s16le" if path.suffix in (".mkv", ".mov", ".avi") else "aac",
+                                     rate=8000)
+            astream.layout = "mono"
         _encode(out, stream, (_frame_from_rgb(render(pattern, i, width, height, fps, seed))
                               for i in range(n)))
+        if astream is not None:
+            _encode_tone(out, astream, audio_s)
     return path
+
+
+def _encode_tone(out, astream, seconds: float, rate: int = 8000) -> None:
+    fmt = astream.codec_context.format.name if astream.codec_context.format else "s16"
+    total, pts, chunk = int(rate * seconds), 0, 1024
+    while pts < total:
+        n = min(chunk, total - pts)
+        x = np.sin(2 * np.pi * 440 * (pts + np.arange(n)) / rate)
+        if fmt.startswith("flt"):
+            arr = (0.2 * x).astype(np.float32)[None, :]
+        else:
+            fmt, arr = "s16", (x * 6000).astype(np.int16)[None, :]
+        fr = av.AudioFrame.from_ndarray(arr, format=fmt, layout="mono")
+        fr.sample_rate = rate
+        fr.pts = pts
+        for pkt in astream.encode(fr):
+            out.mux(pkt)
+        pts += n
+    for pkt in astream.encode(None):
+        out.mux(pkt)
 
 
 def make_rotated_clip(path: str | os.PathLike, rotation: int = 90, width: int = 64,
@@ -286,11 +328,12 @@ def rgb_to_ycbcr(rgb: np.ndarray, matrix: str, full_range: bool) -> np.ndarray:
 def make_color_bars_clip(path: str | os.PathLike, colors: Sequence[tuple[int, int, int]] = DEFAULT_BARS,
                          matrix: str = "bt709", full_range: bool = False, tagged: bool = True,
                          width: int = 192, height: int = 48, fps: float = 10.0,
-                         duration_s: float = 0.5) -> Path:
+                         duration_s: float = 0.5, codec: str = "h264") -> Path:
     """Vertical bars of ``colors`` (left to right), converted to Y'CbCr here with ``matrix`` and
-    range and encoded losslessly (libx264 qp=0, 4:4:4) so the only error left is the decoder's
-    conversion back to RGB. With ``tagged`` the stream signals matrix and range (VUI + container);
-    without it both are left unspecified.
+    range and encoded losslessly in 4:4:4 (``codec``: h264 = libx264 qp=0, hevc = libx265
+    lossless) so the only error left is the decoder's conversion back to RGB. (FFmpeg's H.264
+    decoder reports full range as ``yuvj444p``, the HEVC one as ``yuv444p`` + a range flag.) With ``tagged`` the stream signals matrix and range (VUI + container); without it both
+    are left unspecified.
     """
     path = Path(path)
     xs = np.arange(width) * len(colors) // width
@@ -301,8 +344,9 @@ def make_color_bars_clip(path: str | os.PathLike, colors: Sequence[tuple[int, in
     n = max(1, int(round(fps * duration_s)))
     _, _, spc = MATRICES[matrix]
     with av.open(str(path), "w") as out:
-        stream = _open_stream(out, "h264", width, height, fps, "yuv444p",
-                              {"qp": "0", "preset": "ultrafast"})
+        lossless = {"h264": {"qp": "0", "preset": "ultrafast"},
+                    "hevc": {"x265-params": "lossless=1:log-level=error", "preset": "ultrafast"}}[codec]
+        stream = _open_stream(out, codec, width, height, fps, "yuv444p", lossless)
         cc = stream.codec_context
         if tagged:
             cc.colorspace = spc

@@ -45,6 +45,7 @@ class FramebusWorker(faust.Worker):
 
     def __init__(self, app: faust.App, *, ready_line: str, on_ready: Callable[[], None] | None = None, **kw):
         super().__init__(app, **kw)
+        self.spinner = None  # its terminal escape codes would garble the ready line
         self._ready_line = ready_line
         self._on_ready = on_ready
 

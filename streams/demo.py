@@ -45,7 +45,7 @@ def start_stack(env: dict[str, str], broker: str, http: str, log_path: Path,
 
     def pump() -> None:
         for line in proc.stdout:
-            if line.startswith("framebus ready"):
+            if "framebus ready" in line:
                 ready.set()
             log.write(line.encode())
             log.flush()

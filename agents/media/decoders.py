@@ -124,6 +124,18 @@ def _targets(fps: float, max_frames: int, extra_times: Iterable[float],
     return merge_targets(iter_grid(f, max_frames), sorted(extra_times))
 
 
+def _tolerance(time_base, fps: float) -> float:
+    """How early a target may be and still count as the next frame's: one tick of a time base
+    that is coarse enough to round timestamps (Matroska's 1 ms rounds k/24 s to 0.042 s, which
+    would otherwise hide every frame whose rounded pts lands just after its ideal instant), and
+    float noise otherwise. Never more than 2 ms, never a sizeable part of a frame interval."""
+    tick = float(time_base) if time_base else 0.0
+    interval = 1.0 / fps if fps > 0 else 0.04
+    if 0 < tick <= 0.002 and tick < interval / 4:
+        return max(1e-6, tick)
+    return 1e-6
+
+
 def _probe(path: Path, probe: ProbeResult | None) -> ProbeResult:
     return probe if probe is not None else probe_detailed(path, Limits.unlimited())
 
@@ -217,7 +229,7 @@ class PyAVDecoder:
         aspect = sar(stream)
         nominal = 1.0 / info.fps if info.fps > 0 else 1.0 / 25
         selector: FrameSelector = FrameSelector(
-            _targets(fps, max_frames, extra_times, info.duration_s))
+            _targets(fps, max_frames, extra_times, info.duration_s), eps=_tolerance(tb, info.fps))
         reformatter = VideoReformatter()
         codec = info.codec
 
@@ -229,7 +241,9 @@ class PyAVDecoder:
                                        src_colorspace=matrix, src_color_range=crange,
                                        dst_color_range=ColorRange.JPEG,
                                        interpolation=self._interp(frame.width, frame.height, tw, th))
-            return SampledFrame(index=idx, pts_s=pts_s, rgb=upright(out.to_ndarray(), rotation))
+            rgb = out.to_ndarray()  # may be a padded view into the frame's buffer
+            rgb = upright(rgb, rotation) if rotation else np.array(rgb, order="C", copy=True)
+            return SampledFrame(index=idx, pts_s=pts_s, rgb=rgb)
 
         size = os.path.getsize(path)
         last_t = None
@@ -302,9 +316,10 @@ class DecordDecoder:
     """Same interface on decord (``VideoReader`` + ``get_frame_timestamp`` + ``get_batch``).
 
     Best effort: decord converts with its own fixed YUV->RGB settings (the stream's colour
-    matrix/range are not honoured), and its bundled FFmpeg lacks some decoders (AV1): a file
-    it cannot open raises ``DecodeError(code='decode.unsupported_codec')``. Rotation is applied
-    from the probe. Timestamps come as float32 and are matched with a 1 ms tolerance.
+    matrix/range are honoured when signalled, but unsignalled streams are always taken as BT.601
+    limited), and its bundled FFmpeg lacks some decoders (AV1): a file it cannot open raises
+    ``DecodeError(code='decode.unsupported_codec')``. eva-decord rotates frames upright itself.
+    Timestamps come as float32 and are matched with a 1 ms tolerance.
     """
 
     name = "decord"
@@ -329,11 +344,9 @@ class DecordDecoder:
             raise DecodeError(f"decord is not installed: {e}", code="decode.unsupported_codec") from None
         pr = _probe(path, probe)
         info = pr.info
-        if info.rotation in (90, 270):  # probe's display width already has the aspect applied
-            aspect_w, aspect_h = info.height, info.width
-        else:
-            aspect_w, aspect_h = info.width, info.height
-        tw, th = output_size(aspect_w, aspect_h, short_side, info.rotation)  # coded orientation
+        # eva-decord applies the display rotation itself (frames come out upright) and takes the
+        # output size in display orientation; the display aspect already has the SAR applied.
+        tw, th = output_size(info.width, info.height, short_side)
         try:
             vr = decord.VideoReader(os.fspath(path), ctx=decord.cpu(0), width=tw, height=th,
                                     num_threads=self.threads)
@@ -365,7 +378,7 @@ class DecordDecoder:
                 raise DecodeError(f"decord failed mid-file: {str(e).splitlines()[0][:200]}",
                                   code="decode.corrupt") from None
             for j, fi in enumerate(chunk):
-                yield SampledFrame(index=fi, pts_s=float(starts[fi]), rgb=upright(arr[j], info.rotation))
+                yield SampledFrame(index=fi, pts_s=float(starts[fi]), rgb=np.ascontiguousarray(arr[j]))
         stats.complete = True
 
 

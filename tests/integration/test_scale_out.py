@@ -32,7 +32,7 @@ def start_worker(name: str, broker: str, env: dict, log_path) -> tuple[subproces
 
     def pump():
         for line in proc.stdout:
-            if line.startswith("framebus worker ready"):
+            if "framebus worker ready" in line:
                 ready.set()
             log.write(line)
             log.flush()
