@@ -49,7 +49,7 @@ async def handle(rt: Runtime, event: faust.EventT) -> None:
             await rt.fail_video(video_id=video_id, tenant=tenant, error=err, trace_id=trace_id)
         return
     try:
-        path = resolve_uri(req.uri, s.ingest_roots)
+        path = resolve_uri(req.uri, s.allowed_roots)
         limits = Limits(max_file_bytes=s.max_file_bytes, max_duration_s=s.max_duration_s,
                         max_width=s.max_width, max_height=s.max_height)
         info = await rt.in_process(probe, path, limits)

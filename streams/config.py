@@ -93,6 +93,11 @@ class Settings(BaseSettings):
         return f"{self.topic_prefix}{name}"
 
     @property
+    def allowed_roots(self) -> list[Path]:
+        """Where ``file`` URIs may point: ``ingest_roots``, or the working directory when none is set."""
+        return self.ingest_roots or [Path.cwd()]
+
+    @property
     def qdrant_path(self) -> Path:
         return self.data_dir / "qdrant"
 

@@ -43,8 +43,6 @@ _MATRIX = {
     9: Colorspace.BT2020,      # BT2020_NCL
     10: Colorspace.BT2020,     # BT2020_CL (approximated by the NCL matrix)
 }
-_MATRIX_NAMES = {Colorspace.ITU709: "bt709", Colorspace.FCC: "fcc", Colorspace.ITU601: "bt601",
-                 Colorspace.SMPTE240M: "smpte240m", Colorspace.BT2020: "bt2020"}
 _FULL_RANGE_CODECS = {"mjpeg", "jpeg2000", "ljpeg", "jpegls", "mjpegb", "smvjpeg"}
 
 
@@ -165,10 +163,6 @@ def source_colour(frame, codec: str = "") -> tuple[Colorspace, ColorRange]:
     else:
         crange = ColorRange.MPEG
     return matrix, crange
-
-
-def matrix_name(matrix: Colorspace) -> str:
-    return _MATRIX_NAMES.get(matrix, str(matrix))
 
 
 def sar(stream) -> float:

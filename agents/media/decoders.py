@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Protocol, Sequence, runtime_checkable
 
@@ -67,7 +67,7 @@ class SampleRun(Iterator[SampledFrame]):
         self.stats = SampleStats()
         self._it = body(self.stats)
 
-    def __iter__(self) -> "SampleRun":
+    def __iter__(self) -> SampleRun:
         return self
 
     def __next__(self) -> SampledFrame:

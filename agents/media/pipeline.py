@@ -50,7 +50,7 @@ class DecodeJob:
 
     @classmethod
     def from_settings(cls, settings: Any, path: str | os.PathLike, video_id: str,
-                      thumb_dir: str | os.PathLike | None = None) -> "DecodeJob":
+                      thumb_dir: str | os.PathLike | None = None) -> DecodeJob:
         """A job with every knob taken from ``streams.config.Settings``."""
         return cls(path=os.fspath(path), video_id=video_id, sample_fps=settings.sample_fps,
                    segment_s=settings.segment_s, max_frames=settings.max_frames,

@@ -65,12 +65,12 @@ class Limits:
     max_height: int = 4320
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "Limits":
+    def from_settings(cls, settings: Any) -> Limits:
         return cls(max_file_bytes=settings.max_file_bytes, max_duration_s=settings.max_duration_s,
                    max_width=settings.max_width, max_height=settings.max_height)
 
     @classmethod
-    def unlimited(cls) -> "Limits":
+    def unlimited(cls) -> Limits:
         return cls(max_file_bytes=1 << 62, max_duration_s=math.inf, max_width=1 << 30,
                    max_height=1 << 30)
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from av.video.reformatter import ColorRange, Colorspace, VideoReformatter
+from av.video.reformatter import VideoReformatter
 
-from agents.media.decoders import (DecordDecoder, Decoder, PyAVDecoder, SampledFrame,
+from agents.media.decoders import (DecordDecoder, Decoder, SampledFrame,
                                    get_decoder, output_size, upright)
 from agents.media.frames import decode_jpeg, encode_jpeg
 from agents.media.pipeline import DecodedVideo, DecodeJob, decode_video

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 from pathlib import Path
@@ -70,8 +71,8 @@ def test_probe_as_dict_and_pickle(codec_clip):
     assert set(d) == {"duration_s", "fps", "width", "height", "codec", "pix_fmt", "bit_depth",
                       "rotation", "container", "size_bytes"}
     assert pickle.loads(pickle.dumps(info)) == info
-    with pytest.raises(Exception):
-        info.width = 1  # frozen
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        info.width = 1  # type: ignore[misc]
 
 
 def test_probe_fractional_rate(clipdir):

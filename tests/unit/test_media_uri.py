@@ -72,6 +72,9 @@ def test_dotdot_traversal_is_caught(tree):
     assert os.path.exists(uri)  # the escape target is real
     assert code_of(uri, [root]) == "ingest.outside_allowed_roots"
     assert code_of("file://" + uri, [root]) == "ingest.outside_allowed_roots"
+    # percent-encoded dots are decoded before resolving
+    encoded = "file://" + str(root / "sub" / "%2e%2e" / "%2E%2E" / outside.name)
+    assert code_of(encoded, [root]) == "ingest.outside_allowed_roots"
 
 
 def test_dotdot_staying_inside_is_fine(tree):
