@@ -18,7 +18,7 @@ import numpy as np
 from agents.media.frames import decode_jpeg
 from streams.errors import FramebusError, ModelError
 from streams.runtime import Runtime
-from topics import codec, registry
+from topics import registry
 from topics import events as ev
 
 log = logging.getLogger("framebus.agents.embed")
@@ -45,27 +45,16 @@ def embed_segments(embedder, items: list[ev.SegmentFrames]) -> np.ndarray:
 
 
 async def handle_batch(rt: Runtime, events: list[faust.EventT]) -> None:
-    items, sources = [], []
-    for event in events:
-        try:
-            items.append(codec.decode(ev.SegmentFrames, event.value))
-            sources.append(event)
-        except FramebusError as err:
-            await rt.dead_letter("embed", registry.FRAMES, event, err, rt.trace_id(event))
-    if not items:
+    pairs = await rt.parse_batch("embed", registry.FRAMES, events)
+    if not pairs:
         return
+    items = [item for item, _ in pairs]
     embedder = rt.embedder
     try:
         vectors = await rt.in_model_thread(embed_segments, embedder, items)
     except Exception as exc:  # a model failure fails these items, not the worker
         err = exc if isinstance(exc, FramebusError) else ModelError(f"embedding failed: {exc!r}")
-        failed: set[str] = set()
-        for item, event in zip(items, sources):
-            await rt.dead_letter("embed", registry.FRAMES, event, err, item.trace_id)
-            if item.video_id not in failed:
-                failed.add(item.video_id)
-                await rt.fail_video(video_id=item.video_id, tenant=item.tenant, error=err,
-                                    trace_id=item.trace_id, uri=item.uri)
+        await rt.fail_batch("embed", registry.FRAMES, pairs, err)
         return
     model = ev.ModelRef(task="embed", name=embedder.info.name, version=embedder.info.version)
     for item, vec in zip(items, vectors):

@@ -19,7 +19,7 @@ from indexing.ids import collection_name
 from models.base import ModelInfo
 from streams.errors import FramebusError, VectorStoreError
 from streams.runtime import Runtime
-from topics import codec, registry
+from topics import registry
 from topics import events as ev
 
 log = logging.getLogger("framebus.agents.index")
@@ -48,15 +48,10 @@ def upsert_all(store, prefix: str, items: list[ev.SegmentEmbedding]) -> None:
 
 
 async def handle_batch(rt: Runtime, events: list[faust.EventT]) -> None:
-    items, sources = [], []
-    for event in events:
-        try:
-            items.append(codec.decode(ev.SegmentEmbedding, event.value))
-            sources.append(event)
-        except FramebusError as err:
-            await rt.dead_letter("index", registry.EMBEDDINGS, event, err, rt.trace_id(event))
-    if not items:
+    pairs = await rt.parse_batch("index", registry.EMBEDDINGS, events)
+    if not pairs:
         return
+    items = [item for item, _ in pairs]
     prefix = rt.settings.collection_prefix
     for attempt in range(RETRIES):
         try:
@@ -68,13 +63,7 @@ async def handle_batch(rt: Runtime, events: list[faust.EventT]) -> None:
                 log.warning("index: %s, retrying in %.1fs", err.message, 0.5 * 2**attempt)
                 await asyncio.sleep(0.5 * 2**attempt)
                 continue
-            failed: set[str] = set()
-            for item, event in zip(items, sources):
-                await rt.dead_letter("index", registry.EMBEDDINGS, event, err, item.trace_id)
-                if item.video_id not in failed:
-                    failed.add(item.video_id)
-                    await rt.fail_video(video_id=item.video_id, tenant=item.tenant, error=err,
-                                        trace_id=item.trace_id, uri=item.uri)
+            await rt.fail_batch("index", registry.EMBEDDINGS, pairs, err)
             return
     for item in items:
         done = ev.SegmentDone(video_id=item.video_id, tenant=item.tenant, uri=item.uri, segment=item.segment,

@@ -5,7 +5,7 @@
                                    [--repeat 3] [--warmup 1] [--threads 8] [--json PATH]
 
 A benchmark, not a test. For each architecture, precision and batch size it measures, in images per
-second of wall time (median of ``--repeat`` timed runs after ``--warmup`` untimed ones; on CUDA every
+second of wall time (best of ``--repeat`` timed runs after ``--warmup`` untimed ones; on CUDA every
 timed region is bracketed by ``torch.cuda.synchronize()``):
 
 * ``(a) fwd``: the offline ceiling - ``model.encode_image`` on pre-made, already preprocessed, full
@@ -37,7 +37,6 @@ import json
 import math
 import os
 import platform
-import statistics
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -122,12 +121,16 @@ class TensorPreprocess:
 
         outs = []
         for group in _same_shape_runs(images):
-            x = torch.from_numpy(np.stack(group)).to(self.device, non_blocking=True)  # N,H,W,3 uint8
-            x = x.permute(0, 3, 1, 2).float()
-            h, w = x.shape[-2:]
+            h, w = group[0].shape[:2]
             short, long = (h, w) if h <= w else (w, h)
             new_short, new_long = self.size, int(self.size * long / short)  # torchvision's rounding
             new_hw = (new_short, new_long) if h <= w else (new_long, new_short)
+            if tuple(new_hw) == (h, w) and h >= self.crop and w >= self.crop:
+                # no resize: center-crop on the host first (a view), so only the crop is copied
+                top, left = int(round((h - self.crop) / 2.0)), int(round((w - self.crop) / 2.0))
+                group = [im[top:top + self.crop, left:left + self.crop] for im in group]
+            x = torch.from_numpy(np.stack(group)).to(self.device, non_blocking=True)  # N,H,W,3 uint8
+            x = x.permute(0, 3, 1, 2).float()
             if tuple(new_hw) != (h, w):
                 x = F.interpolate(x, size=new_hw, mode="bicubic", align_corners=False, antialias=True)
                 x = x.clamp_(0, 255).round_()  # PIL hands back uint8
@@ -187,7 +190,8 @@ def _sync(device) -> None:
 
 
 def timed(fn: Callable[[], Any], device, *, warmup: int, repeat: int) -> float:
-    """Median wall seconds of ``fn()`` over ``repeat`` runs, after ``warmup`` untimed runs."""
+    """Best (minimum) wall seconds of ``fn()`` over ``repeat`` runs, after ``warmup`` untimed runs.
+    The minimum, as in ``bench_decode``: it is the figure least disturbed by other load on the host."""
     for _ in range(warmup):
         fn()
     _sync(device)
@@ -198,7 +202,7 @@ def timed(fn: Callable[[], Any], device, *, warmup: int, repeat: int) -> float:
         fn()
         _sync(device)
         times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return min(times)
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -261,8 +265,19 @@ def settings_free_check() -> dict[str, Any]:
             "embed_images_out": f"{vecs.dtype} {tuple(vecs.shape)}"}
 
 
+def jpeg_decode_ms(n: int = 64, repeat: int = 3, quality: int = 85) -> float:
+    """Per-frame cost of the embed agent's own JPEG decode (``agents.media.frames.decode_jpeg``), which
+    runs in the same model thread right before ``embed_images`` (not part of (b))."""
+    import torch
+
+    from agents.media.frames import decode_jpeg, encode_jpeg
+
+    blobs = [encode_jpeg(f, quality) for f in make_frames(n, seed=3)]
+    return timed(lambda: [decode_jpeg(b) for b in blobs], torch.device("cpu"), warmup=1, repeat=repeat) / n * 1e3
+
+
 def bench_arch(arch: str, device: str, batch_sizes: list[int], n_images: int, precisions: list[str], *,
-               repeat: int, warmup: int, threads: int, log=print) -> dict[str, Any]:
+               repeat: int, warmup: int, threads: int, max_batches: int = 128, log=print) -> dict[str, Any]:
     import torch
 
     emb = build_embedder(arch, device)
@@ -335,7 +350,7 @@ def bench_arch(arch: str, device: str, batch_sizes: list[int], n_images: int, pr
         autocast = autocast_for(emb, prec)
         emb._autocast = autocast  # (b) with this precision; bf16 on cuda is OpenClipEmbedder's own default
         for bs in batch_sizes:
-            n = bs * max(1, math.ceil(n_images / bs))  # whole batches only, like (a)
+            n = bs * min(max_batches, max(1, math.ceil(n_images / bs)))  # whole batches only, like (a)
             imgs = frames[:n] if n <= len(frames) else (frames * math.ceil(n / len(frames)))[:n]
             emb.batch_size = bs
             x = torch.randn(bs, 3, emb.image_size, emb.image_size, device=dev)
@@ -366,11 +381,11 @@ def bench_arch(arch: str, device: str, batch_sizes: list[int], n_images: int, pr
 
 
 def format_table(res: dict[str, Any], threads: int) -> str:
-    hdr = ["prec", "batch", "(a) fwd img/s", "(b) framebus img/s", "b/a", "b ms/img", "pre %", "fwd %",
+    hdr = ["prec", "batch", "n", "(a) fwd img/s", "(b) framebus img/s", "b/a", "b ms/img", "pre %", "fwd %",
            "other ms", "(d) t-pre img/s", "d/a", "d/b", f"(e) pil x{threads} img/s", "e/b"]
     rows = []
     for r in res["rows"]:
-        rows.append([r["precision"], str(r["batch"]), f"{r['fwd_ips']:,.0f}", f"{r['framebus_ips']:,.0f}",
+        rows.append([r["precision"], str(r["batch"]), str(r["images"]), f"{r['fwd_ips']:,.0f}", f"{r['framebus_ips']:,.0f}",
                      f"{r['ratio_b_a']:.2f}", f"{r['framebus_ms']:.3f}", f"{100 * r['pre_share']:.0f}",
                      f"{100 * r['fwd_share']:.0f}", f"{r['other_ms']:.3f}", f"{r['tensor_pre_ips']:,.0f}",
                      f"{r['ratio_d_a']:.2f}", f"{r['gain_d_b']:.1f}x", f"{r['pil_threads_ips']:,.0f}",
@@ -401,14 +416,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=3, help="timed runs per figure (median)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs before timing")
     p.add_argument("--threads", type=int, default=8, help="threads for the (e) PIL thread-pool variant")
+    p.add_argument("--max-batches", type=int, default=128,
+                   help="cap on batches per timed run (keeps batch 1 short; default 128)")
+    p.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     p.add_argument("--json", default=None, help="also write the results as JSON to this path")
     args = p.parse_args(argv)
     args.batch_sizes = [int(b) for b in str(args.batch_sizes).split(",") if b.strip()]
     args.archs = [a.strip() for a in str(args.arch).split(",") if a.strip()]
     if not args.batch_sizes or min(args.batch_sizes) < 1:
         p.error("--batch-sizes must be positive integers")
-    if args.images < 1 or args.repeat < 1 or args.warmup < 0 or args.threads < 1:
-        p.error("--images, --repeat, --threads must be >= 1 and --warmup >= 0")
+    if min(args.images, args.repeat, args.threads, args.max_batches) < 1 or args.warmup < 0:
+        p.error("--images, --repeat, --threads, --max-batches must be >= 1 and --warmup >= 0")
     return args
 
 
@@ -417,18 +435,24 @@ def main(argv: list[str] | None = None) -> int:
     from models.openclip import resolve_device
 
     device = resolve_device(args.device)
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
     precisions = ["fp32", "bf16"] if args.precision == "both" else [args.precision]
     env = environment(device)
     print("environment: " + ", ".join(f"{k}={v}" for k, v in env.items()))
     sf = settings_free_check()
     print("settings-free OpenClipEmbedder.tiny(): " + ", ".join(f"{k}={v}" for k, v in sf.items()))
-    results = {"argv": sys.argv, "env": env, "settings_free": sf, "archs": []}
+    jpeg_ms = jpeg_decode_ms(repeat=args.repeat)
+    print(f"embed agent JPEG decode (decode_jpeg, {FRAME_H}x{FRAME_W}, q85), before embed_images: {jpeg_ms:.3f} ms/frame")
+    results = {"argv": sys.argv, "env": env, "settings_free": sf, "jpeg_decode_ms": jpeg_ms, "archs": []}
     for arch in args.archs:
         res = bench_arch(arch, device, args.batch_sizes, args.images, precisions, repeat=args.repeat,
-                         warmup=args.warmup, threads=args.threads)
+                         warmup=args.warmup, threads=args.threads, max_batches=args.max_batches)
         results["archs"].append(res)
         print(f"\n{arch} on {res['device']} ({env.get('gpu', platform.processor() or 'cpu')}), images/s, "
-              f"median of {args.repeat}:")
+              f"best of {args.repeat}:")
         print(format_table(res, args.threads))
     print("\n" + LEGEND)
     if args.json:

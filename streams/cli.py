@@ -19,7 +19,8 @@ from streams.errors import FramebusError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 topics_app = typer.Typer(no_args_is_help=True, help="Topic names, partitions and JSON Schemas.")
 app.add_typer(topics_app, name="topics")
-console = Console()
+# Piped output (CI logs, `| less`) gets a wide console so tables don't truncate ids and error codes.
+console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML settings file")]

@@ -25,7 +25,7 @@ from streams.client import ingest, video_id_for
 from streams.config import load_settings
 from topics.events import IngestRequest
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 160)
 QUERIES = ("a red ball moving", "blue squares", "green waves", "noise")
 
 
@@ -100,6 +100,9 @@ def run_demo(workdir: Path | None = None, *, keep: bool = False) -> int:
         docs = asyncio.run(ingest(settings, requests, wait=True, timeout_s=240))
         console.print(f"ingested {len(docs)}/{len(requests)} videos through Kafka in {time.monotonic() - t0:.1f}s")
         print_metadata_table([docs[r.video_id] for r in requests if r.video_id in docs])
+        if env["FRAMEBUS_MODELS"] == "tiny":
+            console.print("note: the tiny profile's CLIP has seeded, untrained weights: the searches below show "
+                          "the mechanics (tenant filter, grouping, time ranges), not semantic ranking yet")
         for query in QUERIES:
             resp = httpx.get(f"http://{http}/search", params={"q": query, "tenant": "demo", "limit": 3}, timeout=60)
             resp.raise_for_status()

@@ -132,6 +132,30 @@ class Runtime:
                               error=ev.ErrorInfo(**error.as_dict()))
         await self.send(registry.PROGRESS, video_id, done, trace_id)
 
+    async def parse_batch(self, stage: str, spec: TopicSpec, events: list[faust.EventT]) -> list[tuple[Any, Any]]:
+        """Validate a micro-batch against ``spec``'s model; dead-letter what does not parse.
+
+        Returns ``(item, event)`` pairs in arrival order.
+        """
+        pairs = []
+        for event in events:
+            try:
+                pairs.append((codec.decode(spec.model, event.value), event))
+            except FramebusError as err:
+                await self.dead_letter(stage, spec, event, err, self.trace_id(event))
+        return pairs
+
+    async def fail_batch(self, stage: str, spec: TopicSpec, pairs: list[tuple[Any, Any]],
+                         error: FramebusError) -> None:
+        """Dead-letter every item of a batch that failed as a whole, and fail each video once."""
+        failed: set[str] = set()
+        for item, event in pairs:
+            await self.dead_letter(stage, spec, event, error, item.trace_id)
+            if item.video_id not in failed:
+                failed.add(item.video_id)
+                await self.fail_video(video_id=item.video_id, tenant=item.tenant, error=error,
+                                      trace_id=item.trace_id, uri=item.uri)
+
     @staticmethod
     def trace_id(event: faust.EventT) -> str:
         headers = event.headers or {}

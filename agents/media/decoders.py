@@ -384,15 +384,17 @@ class DecordDecoder:
 
 # ------------------------------------------------------------------------------------------------
 
-DECODERS: dict[str, Callable[[], Decoder]] = {"pyav": PyAVDecoder, "decord": DecordDecoder}
+DECODERS: dict[str, Callable[..., Decoder]] = {"pyav": PyAVDecoder, "decord": DecordDecoder}
 DEFAULT_DECODER = "pyav"
 
 
-def get_decoder(name: str | None = None) -> Decoder:
-    """A decoder by name (``pyav`` - the default - or ``decord``)."""
+def get_decoder(name: str | None = None, *, threads: int = 0) -> Decoder:
+    """A decoder by name (``pyav`` - the default - or ``decord``). ``threads``: decoder threads
+    per process (0 = FFmpeg's choice, about one per core; use 1 or 2 when a process pool
+    already keeps every core busy)."""
     key = (name or DEFAULT_DECODER).strip().lower()
     try:
-        return DECODERS[key]()
+        return DECODERS[key](threads=threads)
     except KeyError:
         raise DecodeError(f"unknown decoder {name!r}; choose from {sorted(DECODERS)}",
                           code="decode.unknown_decoder") from None

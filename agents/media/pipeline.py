@@ -8,8 +8,13 @@ Steps: probe (limits enforced) -> plan fixed segments -> choose target instants 
 grid, capped at ``max_frames``, plus the midpoint of any segment no target falls in) -> decode and
 select by exact pts -> JPEG -> assign frames to segments (a segment with no frame of its own gets
 the nearest one) -> keyframe per segment (nearest its middle) and optional thumbnail file.
-When the video stream does not state its own length, ``info.duration_s`` is replaced by the end of
-the last decoded frame and the segments are planned on that.
+When the video stream does not state its own length (only the container does, or nothing does),
+``info.duration_s`` is refined to the end of the last decoded frame and the segments are planned
+on that.
+
+``DecodeJob.limits`` defaults to the *default* ingest limits: pass ``Limits.from_settings(s)`` (or
+build the job with ``DecodeJob.from_settings``) so that the decode stage applies the configured
+ones.
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ class DecodeJob:
     decoder: str = DEFAULT_DECODER
     thumb_dir: str | None = None
     limits: Limits = field(default_factory=Limits)
+    #: decoder threads in the worker process (0 = FFmpeg's choice)
+    threads: int = 0
 
     @classmethod
     def from_settings(cls, settings: Any, path: str | os.PathLike, video_id: str,
@@ -111,6 +118,8 @@ def _validate(job: DecodeJob) -> None:
         problems.append(f"max_frames={job.max_frames!r}")
     if job.short_side < 1:
         problems.append(f"short_side={job.short_side!r}")
+    if job.threads < 0:
+        problems.append(f"threads={job.threads!r}")
     if not 1 <= job.jpeg_quality <= 100:
         problems.append(f"jpeg_quality={job.jpeg_quality!r}")
     if not job.video_id or "\x00" in job.video_id:
@@ -124,7 +133,7 @@ def _decode_video(job: DecodeJob) -> DecodedVideo:
     path = Path(job.path)
     pr = probe_detailed(path, job.limits)
     info = pr.info
-    decoder = get_decoder(job.decoder)
+    decoder = get_decoder(job.decoder, threads=job.threads)
 
     segments = plan_segments(info.duration_s, job.segment_s)
     grid = sample_times(info.duration_s, job.sample_fps, job.max_frames)
@@ -140,14 +149,19 @@ def _decode_video(job: DecodeJob) -> DecodedVideo:
     if not frames:
         raise DecodeError("no frame could be sampled", code="decode.corrupt")
 
-    # Refine the duration from the decoded frames when the stream did not state it (or when the
-    # frames run past what it stated by more than a frame).
+    # Refine the duration from the decoded frames: always when it was only estimated from packets;
+    # when only the container stated it, if the frames disagree by more than a frame (the
+    # container's length includes a longer audio track, say); when the stream stated it, only if
+    # the frames run past it.
     if stats is not None and stats.complete and stats.end_s:
+        end = float(stats.end_s)
         slack = 1.5 / info.fps if info.fps > 0 else 0.1
-        if pr.duration_source != "stream" or stats.end_s > info.duration_s + slack:
-            if abs(stats.end_s - info.duration_s) > 1e-6:
-                info = dataclasses.replace(info, duration_s=float(stats.end_s))
-                segments = plan_segments(info.duration_s, job.segment_s)
+        refine = {"scan": abs(end - info.duration_s) > 1e-6,
+                  "container": abs(end - info.duration_s) > slack,
+                  "stream": end > info.duration_s + slack}.get(pr.duration_source, False)
+        if refine:
+            info = dataclasses.replace(info, duration_s=end)
+            segments = plan_segments(info.duration_s, job.segment_s)
 
     frames.sort(key=lambda f: f[0])
     pts = [p for p, _ in frames]
