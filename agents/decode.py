@@ -45,9 +45,8 @@ async def handle(rt: Runtime, event: faust.EventT) -> None:
     except FramebusError as err:
         await rt.dead_letter("decode", registry.DECODE, event, err, trace_id)
         return
-    job = DecodeJob(path=task.path, video_id=task.video_id, sample_fps=s.sample_fps, segment_s=s.segment_s,
-                    max_frames=s.max_frames, short_side=s.frame_size, jpeg_quality=s.jpeg_quality,
-                    decoder=s.decoder, thumb_dir=str(s.blob_dir / "thumbnails" / task.tenant))
+    job = DecodeJob.from_settings(s, task.path, task.video_id, thumb_dir=s.blob_dir / "thumbnails" / task.tenant)
+    job.threads = s.decode_threads
     try:
         decoded = await rt.in_process(decode_video, job)
     except FramebusError as err:

@@ -50,9 +50,7 @@ async def handle(rt: Runtime, event: faust.EventT) -> None:
         return
     try:
         path = resolve_uri(req.uri, s.allowed_roots)
-        limits = Limits(max_file_bytes=s.max_file_bytes, max_duration_s=s.max_duration_s,
-                        max_width=s.max_width, max_height=s.max_height)
-        info = await rt.in_process(probe, path, limits)
+        info = await rt.in_process(probe, path, Limits.from_settings(s))
     except FramebusError as err:
         await rt.dead_letter("ingest", registry.INGEST, event, err, trace_id)
         await rt.fail_video(video_id=req.video_id, tenant=req.tenant, error=err, trace_id=trace_id, uri=req.uri)

@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     frame_size: int = Field(224, ge=16, description="short side of frames sent to models")
     jpeg_quality: int = Field(85, ge=10, le=100)
     decode_workers: int = Field(0, ge=0, description="process pool size; 0 = CPU count")
+    decode_threads: int = Field(1, ge=0, description="FFmpeg threads per decode; 0 = FFmpeg's choice")
 
     # --- batching ----------------------------------------------------------------------------
     embed_batch_size: int = Field(32, ge=1)
