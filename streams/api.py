@@ -32,11 +32,11 @@ def create_api(rt) -> FastAPI:
                         limit: int = Query(10, ge=1, le=100)) -> SearchResponse:
         return search(settings, rt.embedder, rt.store, q, tenant=tenant, limit=limit)
 
-    @api.get("/thumbnails/{tenant}/{video_id}/{index}.jpg")
-    def thumbnail(tenant: str, video_id: str, index: int) -> FileResponse:
+    @api.get("/thumbnails/{relpath:path}")
+    def thumbnail(relpath: str) -> FileResponse:
         root = (settings.blob_dir / "thumbnails").resolve()
-        path = (root / tenant / video_id / f"{index}.jpg").resolve()
-        if not path.is_relative_to(root) or not path.is_file():
+        path = (root / relpath).resolve()
+        if not path.is_relative_to(root) or path.suffix != ".jpg" or not path.is_file():
             raise HTTPException(404, "no such thumbnail")
         return FileResponse(path, media_type="image/jpeg")
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from pathlib import Path
+from urllib.parse import quote, urlparse
+from urllib.request import url2pathname
 
 from pydantic import BaseModel, Field
 
@@ -15,7 +17,8 @@ class SegmentResult(BaseModel):
     start_s: float
     end_s: float
     score: float
-    thumbnail: str | None = None
+    thumbnail: str | None = Field(None, description="file URI of the keyframe JPEG in the blob store")
+    thumbnail_url: str | None = Field(None, description="the same JPEG through the HTTP API")
 
 
 class VideoResult(BaseModel):
@@ -31,6 +34,15 @@ class SearchResponse(BaseModel):
     results: list[VideoResult] = Field(default_factory=list)
 
 
+def thumbnail_url(settings: Settings, thumbnail: str | None) -> str | None:
+    """``/thumbnails/<path under the thumbnail store>`` for a ``file://`` thumbnail reference."""
+    if not thumbnail or not thumbnail.startswith("file://"):
+        return None
+    path = Path(url2pathname(urlparse(thumbnail).path))
+    root = (settings.blob_dir / "thumbnails").resolve()
+    return f"/thumbnails/{quote(path.relative_to(root).as_posix())}" if path.is_relative_to(root) else None
+
+
 def search(settings: Settings, embedder, store, query: str, *, tenant: str, limit: int = 10,
            segments_per_video: int = 3) -> SearchResponse:
     """Embed ``query`` as text and return the best videos of ``tenant`` with their best segments.
@@ -41,8 +53,9 @@ def search(settings: Settings, embedder, store, query: str, *, tenant: str, limi
     collection = collection_name(settings.collection_prefix, embedder.info)
     hits = store.search(collection, vector, tenant=tenant, limit=limit, segments_per_video=segments_per_video)
     results = [VideoResult(video_id=h.video_id, score=h.score,
-                           segments=[SegmentResult(index=s.segment_index, **{k: v for k, v in asdict(s).items()
-                                                                            if k != "segment_index"})
+                           segments=[SegmentResult(index=s.segment_index, start_s=s.start_s, end_s=s.end_s,
+                                                   score=s.score, thumbnail=s.thumbnail,
+                                                   thumbnail_url=thumbnail_url(settings, s.thumbnail))
                                      for s in h.segments])
                for h in hits]
     return SearchResponse(query=query, tenant=tenant, model=f"{embedder.info.name}/{embedder.info.version}",

@@ -191,6 +191,8 @@ def test_search_finds_segments_and_never_crosses_tenants(stack):
         for seg in video["segments"]:
             assert 0 <= seg["start_s"] < seg["end_s"] <= 4.0 + 1e-6
             assert seg["thumbnail"]
+            thumb = httpx.get(f"http://{stack.http}{seg['thumbnail_url']}", timeout=10)
+            assert thumb.status_code == 200 and thumb.content[:2] == b"\xff\xd8"  # a JPEG
 
     # the CLI goes through the same API
     out = subprocess.run([sys.executable, "-m", "streams.cli", "search", "a ball", "--tenant", tb, "--api",
