@@ -46,7 +46,6 @@ async def handle(rt: Runtime, event: faust.EventT) -> None:
         await rt.dead_letter("decode", registry.DECODE, event, err, trace_id)
         return
     job = DecodeJob.from_settings(s, task.path, task.video_id, thumb_dir=s.blob_dir / "thumbnails" / task.tenant)
-    job.threads = s.decode_threads
     try:
         decoded = await rt.in_process(decode_video, job)
     except FramebusError as err:
@@ -61,9 +60,10 @@ async def handle(rt: Runtime, event: faust.EventT) -> None:
     for seg in decoded.segments:
         frames = frames_payload(seg, budget, s.blob_dir / "frames" / task.video_id)
         segment = ev.Segment(index=seg.index, start_s=seg.start_s, end_s=seg.end_s, keyframe_s=seg.keyframe_s,
-                             thumbnail=_as_uri(seg.thumbnail))
+                             thumbnail=_as_uri(seg.thumbnail), quality=seg.quality)
         msg = ev.SegmentFrames(video_id=task.video_id, tenant=task.tenant, uri=task.uri, segment=segment,
-                               segment_count=count, frames=frames, video=facts, trace_id=trace_id)
+                               segment_count=count, frames=frames, video=facts, tasks=task.tasks,
+                               trace_id=trace_id)
         await rt.send(registry.FRAMES, task.video_id, msg, trace_id)
     rt.count("frames.decoded", decoded.frames_decoded)
     log.info("decode: %s -> %d segments, %d frames decoded", task.video_id, count, decoded.frames_decoded)

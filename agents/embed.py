@@ -1,8 +1,7 @@
 """embed: image embeddings per segment, micro-batched across videos and partitions.
 
-Reads SegmentFrames; takes up to ``embed_batch_size`` segments or whatever arrived within
-``embed_batch_wait_s`` (so one video never waits for a full batch), runs one model call in the model
-thread, and writes one SegmentEmbedding per segment (the normalised mean of its frames' embeddings).
+Reads SegmentFrames (the segments whose tasks include ``embed``); one model call per micro-batch, in the
+model thread; writes one SegmentAnalysis per segment with the normalised mean of its frames' embeddings.
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ from topics import registry
 from topics import events as ev
 
 log = logging.getLogger("framebus.agents.embed")
+TASK = "embed"
 
 
 def frame_pixels(frame: ev.Frame) -> np.ndarray:
@@ -31,45 +31,68 @@ def frame_pixels(frame: ev.Frame) -> np.ndarray:
         return decode_jpeg(fh.read())
 
 
-def embed_segments(embedder, items: list[ev.SegmentFrames]) -> np.ndarray:
-    """One forward pass over every frame of every segment; one unit vector per segment."""
+def segment_images(items: list[ev.SegmentFrames]) -> tuple[list[np.ndarray], np.ndarray]:
+    """Every frame of every segment, and for each frame the index of its segment."""
     images, owner = [], []
     for i, item in enumerate(items):
         for frame in item.frames:
             images.append(frame_pixels(frame))
             owner.append(i)
-    vectors = embedder.embed_images(images)
-    owner_arr = np.asarray(owner)
-    out = np.stack([vectors[owner_arr == i].mean(axis=0) for i in range(len(items))])
+    return images, np.asarray(owner)
+
+
+def keyframes(items: list[ev.SegmentFrames]) -> list[np.ndarray]:
+    """Each segment's frame nearest its keyframe time."""
+    return [frame_pixels(min(item.frames, key=lambda f: abs(f.pts_s - item.segment.keyframe_s))) for item in items]
+
+
+def embed_segments(embedder, batcher, items: list[ev.SegmentFrames]) -> np.ndarray:
+    """One unit vector per segment: the normalised mean of its frames' embeddings."""
+    images, owner = segment_images(items)
+    vectors = np.asarray(batcher.run(embedder.embed_images, images))
+    out = np.stack([vectors[owner == i].mean(axis=0) for i in range(len(items))])
     return (out / np.linalg.norm(out, axis=1, keepdims=True).clip(1e-12)).astype(np.float32)
 
 
-async def handle_batch(rt: Runtime, events: list[faust.EventT]) -> None:
-    pairs = await rt.parse_batch("embed", registry.FRAMES, events)
+def analysis(item: ev.SegmentFrames, task: str, model, **result) -> ev.SegmentAnalysis:
+    return ev.SegmentAnalysis(video_id=item.video_id, tenant=item.tenant, uri=item.uri, segment=item.segment,
+                              segment_count=item.segment_count, tasks=item.tasks, task=task,
+                              model=ev.ModelRef(task=task, name=model.info.name, version=model.info.version),
+                              video=item.video, trace_id=item.trace_id, **result)
+
+
+async def model_batch(rt: Runtime, task: str, events: list[faust.EventT], run) -> list | None:
+    """Parse a batch, keep the items that ask for ``task``, run ``run(items)`` in the model thread.
+
+    Returns ``(items, outputs)`` or ``None`` when nothing was left or the model failed (then every item
+    is dead-lettered and its video failed).
+    """
+    pairs = [(item, event) for item, event in await rt.parse_batch(task, registry.FRAMES, events)
+             if task in item.tasks]
     if not pairs:
-        return
+        return None
     items = [item for item, _ in pairs]
-    embedder = rt.embedder
     try:
-        vectors = await rt.in_model_thread(embed_segments, embedder, items)
+        outputs = await rt.in_model_thread(run, items)
     except Exception as exc:  # a model failure fails these items, not the worker
-        err = exc if isinstance(exc, FramebusError) else ModelError(f"embedding failed: {exc!r}")
-        await rt.fail_batch("embed", registry.FRAMES, pairs, err)
+        err = exc if isinstance(exc, FramebusError) else ModelError(f"{task} failed: {exc!r}")
+        await rt.fail_batch(task, registry.FRAMES, pairs, err)
+        return None
+    rt.count(f"{task}.batches")
+    rt.count(f"{task}.segments", len(items))
+    return [items, outputs]
+
+
+async def handle_batch(rt: Runtime, events: list[faust.EventT]) -> None:
+    embedder, batcher = rt.embedder, rt.batchers[TASK]
+    done = await model_batch(rt, TASK, events, lambda items: embed_segments(embedder, batcher, items))
+    if done is None:
         return
-    model = ev.ModelRef(task="embed", name=embedder.info.name, version=embedder.info.version)
-    for item, vec in zip(items, vectors):
-        out = ev.SegmentEmbedding(video_id=item.video_id, tenant=item.tenant, uri=item.uri, segment=item.segment,
-                                  segment_count=item.segment_count, vector=vec.tolist(), model=model,
-                                  video=item.video, trace_id=item.trace_id)
-        await rt.send(registry.EMBEDDINGS, item.video_id, out, item.trace_id)
-    rt.count("embed.batches")
-    rt.count("embed.segments", len(items))
+    for item, vec in zip(*done):
+        out = analysis(item, TASK, embedder, vector=vec.tolist())
+        await rt.send(registry.ANALYSIS, item.video_id, out, item.trace_id)
 
 
 def register(rt: Runtime) -> None:
     s = rt.settings
-
-    @rt.app.agent(rt.topic(registry.FRAMES), name="framebus.embed", concurrency=1)
-    async def embed(stream):
-        async for events in stream.take_events(s.embed_batch_size, within=s.embed_batch_wait_s):
-            await handle_batch(rt, list(events))
+    rt.batched_agent(TASK, registry.FRAMES, handle_batch, batch_size=s.embed_batch_size, wait_s=s.embed_batch_wait_s)

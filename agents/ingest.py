@@ -19,7 +19,6 @@ from topics import codec, registry
 from topics import events as ev
 
 log = logging.getLogger("framebus.agents.ingest")
-TASKS = ("embed",)
 
 
 def salvage_ids(raw: bytes | None, key: bytes | None) -> tuple[str | None, str]:
@@ -58,7 +57,7 @@ async def handle(rt: Runtime, event: faust.EventT) -> None:
     facts = ev.VideoFacts(duration_s=info.duration_s, fps=info.fps, width=info.width, height=info.height,
                           codec=info.codec, pix_fmt=info.pix_fmt, rotation=info.rotation)
     task = ev.DecodeTask(video_id=req.video_id, tenant=req.tenant, path=str(path), uri=req.uri,
-                         tasks=[t for t in (req.tasks or TASKS) if t in TASKS] or list(TASKS),
+                         tasks=[t for t in (req.tasks or s.tasks) if t in s.tasks] or list(s.tasks),
                          video=facts, trace_id=trace_id)
     await rt.send(registry.DECODE, req.video_id, task, trace_id)
     log.info("ingest: %s planned (%.2fs %s %dx%d)", req.video_id, info.duration_s, info.codec, info.width,

@@ -57,6 +57,28 @@ class SegmentHit:
     end_s: float
     score: float
     thumbnail: str | None = None
+    caption: str | None = None
+    flagged: bool | None = None
+
+
+@dataclass(frozen=True)
+class SegmentFilter:
+    """Optional narrowing of a search, applied inside the store query with the tenant filter.
+
+    ``flagged``: only segments whose moderation verdict flagged (True) or did not flag (False) them;
+    ``start_s``/``end_s``: only segments overlapping that time range of their video.
+    """
+
+    flagged: bool | None = None
+    start_s: float | None = None
+    end_s: float | None = None
+
+    def matches(self, payload: dict[str, Any]) -> bool:
+        if self.flagged is not None and bool((payload.get("extra") or {}).get("flagged")) != self.flagged:
+            return False
+        if self.start_s is not None and float(payload["end_s"]) < self.start_s:
+            return False
+        return self.end_s is None or float(payload["start_s"]) <= self.end_s
 
 
 @dataclass
@@ -83,7 +105,7 @@ class VectorStore(Protocol):
     def upsert(self, collection: str, points: list[SegmentPoint]) -> None: ...
 
     def search(self, collection: str, vector: np.ndarray, *, tenant: str, limit: int = 10,
-               segments_per_video: int = 3) -> list[VideoHit]: ...
+               segments_per_video: int = 3, where: SegmentFilter | None = None) -> list[VideoHit]: ...
 
     def count(self, collection: str, *, tenant: str | None = None, video_id: str | None = None) -> int: ...
 
@@ -136,5 +158,7 @@ def dim_mismatch(collection: str, expected: int, got: int) -> VectorStoreError:
 
 
 def hit_from_payload(payload: dict[str, Any], score: float) -> SegmentHit:
+    extra = payload.get("extra") or {}
     return SegmentHit(segment_index=int(payload["segment_index"]), start_s=float(payload["start_s"]),
-                      end_s=float(payload["end_s"]), score=float(score), thumbnail=payload.get("thumbnail"))
+                      end_s=float(payload["end_s"]), score=float(score), thumbnail=payload.get("thumbnail"),
+                      caption=extra.get("caption"), flagged=extra.get("flagged"))

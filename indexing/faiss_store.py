@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from indexing.base import (SegmentPoint, VideoHit, as_query_vector, dim_mismatch, hit_from_payload,
+from indexing.base import (SegmentFilter, SegmentPoint, VideoHit, as_query_vector, dim_mismatch, hit_from_payload,
                            points_matrix, require_tenant)
 from indexing.ids import point_id_int64
 from streams.errors import FramebusError, VectorStoreError
@@ -117,7 +117,7 @@ class FaissStore:
                 raise VectorStoreError(f"faiss upsert into {collection!r} failed: {e}") from e
 
     def search(self, collection: str, vector: np.ndarray, *, tenant: str, limit: int = 10,
-               segments_per_video: int = 3) -> list[VideoHit]:
+               segments_per_video: int = 3, where: SegmentFilter | None = None) -> list[VideoHit]:
         tenant = require_tenant(tenant)
         query = as_query_vector(vector)
         if limit <= 0 or segments_per_video <= 0:
@@ -142,6 +142,8 @@ class FaissStore:
                         if iid < 0:
                             continue
                         payload = shard.payloads[int(iid)]
+                        if where is not None and not where.matches(payload):
+                            continue
                         hits = groups.setdefault(payload["video_id"], [])
                         if len(hits) < segments_per_video:
                             hits.append(hit_from_payload(payload, float(score)))

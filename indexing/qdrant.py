@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from indexing.base import (SegmentPoint, VideoHit, as_query_vector, dim_mismatch, hit_from_payload,
+from indexing.base import (SegmentFilter, SegmentPoint, VideoHit, as_query_vector, dim_mismatch, hit_from_payload,
                            points_matrix, require_tenant)
 from streams.errors import FramebusError, VectorStoreError
 
@@ -75,10 +75,16 @@ class QdrantStore:
         return self._dims[name]
 
     @staticmethod
-    def _filter(tenant: str | None = None, video_id: str | None = None):
+    def _filter(tenant: str | None = None, video_id: str | None = None, where: SegmentFilter | None = None):
         from qdrant_client import models
 
         must = []
+        if where is not None and where.flagged is not None:
+            must.append(models.FieldCondition(key="extra.flagged", match=models.MatchValue(value=where.flagged)))
+        if where is not None and where.start_s is not None:
+            must.append(models.FieldCondition(key="end_s", range=models.Range(gte=where.start_s)))
+        if where is not None and where.end_s is not None:
+            must.append(models.FieldCondition(key="start_s", range=models.Range(lte=where.end_s)))
         if tenant is not None:
             must.append(models.FieldCondition(key="tenant", match=models.MatchValue(value=tenant)))
         if video_id is not None:
@@ -129,7 +135,7 @@ class QdrantStore:
                 ))
 
     def search(self, collection: str, vector: np.ndarray, *, tenant: str, limit: int = 10,
-               segments_per_video: int = 3) -> list[VideoHit]:
+               segments_per_video: int = 3, where: SegmentFilter | None = None) -> list[VideoHit]:
         tenant = require_tenant(tenant)
         query = as_query_vector(vector)
         if limit <= 0 or segments_per_video <= 0:
@@ -142,12 +148,13 @@ class QdrantStore:
                 raise dim_mismatch(collection, have, query.size)
             with self._call("query_points_groups") as c:
                 res = c.query_points_groups(collection, group_by="video_id", query=query.tolist(),
-                                            query_filter=self._filter(tenant=tenant), limit=int(limit),
+                                            query_filter=self._filter(tenant=tenant, where=where), limit=int(limit),
                                             group_size=int(segments_per_video), with_payload=True)
         out: list[VideoHit] = []
         for group in res.groups:
             hits = [hit_from_payload(h.payload or {}, h.score) for h in group.hits
-                    if (h.payload or {}).get("tenant") == tenant]  # belt and braces; the filter did it
+                    if (h.payload or {}).get("tenant") == tenant  # belt and braces; the filter did it
+                    and (where is None or where.matches(h.payload or {}))]
             if not hits:
                 continue
             hits.sort(key=lambda h: h.score, reverse=True)

@@ -18,7 +18,7 @@ class ModelInfo:
 
     ``name`` is human readable (``open_clip/ViT-B-32``), ``version`` is a short stable tag or hash
     that changes whenever the vectors the model produces change (it names the vector collection),
-    ``task`` says what the model does (``embed``, later ``caption``, ``moderate``, ``generate``).
+    ``task`` says what the model does (``embed``, ``caption``, ``moderate``, later ``generate``).
     """
 
     name: str
@@ -44,4 +44,36 @@ class Embedder(Protocol):
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         """Strings -> ``(n, dim)`` float32, L2-normalised."""
+        ...
+
+
+@runtime_checkable
+class Captioner(Protocol):
+    """Image captioner: one short English caption per RGB uint8 ``HxWx3`` frame (any size).
+
+    For a shot, callers pass its keyframe. Runs under ``torch.inference_mode()``, batches
+    internally, greedy decoding (deterministic), and may be called from any thread.
+    """
+
+    info: ModelInfo
+
+    def caption(self, images: list[np.ndarray]) -> list[str]:
+        """RGB uint8 ``HxWx3`` arrays -> one caption per image, in order."""
+        ...
+
+
+@runtime_checkable
+class Moderator(Protocol):
+    """Content moderator over frames: per-category scores in ``[0, 1]``.
+
+    ``categories`` lists the policy categories every score dict carries (in that order);
+    ``thresholds`` maps each category to the score at or above which a frame counts as flagged.
+    """
+
+    info: ModelInfo
+    categories: list[str]
+    thresholds: dict[str, float]
+
+    def score(self, images: list[np.ndarray]) -> list[dict[str, float]]:
+        """RGB uint8 ``HxWx3`` arrays -> one ``{category: score}`` dict per image, in order."""
         ...

@@ -1,7 +1,7 @@
 """Model profiles: which backend (and options) serves each task.
 
-``Settings.models`` (``FRAMEBUS_MODELS``) names a profile. Only the embedder is wired today; the
-other task slots are reserved for later work (captioner, moderator, generator) and are ``None``.
+``Settings.models`` (``FRAMEBUS_MODELS``) names a profile. The embedder, captioner and moderator are
+wired; the generator slot is reserved for later work and is ``None``.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ class Profile:
     name: str
     description: str
     embedder: ModelSpec
-    captioner: ModelSpec | None = None  # reserved
-    moderator: ModelSpec | None = None  # reserved
+    captioner: ModelSpec | None = None
+    moderator: ModelSpec | None = None
     generator: ModelSpec | None = None  # reserved
 
     def spec(self, task: str) -> ModelSpec | None:
@@ -39,17 +39,40 @@ TASKS = ("embedder", "captioner", "moderator", "generator")
 
 DEFAULT_EMBEDDER_ARCH = "ViT-B-32"
 DEFAULT_EMBEDDER_TAG = "laion2b_s34b_b79k"
+# Pretrained captioner, by Hugging Face name (BlipForConditionalGeneration + BlipProcessor).
+DEFAULT_CAPTIONER_NAME = "Salesforce/blip-image-captioning-base"
+
+# Zero-shot moderation policy of the default profile: category -> CLIP text prompts. Scores are a
+# softmax (temperature ``calibration.temperature``) of each category's prompts against the safe prompts.
+DEFAULT_MODERATION_POLICY: dict[str, tuple[str, ...]] = {
+    "violence": ("a photo of a violent fight", "a photo of people hitting each other",
+                 "a photo of blood and injuries", "a photo of a violent attack"),
+    "nudity": ("a photo of a naked person", "a photo containing nudity", "an explicit sexual photo"),
+    "weapons": ("a photo of a gun", "a photo of a person holding a firearm", "a photo of a knife used as a weapon",
+                "a photo of weapons"),
+}
+DEFAULT_SAFE_PROMPTS: tuple[str, ...] = (
+    "a photo", "an ordinary everyday photo", "a photo of people", "a photo of a person", "a photo of an object",
+    "a photo of a landscape", "a photo of a room", "a screenshot", "a drawing",
+)
+DEFAULT_MODERATION_CALIBRATION: dict[str, float] = {"temperature": 0.01, "threshold": 0.5}
 
 PROFILES: dict[str, Profile] = {
     "default": Profile(
         name="default",
         description="pretrained models; weights come from the Hugging Face hub or a local cache/checkpoint",
         embedder=ModelSpec("open_clip", {"arch": DEFAULT_EMBEDDER_ARCH, "pretrained": DEFAULT_EMBEDDER_TAG}),
+        captioner=ModelSpec("transformers", {"name": DEFAULT_CAPTIONER_NAME}),
+        moderator=ModelSpec("clip-zero-shot", {"categories": DEFAULT_MODERATION_POLICY,
+                                               "safe_prompts": DEFAULT_SAFE_PROMPTS,
+                                               "calibration": DEFAULT_MODERATION_CALIBRATION}),
     ),
     "tiny": Profile(
         name="tiny",
         description="small models that need no download (tests, CI, offline demos)",
         embedder=ModelSpec("framebus_tiny_clip"),
+        captioner=ModelSpec("tiny"),  # <data_dir>/models/tiny-captioner/ (trained), else seeded random init
+        moderator=ModelSpec("clip-head"),  # <data_dir>/models/tiny-moderator.pt (trained; required)
     ),
 }
 

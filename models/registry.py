@@ -12,7 +12,7 @@ from models.profiles import TASKS, get_profile
 from streams.errors import ModelError
 
 if TYPE_CHECKING:
-    from models.base import Embedder
+    from models.base import Captioner, Embedder, Moderator
     from streams.config import Settings
 
 Factory = Callable[..., Any]
@@ -54,6 +54,28 @@ def load_embedder(settings: "Settings") -> "Embedder":
     return create("embedder", spec.backend, settings, **spec.options)
 
 
+def _spec(settings: "Settings", task: str):
+    spec = get_profile(settings.models).spec(task)
+    if spec is None:
+        raise ModelError(f"model profile {settings.models!r} has no {task}", code="models.unknown_backend")
+    return spec
+
+
+def load_captioner(settings: "Settings") -> "Captioner":
+    """The captioner of profile ``settings.models`` on ``settings.device`` (``ModelNotAvailable``
+    ``models.weights_missing`` when pretrained weights are not available offline)."""
+    spec = _spec(settings, "captioner")
+    return create("captioner", spec.backend, settings, **spec.options)
+
+
+def load_moderator(settings: "Settings", embedder: "Embedder") -> "Moderator":
+    """The moderator of profile ``settings.models``, on top of ``embedder`` (pass the one
+    ``load_embedder(settings)`` returned). The tiny profile needs its trained head
+    (``ModelNotAvailable`` telling to run ``framebus models train`` otherwise)."""
+    spec = _spec(settings, "moderator")
+    return create("moderator", spec.backend, settings, embedder=embedder, **spec.options)
+
+
 # --- built-in backends -----------------------------------------------------------------------------
 
 def pretrained_checkpoint_path(settings: "Settings", arch: str, tag: str) -> Any:
@@ -83,3 +105,32 @@ def _tiny_clip_embedder(settings: "Settings", **kw: Any) -> "Embedder":
     from models.openclip import TINY_CHECKPOINT, OpenClipEmbedder
 
     return OpenClipEmbedder.tiny(checkpoint=settings.model_cache_dir / TINY_CHECKPOINT, device=settings.device, **kw)
+
+
+@register("captioner", "transformers")
+def _transformers_captioner(settings: "Settings", *, name: str, **kw: Any) -> "Captioner":
+    from models.captioner import TransformersCaptioner
+
+    return TransformersCaptioner.pretrained(name, cache_dir=hf_cache_dir(settings), device=settings.device, **kw)
+
+
+@register("captioner", "tiny")
+def _tiny_captioner(settings: "Settings", **kw: Any) -> "Captioner":
+    from models.captioner import TINY_DIR, TransformersCaptioner
+
+    return TransformersCaptioner.tiny(settings.model_cache_dir / TINY_DIR, device=settings.device, **kw)
+
+
+@register("moderator", "clip-zero-shot")
+def _clip_zero_shot_moderator(settings: "Settings", *, embedder: "Embedder", **kw: Any) -> "Moderator":
+    from models.moderator import ClipZeroShotModerator
+
+    return ClipZeroShotModerator(embedder, **kw)
+
+
+@register("moderator", "clip-head")
+def _clip_head_moderator(settings: "Settings", *, embedder: "Embedder", path: str | None = None,
+                         **kw: Any) -> "Moderator":
+    from models.moderator import TINY_HEAD_FILE, ClipHeadModerator
+
+    return ClipHeadModerator.load(path or settings.model_cache_dir / TINY_HEAD_FILE, embedder, **kw)

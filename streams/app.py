@@ -17,15 +17,20 @@ import faust
 
 from streams.broker import EmbeddedBroker, ensure_topics
 from streams.config import Settings
-from streams.runtime import AGENTS, Runtime
+from streams.runtime import AGENTS, MODEL_AGENTS, Runtime
 
 log = logging.getLogger("framebus.app")
 
 
-def parse_agents(value: str | Iterable[str]) -> list[str]:
+def pipeline_agents(settings: Settings) -> list[str]:
+    """Every agent the configured tasks need (a model agent only when its task is on)."""
+    return [a for a in AGENTS if a not in MODEL_AGENTS or a in settings.tasks]
+
+
+def parse_agents(value: str | Iterable[str], settings: Settings) -> list[str]:
     names = [a.strip() for a in (value.split(",") if isinstance(value, str) else value) if a.strip()]
     if names == ["all"]:
-        return list(AGENTS)
+        return pipeline_agents(settings)
     unknown = sorted(set(names) - set(AGENTS))
     if unknown or not names:
         raise SystemExit(f"unknown agents {unknown or names}; choose from {', '.join(AGENTS)} or 'all'")
@@ -89,12 +94,13 @@ def up(settings: Settings, *, with_api: bool = True, loglevel: str = "warning") 
         broker.start()
     try:
         asyncio.run(ensure_topics(settings))
-        rt = build_runtime(settings, AGENTS, worker_name="up")
-        _ = rt.embedder  # load models before joining the group: a missing model fails fast and clearly
+        agents = pipeline_agents(settings)
+        rt = build_runtime(settings, agents, worker_name="up")
+        rt.load_models(agents)  # before joining the group: a missing model fails fast and clearly
         server = api.serve_in_thread(rt) if with_api else None
         where = f" http=http://{settings.http}" if server else ""
         run_worker(rt, ready_line=f"framebus ready: broker={settings.bootstrap}{where} "
-                                  f"agents={','.join(AGENTS)} models={settings.models}",
+                                  f"agents={','.join(agents)} models={settings.models}",
                    loglevel="warn")
         if server:
             server.should_exit = True
@@ -107,7 +113,6 @@ def worker(settings: Settings, agents: list[str], *, name: str | None = None, lo
     configure_logging(loglevel)
     asyncio.run(ensure_topics(settings))
     rt = build_runtime(settings, agents, worker_name=name)
-    if "embed" in agents:
-        _ = rt.embedder
+    rt.load_models(agents)
     run_worker(rt, ready_line=f"framebus worker ready: name={rt.worker_name} broker={settings.bootstrap} "
                               f"agents={','.join(agents)}")

@@ -137,7 +137,7 @@ def topic_partitions(settings: Settings) -> dict[str, int]:
     return names
 
 
-TABLES = ("publish-progress",)
+TABLES = ("publish-progress", "index-join")
 
 
 async def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]:

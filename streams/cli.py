@@ -13,12 +13,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from models.cli import models_app
 from streams.config import Settings, load_settings
 from streams.errors import FramebusError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 topics_app = typer.Typer(no_args_is_help=True, help="Topic names, partitions and JSON Schemas.")
 app.add_typer(topics_app, name="topics")
+app.add_typer(models_app, name="models", help="Train and evaluate the tiny profile's models.")
 # Piped output (CI logs, `| less`) gets a wide console so tables don't truncate ids and error codes.
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
@@ -60,7 +62,8 @@ def up(config: ConfigOpt = None, broker: BrokerOpt = None,
 
 
 @app.command()
-def worker(agents: Annotated[str, typer.Option(help="comma-separated: ingest,decode,embed,index,publish or all")],
+def worker(agents: Annotated[str, typer.Option(help="comma-separated: ingest,decode,embed,caption,moderate,"
+                                                    "index,publish, or all (what FRAMEBUS_TASKS needs)")],
            config: ConfigOpt = None, broker: BrokerOpt = None, data_dir: DataOpt = None, models: ModelsOpt = None,
            name: Annotated[Optional[str], typer.Option(help="worker name in logs")] = None,
            log_level: Annotated[str, typer.Option(help="log level")] = "warning") -> None:
@@ -69,7 +72,7 @@ def worker(agents: Annotated[str, typer.Option(help="comma-separated: ingest,dec
 
     settings = _settings(config, broker=broker, data_dir=data_dir, models=models)
     try:
-        run_worker(settings, parse_agents(agents), name=name, loglevel=log_level)
+        run_worker(settings, parse_agents(agents, settings), name=name, loglevel=log_level)
     except FramebusError as err:
         _fail(err)
 
@@ -116,37 +119,57 @@ def print_metadata_table(docs) -> None:
 
 
 @app.command()
-def search(query: Annotated[str, typer.Argument(help="what to look for, in words")],
+def search(query: Annotated[Optional[str], typer.Argument(help="what to look for, in words")] = None,
+           image: Annotated[Optional[Path], typer.Option(help="query by example: an image file")] = None,
            tenant: Annotated[str, typer.Option(help="tenant to search in")] = "default",
            limit: Annotated[int, typer.Option(min=1, max=100)] = 10,
+           moderation: Annotated[Optional[str], typer.Option(help="only 'flagged' or only 'clean' segments")] = None,
+           start: Annotated[Optional[float], typer.Option(help="segments ending at or after this second")] = None,
+           end: Annotated[Optional[float], typer.Option(help="segments starting at or before this second")] = None,
            api: Annotated[Optional[str], typer.Option(help="HTTP API of a running framebus, HOST:PORT")] = None,
            json_out: Annotated[bool, typer.Option("--json", help="print the response as JSON")] = False,
            config: ConfigOpt = None, data_dir: DataOpt = None, models: ModelsOpt = None) -> None:
-    """Semantic search: through the HTTP API of a running framebus, else straight from the data dir."""
+    """Semantic search by text or image: through the HTTP API of a running framebus, else the data dir."""
+    if (query is None) == (image is None):
+        err_console.print("give a text QUERY or --image PATH")
+        raise typer.Exit(2)
+    if moderation not in (None, "flagged", "clean"):
+        err_console.print("--moderation takes flagged or clean")
+        raise typer.Exit(2)
     settings = _settings(config, data_dir=data_dir, models=models, http=api)
+    params = {"tenant": tenant, "limit": limit, "flagged": {"flagged": True, "clean": False}.get(moderation),
+              "start_s": start, "end_s": end}
+    params = {k: v for k, v in params.items() if v is not None}
     try:
-        resp = httpx.get(f"http://{settings.http}/search", params={"q": query, "tenant": tenant, "limit": limit},
-                         timeout=60)
+        if image is None:
+            resp = httpx.get(f"http://{settings.http}/search", params={"q": query, **params}, timeout=60)
+        else:
+            resp = httpx.post(f"http://{settings.http}/search/image", params=params, content=image.read_bytes(),
+                              timeout=60)
         resp.raise_for_status()
         data = resp.json()
     except httpx.ConnectError:
-        data = _search_local(settings, query, tenant, limit)
+        data = _search_local(settings, query, image, params)
     if json_out:
         print(json.dumps(data, indent=2))
         return
     print_search_results(data)
 
 
-def _search_local(settings: Settings, query: str, tenant: str, limit: int) -> dict:
+def _search_local(settings: Settings, query: str | None, image: Path | None, params: dict) -> dict:
     from indexing import open_store
+    from indexing.base import SegmentFilter
     from models.registry import load_embedder
+    from streams.api import decode_image
     from streams.search import search as run_search
 
+    where = SegmentFilter(flagged=params.get("flagged"), start_s=params.get("start_s"), end_s=params.get("end_s"))
     try:
         store = open_store(settings)
         try:
-            return run_search(settings, load_embedder(settings), store, query, tenant=tenant,
-                              limit=limit).model_dump()
+            return run_search(settings, load_embedder(settings), store, query, tenant=params["tenant"],
+                              image=decode_image(image.read_bytes()) if image else None, limit=params["limit"],
+                              where=where).model_dump()
         finally:
             store.close()
     except FramebusError as err:
@@ -159,8 +182,11 @@ def print_search_results(data: dict) -> None:
     if not data["results"]:
         console.print("  no results")
     for rank, video in enumerate(data["results"], 1):
-        spans = ", ".join(f"{s['start_s']:.1f}-{s['end_s']:.1f}s ({s['score']:.3f})" for s in video["segments"])
-        console.print(f"  {rank}. {video['video_id']}  score {video['score']:.3f}  [{spans}]")
+        console.print(f"  {rank}. {video['video_id']}  score {video['score']:.3f}")
+        for s in video["segments"]:
+            flag = " [red]flagged[/]" if s.get("flagged") else ""
+            caption = f'  "{s["caption"]}"' if s.get("caption") else ""
+            console.print(f"       {s['start_s']:6.1f}-{s['end_s']:.1f}s  {s['score']:.3f}{caption}{flag}")
 
 
 @topics_app.command("schema")

@@ -13,6 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import orjson
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -46,6 +47,7 @@ class Settings(BaseSettings):
     collection_prefix: str = Field("framebus", description="vector collections are <prefix>_<model>_<version>")
 
     # --- models -------------------------------------------------------------------------------
+    model_dir: Path | None = Field(None, description="model weights and caches; unset = <data_dir>/models")
     models: str = Field("default", description="model profile: default or tiny")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
 
@@ -60,7 +62,9 @@ class Settings(BaseSettings):
     # --- decode -------------------------------------------------------------------------------
     decoder: str = Field("pyav", description="pyav or decord")
     sample_fps: float = Field(1.0, gt=0, description="frames sampled per second of video")
-    segment_s: float = Field(2.0, gt=0, description="length of a fixed segment")
+    shot_detection: bool = Field(True, description="segments are detected shots, else fixed windows")
+    min_shot_s: float = Field(0.4, gt=0, description="shortest shot the detector reports")
+    segment_s: float = Field(2.0, gt=0, description="length of a fixed segment (shot detection off)")
     max_frames: int = Field(20_000, ge=1)
     frame_size: int = Field(224, ge=16, description="short side of frames sent to models")
     jpeg_quality: int = Field(85, ge=10, le=100)
@@ -70,11 +74,34 @@ class Settings(BaseSettings):
     # --- batching ----------------------------------------------------------------------------
     embed_batch_size: int = Field(32, ge=1)
     embed_batch_wait_s: float = Field(0.05, ge=0)
+    caption_batch_size: int = Field(16, ge=1)
+    caption_batch_wait_s: float = Field(0.05, ge=0)
+    moderate_batch_size: int = Field(32, ge=1)
+    moderate_batch_wait_s: float = Field(0.05, ge=0)
     index_batch_size: int = Field(64, ge=1)
     index_batch_wait_s: float = Field(0.05, ge=0)
 
+    # --- tasks and moderation policy -----------------------------------------------------------
+    tasks: list[str] = Field(default_factory=lambda: ["embed"],
+                             description="what every video gets unless its request asks for less: "
+                                         "embed, caption, moderate")
+    moderation_threshold: float = Field(0.5, ge=0, le=1, description="default when the model has none")
+    moderation_action: str = Field("flag", description="default action for a flagged category")
+    moderation_policy: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description='per category: {"threshold": 0.7, "action": "block"}')
+
     # --- HTTP ---------------------------------------------------------------------------------
     http: str = Field("127.0.0.1:8080", description="where the HTTP API listens")
+
+    @field_validator("moderation_policy", mode="before")
+    @classmethod
+    def _parse_policy(cls, v: Any) -> Any:
+        return orjson.loads(v) if isinstance(v, str) else v
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _split_tasks(cls, v: Any) -> Any:
+        return [t.strip() for t in v.split(",") if t.strip()] if isinstance(v, str) else v
 
     @field_validator("ingest_roots", mode="before")
     @classmethod
@@ -108,7 +135,7 @@ class Settings(BaseSettings):
 
     @property
     def model_cache_dir(self) -> Path:
-        return self.data_dir / "models"
+        return self.model_dir or self.data_dir / "models"
 
     def kafka_security(self) -> dict[str, Any]:
         """Keyword arguments for aiokafka clients (faust takes the same via ``broker_credentials``)."""

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import httpx
+import orjson
 from rich.console import Console
 
 from streams.client import ingest, video_id_for
@@ -26,7 +27,6 @@ from streams.config import load_settings
 from topics.events import IngestRequest
 
 console = Console(width=None if sys.stdout.isatty() else 160)
-QUERIES = ("a red ball moving", "blue squares", "green waves", "noise")
 
 
 def free_port() -> int:
@@ -70,8 +70,27 @@ def stop_stack(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+DEMO_VIDEOS = (  # (name, shots): one object each, the star shots are "unsafe" (category hazard)
+    ("harbour", [("circle", "red", "left"), ("square", "blue", "up"), ("star", "yellow", "right")]),
+    ("meadow", [("triangle", "green", "down"), ("circle", "white", "right")]),
+    ("night", [("square", "yellow", "left"), ("star", "red", "down"), ("triangle", "blue", "up")]),
+)
+QUERIES = ("a red circle moving left", "a blue square moving up", "a green triangle")
+
+
+def make_demo_videos(directory: Path) -> list[Path]:
+    from loadtest.world import ShotSpec, make_world_video
+
+    paths = []
+    for v, (name, shots) in enumerate(DEMO_VIDEOS):
+        specs = [ShotSpec(shape=a, colour=b, motion=c, background=(v + k) % 6, seed=1000 + 10 * v + k)
+                 for k, (a, b, c) in enumerate(shots)]
+        paths.append(make_world_video(directory / f"{name}.mp4", specs, fps=24, width=320, height=240).path)
+    return paths
+
+
 def run_demo(workdir: Path | None = None, *, keep: bool = False) -> int:
-    from loadtest.videos import make_sample_set
+    from models.training import missing_models
     from streams.cli import print_metadata_table, print_search_results
 
     started = time.monotonic()
@@ -79,13 +98,22 @@ def run_demo(workdir: Path | None = None, *, keep: bool = False) -> int:
     videos_dir = work / "videos"
     videos_dir.mkdir(parents=True, exist_ok=True)
     console.rule("framebus demo")
-    videos = make_sample_set(videos_dir)
+    videos = make_demo_videos(videos_dir)
     not_a_video = videos_dir / "notes.mp4"
     not_a_video.write_text("this is a text file with a video extension\n")
-    console.print(f"made {len(videos)} sample videos in {videos_dir} ({time.monotonic() - started:.1f}s)")
+    console.print(f"made {len(videos)} videos of a synthetic world in {videos_dir} "
+                  f"({time.monotonic() - started:.1f}s)")
+
+    profile = os.environ.get("FRAMEBUS_MODELS", "tiny")
+    model_dir = Path(os.environ.get("FRAMEBUS_MODEL_DIR", Path.cwd() / "framebus-data" / "models")).resolve()
+    tasks = os.environ.get("FRAMEBUS_TASKS", "embed")
+    if profile == "tiny" and missing_models(load_settings(models="tiny", model_dir=model_dir)):
+        console.print(f"note: the tiny models in {model_dir} are not trained yet (seeded weights): shots, "
+                      "times and filters are real, search ranking is not semantic until `framebus models "
+                      "train` has run")
 
     broker, http = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-    env = {**os.environ, "FRAMEBUS_MODELS": os.environ.get("FRAMEBUS_MODELS", "tiny"),
+    env = {**os.environ, "FRAMEBUS_MODELS": profile, "FRAMEBUS_MODEL_DIR": str(model_dir), "FRAMEBUS_TASKS": tasks,
            "FRAMEBUS_DATA_DIR": str(work / "data"), "FRAMEBUS_INGEST_ROOTS": str(videos_dir),
            "FRAMEBUS_SESSION_TIMEOUT_S": os.environ.get("FRAMEBUS_SESSION_TIMEOUT_S", "6")}
     env.pop("FRAMEBUS_BROKER", None)
@@ -94,19 +122,36 @@ def run_demo(workdir: Path | None = None, *, keep: bool = False) -> int:
                   f"({time.monotonic() - started:.1f}s); log in {work / 'framebus-up.log'}")
     try:
         settings = load_settings(embedded_broker=broker)
-        requests = [IngestRequest(video_id=video_id_for(p), uri=p.as_uri(), tenant="demo")
-                    for p in [*videos, not_a_video]]
+        requests = [IngestRequest(video_id=p.stem, uri=p.as_uri(), tenant="demo") for p in [*videos, not_a_video]]
         t0 = time.monotonic()
-        docs = asyncio.run(ingest(settings, requests, wait=True, timeout_s=240))
+        alerts = AlertWatcher(settings)
+        docs = asyncio.run(alerts.around(ingest(settings, requests, wait=True, timeout_s=240)))
         console.print(f"ingested {len(docs)}/{len(requests)} videos through Kafka in {time.monotonic() - t0:.1f}s")
         print_metadata_table([docs[r.video_id] for r in requests if r.video_id in docs])
-        if env["FRAMEBUS_MODELS"] == "tiny":
-            console.print("note: the tiny profile's CLIP has seeded, untrained weights: the searches below show "
-                          "the mechanics (tenant filter, grouping, time ranges), not semantic ranking yet")
+        for r in requests:
+            doc = docs.get(r.video_id)
+            for shot in doc.shots if doc else []:
+                flag = f"  [red]{shot.moderation.action}: {', '.join(shot.moderation.flagged)}[/]" \
+                    if shot.moderation and shot.moderation.flagged else ""
+                caption = f' "{shot.caption}"' if shot.caption else ""
+                quality = ", ".join(f"{k} {v:.2f}" for k, v in (shot.quality or {}).items()
+                                    if k in ("sharpness_norm", "motion", "temporal_consistency"))
+                console.print(f"  {doc.video_id} shot {shot.index} {shot.start_s:5.2f}-{shot.end_s:5.2f}s"
+                              f"{caption}{flag}  [{quality}]")
+        if "moderate" in tasks:
+            console.print(f"moderation feed (framebus.moderation): {len(alerts.alerts)} alerts")
+        for a in alerts.alerts:
+            console.print(f"  {a['video_id']} {a['start_s']:.2f}-{a['end_s']:.2f}s {a['category']} "
+                          f"score {a['score']:.2f} >= {a['threshold']:.2f} -> {a['action']}")
         for query in QUERIES:
             resp = httpx.get(f"http://{http}/search", params={"q": query, "tenant": "demo", "limit": 3}, timeout=60)
             resp.raise_for_status()
             print_search_results(resp.json())
+        resp = httpx.get(f"http://{http}/search", params={"q": "a shape", "tenant": "demo", "start_s": 3.0},
+                         timeout=60)
+        resp.raise_for_status()
+        console.print("only shots after the first 3 seconds of their video:")
+        print_search_results(resp.json())
     finally:
         stop_stack(proc)
     ok = [docs.get(r.video_id) for r in requests[:-1]]
@@ -116,3 +161,27 @@ def run_demo(workdir: Path | None = None, *, keep: bool = False) -> int:
     if not keep and workdir is None:
         shutil.rmtree(work, ignore_errors=True)
     return 0 if success else 1
+
+
+class AlertWatcher:
+    """Collects ``framebus.moderation`` alerts while a coroutine runs (from the topic's current end)."""
+
+    def __init__(self, settings):
+        self.settings = settings
+        self.alerts: list[dict] = []
+
+    async def around(self, coro):
+        from aiokafka import AIOKafkaConsumer
+
+        consumer = AIOKafkaConsumer(self.settings.topic("framebus.moderation"), bootstrap_servers=self.settings.bootstrap,
+                                    group_id=None, auto_offset_reset="latest", **self.settings.kafka_security())
+        await consumer.start()
+        try:
+            await consumer.seek_to_end()
+            result = await coro
+            for _ in range(4):  # alerts precede their video's metadata; drain what is there
+                for records in (await consumer.getmany(timeout_ms=250)).values():
+                    self.alerts += [orjson.loads(r.value) for r in records]
+            return result
+        finally:
+            await consumer.stop()

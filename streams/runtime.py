@@ -24,8 +24,9 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
 import faust
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
+from streams.batching import AdaptiveBatcher
 from streams.config import Settings
 from streams.errors import DecodeError, FramebusError
 from topics import codec, registry
@@ -35,8 +36,13 @@ from topics.registry import TopicSpec
 log = logging.getLogger("framebus.runtime")
 T = TypeVar("T")
 TRACE_HEADER = "framebus-trace-id"
-AGENTS = ("ingest", "decode", "embed", "index", "publish")
+AGENTS = ("ingest", "decode", "embed", "caption", "moderate", "index", "publish")
+MODEL_AGENTS = ("embed", "caption", "moderate")
 EVENTS = Counter("framebus_events", "events produced, dead-lettered and processed, by name", ["name"])
+BATCH_ITEMS = Histogram("framebus_batch_items", "events per micro-batch of a model agent", ["agent"],
+                        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
+BATCH_SECONDS = Histogram("framebus_batch_seconds", "handler time per micro-batch of a model agent", ["agent"],
+                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
 
 
 def kafka_urls(bootstrap: str) -> list[str]:
@@ -90,7 +96,10 @@ class Runtime:
         self.io_executor = ThreadPoolExecutor(2, thread_name_prefix="io")
         self._process_pool: ProcessPoolExecutor | None = None
         self._embedder = None
+        self._captioner = None
+        self._moderator = None
         self._store = None
+        self.batchers: dict[str, AdaptiveBatcher] = {}
         self.stats: dict[str, int] = {}
 
     # --- topics and events -----------------------------------------------------------------------
@@ -199,11 +208,60 @@ class Runtime:
         if self._embedder is None:
             from models.registry import load_embedder
 
-            started = time.monotonic()
             self._embedder = load_embedder(self.settings)
-            log.info("embedder %s/%s loaded in %.1fs", self._embedder.info.name, self._embedder.info.version,
-                     time.monotonic() - started)
         return self._embedder
+
+    @property
+    def captioner(self):
+        if self._captioner is None:
+            from models.registry import load_captioner
+
+            self._captioner = load_captioner(self.settings)
+        return self._captioner
+
+    @property
+    def moderator(self):
+        if self._moderator is None:
+            from models.registry import load_moderator
+
+            self._moderator = load_moderator(self.settings, self.embedder)
+        return self._moderator
+
+    def load_models(self, agents: list[str]) -> None:
+        """Load what ``agents`` need now (off the loop, before joining the group): fail fast and clearly."""
+        for agent, attr in (("embed", "embedder"), ("caption", "captioner"), ("moderate", "moderator")):
+            if agent in agents:
+                started = time.monotonic()
+                model = getattr(self, attr)
+                log.info("%s model %s/%s ready in %.1fs", agent, model.info.name, model.info.version,
+                         time.monotonic() - started)
+
+    def batched_agent(self, name: str, spec: TopicSpec, handle_batch: Callable[[Runtime, list], Any], *,
+                      batch_size: int, wait_s: float) -> None:
+        """Register a model agent on ``spec``: micro-batches from all its partitions, one handler call each.
+
+        The same events feed every model agent (each has its own stream of the topic); a batch is
+        bounded by ``batch_size`` and by ``wait_s`` (see :mod:`streams.batching`).
+        """
+        batcher = self.batchers[name] = AdaptiveBatcher(name, batch_size)
+        items_hist, seconds_hist = BATCH_ITEMS.labels(agent=name), BATCH_SECONDS.labels(agent=name)
+
+        async def agent(stream):
+            async for events in stream.take_events(batch_size, within=wait_s):
+                batch = list(events)
+                started, busy = time.perf_counter(), batcher.stats.busy_s
+                try:
+                    await handle_batch(self, batch)
+                finally:
+                    took = time.perf_counter() - started
+                    items_hist.observe(len(batch))
+                    seconds_hist.observe(took)
+                    # one line per batch at debug level (loadtest.bench_batching reads these)
+                    log.debug("batch agent=%s items=%d handler_s=%.5f model_s=%.5f", name, len(batch), took,
+                              batcher.stats.busy_s - busy)
+
+        agent.__name__ = name
+        self.app.agent(self.topic(spec), name=f"framebus.{name}", concurrency=1)(agent)
 
     @property
     def store(self):

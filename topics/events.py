@@ -42,14 +42,25 @@ class IngestRequest(Event):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class ModerationVerdict(BaseModel):
+    """A shot's moderation: every category's score and the categories over their threshold."""
+
+    scores: dict[str, float]
+    flagged: list[str] = Field(default_factory=list, description="categories at or over their threshold")
+    action: str = Field("allow", description="the strongest action of the flagged categories, or allow")
+
+
 class Segment(BaseModel):
-    """A time range of the video (a fixed window now; a detected shot later)."""
+    """A time range of the video: a detected shot (or a fixed window when shot detection is off)."""
 
     index: int = Field(ge=0)
     start_s: float = Field(ge=0)
     end_s: float = Field(ge=0)
     keyframe_s: float = Field(ge=0)
     thumbnail: str | None = Field(None, description="thumbnail reference (file URI under the data dir)")
+    caption: str | None = None
+    moderation: ModerationVerdict | None = None
+    quality: dict[str, float] | None = Field(None, description="sharpness, motion, temporal_consistency")
 
 
 class VideoMetadata(Event):
@@ -80,6 +91,8 @@ class ModerationAlert(Event):
     threshold: float
     action: str
     trace_id: str | None = None
+    segment_index: int | None = None
+    model: str | None = Field(None, description="moderation model name/version")
 
 
 Mode = Literal["t2v", "i2v", "v2v", "upscale", "interpolate"]
@@ -174,21 +187,30 @@ class SegmentFrames(Event):
     uri: str
     segment: Segment
     segment_count: int = Field(ge=1)
+    tasks: list[str] = Field(default_factory=lambda: ["embed"])
     frames: list[Frame]
     video: VideoFacts
     trace_id: str
 
 
-class SegmentEmbedding(Event):
-    schema_: Literal["framebus.internal.embeddings/v1"] = Field("framebus.internal.embeddings/v1",
-                                                              alias="schema")
+Task = Literal["embed", "caption", "moderate"]
+
+
+class SegmentAnalysis(Event):
+    """One model's result for one segment; index joins a segment's results before it writes the point."""
+
+    schema_: Literal["framebus.internal.analysis/v1"] = Field("framebus.internal.analysis/v1", alias="schema")
     video_id: str
     tenant: str
     uri: str
     segment: Segment
     segment_count: int
-    vector: list[float]
+    tasks: list[Task] = Field(description="every task this segment waits for")
+    task: Task
     model: ModelRef
+    vector: list[float] | None = None
+    caption: str | None = None
+    moderation: ModerationVerdict | None = None
     video: VideoFacts
     trace_id: str
 

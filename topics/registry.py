@@ -34,13 +34,13 @@ DLQ = TopicSpec("framebus.dlq", "original key", ev.DeadLetter, True, "events a s
 DECODE = TopicSpec("framebus.internal.decode", "video id", ev.DecodeTask, False, "decode work")
 FRAMES = TopicSpec("framebus.internal.frames", "video id", ev.SegmentFrames, False,
                    "compact frames per segment")
-EMBEDDINGS = TopicSpec("framebus.internal.embeddings", "video id", ev.SegmentEmbedding, False,
-                       "segment embeddings")
+ANALYSIS = TopicSpec("framebus.internal.analysis", "video id", ev.SegmentAnalysis, False,
+                     "per-segment model results (embedding, caption, moderation)")
 PROGRESS = TopicSpec("framebus.internal.progress", "video id", ev.SegmentDone, False,
                      "finished segments and failed videos")
 
 PUBLIC = (INGEST, METADATA, MODERATION, GENERATE, GENERATE_PROGRESS, GENERATE_RESULTS, DLQ)
-INTERNAL = (DECODE, FRAMES, EMBEDDINGS, PROGRESS)
+INTERNAL = (DECODE, FRAMES, ANALYSIS, PROGRESS)
 ALL = PUBLIC + INTERNAL
 
 

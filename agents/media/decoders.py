@@ -20,7 +20,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence, runtime_checkable
 
 import av
 import numpy as np
@@ -79,13 +79,19 @@ class SampleRun(Iterator[SampledFrame]):
             close()
 
 
+FrameObserver = Callable[[float, Any], None]
+
+
 @runtime_checkable
 class Decoder(Protocol):
     name: str
+    observes_all_frames: bool
 
     def sample(self, path: str | os.PathLike, fps: float, max_frames: int, short_side: int, *,
-               extra_times: Sequence[float] = (), probe: ProbeResult | None = None
-               ) -> Iterator[SampledFrame]:
+               extra_times: Sequence[float] = (), probe: ProbeResult | None = None,
+               observer: FrameObserver | None = None) -> Iterator[SampledFrame]:
+        """``observer(pts_s, frame)``, when given and supported (``observes_all_frames``), sees every
+        decoded frame (an ``av.VideoFrame``), not only the sampled ones: shot detection hooks in here."""
         ...
 
 
@@ -158,6 +164,7 @@ class PyAVDecoder:
     matrix and range (guessing like players do when unsignalled), then rotated upright."""
 
     name = "pyav"
+    observes_all_frames = True
 
     def __init__(self, threads: int = 0, thread_type: str = "AUTO",
                  interpolation: Interpolation | None = None):
@@ -174,15 +181,16 @@ class PyAVDecoder:
         return base | Interpolation.ACCURATE_RND
 
     def sample(self, path: str | os.PathLike, fps: float, max_frames: int, short_side: int, *,
-               extra_times: Sequence[float] = (), probe: ProbeResult | None = None) -> SampleRun:
+               extra_times: Sequence[float] = (), probe: ProbeResult | None = None,
+               observer: FrameObserver | None = None) -> SampleRun:
         _check_args(fps, max_frames, short_side)
         path = Path(path)
         return SampleRun(lambda stats: self._run(path, fps, max_frames, short_side,
-                                                 tuple(extra_times), probe, stats))
+                                                 tuple(extra_times), probe, stats, observer))
 
     def _run(self, path: Path, fps: float, max_frames: int, short_side: int,
              extra_times: tuple[float, ...], probe: ProbeResult | None,
-             stats: SampleStats) -> Iterator[SampledFrame]:
+             stats: SampleStats, observer: FrameObserver | None = None) -> Iterator[SampledFrame]:
         pr = _probe(path, probe)
         info = pr.info
         try:
@@ -192,7 +200,7 @@ class PyAVDecoder:
         try:
             with container:
                 yield from self._decode(container, path, pr, fps, max_frames, short_side,
-                                        extra_times, stats)
+                                        extra_times, stats, observer)
         except FramebusError:
             raise
         except av.FFmpegError as e:
@@ -215,7 +223,7 @@ class PyAVDecoder:
 
     def _decode(self, container, path: Path, pr: ProbeResult, fps: float, max_frames: int,
                 short_side: int, extra_times: tuple[float, ...],
-                stats: SampleStats) -> Iterator[SampledFrame]:
+                stats: SampleStats, observer: FrameObserver | None = None) -> Iterator[SampledFrame]:
         info = pr.info
         stream = video_stream(container)
         if stream is None:  # pragma: no cover - probe said otherwise
@@ -261,11 +269,13 @@ class PyAVDecoder:
             dur = float(frame.duration * tb) if frame.duration else nominal
             if last_t is None or t > last_t:
                 stats.end_s = max(stats.end_s or t + dur, t + dur)
+            if observer is not None:
+                observer(t, frame)
             got = selector.offer(t, (idx, frame))
             if got is not None:
                 yield convert(*got)
             last_t = t if last_t is None else max(last_t, t)
-            if selector.exhausted:
+            if selector.exhausted and observer is None:
                 stats.skipped_frames = selector.skipped
                 return  # nothing left to select: stop decoding early
         stats.complete = True
@@ -323,21 +333,23 @@ class DecordDecoder:
     """
 
     name = "decord"
+    observes_all_frames = False
     batch = 16
 
     def __init__(self, threads: int = 0):
         self.threads = threads
 
     def sample(self, path: str | os.PathLike, fps: float, max_frames: int, short_side: int, *,
-               extra_times: Sequence[float] = (), probe: ProbeResult | None = None) -> SampleRun:
+               extra_times: Sequence[float] = (), probe: ProbeResult | None = None,
+               observer: FrameObserver | None = None) -> SampleRun:
         _check_args(fps, max_frames, short_side)
         path = Path(path)
         return SampleRun(lambda stats: self._run(path, fps, max_frames, short_side,
-                                                 tuple(extra_times), probe, stats))
+                                                 tuple(extra_times), probe, stats, observer))
 
     def _run(self, path: Path, fps: float, max_frames: int, short_side: int,
              extra_times: tuple[float, ...], probe: ProbeResult | None,
-             stats: SampleStats) -> Iterator[SampledFrame]:
+             stats: SampleStats, observer: FrameObserver | None = None) -> Iterator[SampledFrame]:
         try:
             import decord
         except ImportError as e:  # pragma: no cover

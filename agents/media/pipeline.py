@@ -4,10 +4,11 @@
 ``DecodeJob`` in, a picklable ``DecodedVideo`` out, and only ``FramebusError`` subclasses raised
 (so the error's ``code`` survives the trip back and lands in the DLQ / metadata document).
 
-Steps: probe (limits enforced) -> plan fixed segments -> choose target instants (``sample_fps``
-grid, capped at ``max_frames``, plus the midpoint of any segment no target falls in) -> decode and
-select by exact pts -> JPEG -> assign frames to segments (a segment with no frame of its own gets
-the nearest one) -> keyframe per segment (nearest its middle) and optional thumbnail file.
+Steps: probe (limits enforced) -> choose target instants (``sample_fps`` grid, capped at
+``max_frames``) -> decode every frame, select by exact pts, and (``shots``) feed a tiny copy of every
+frame to the shot detector -> JPEG -> segments are the detected shots (or fixed ``segment_s``
+windows) -> a shot that owns no sampled frame gets its midpoint sampled in a second pass -> assign
+frames to segments -> keyframe per segment (nearest its middle), quality scores, optional thumbnail.
 When the video stream does not state its own length (only the container does, or nothing does),
 ``info.duration_s`` is refined to the end of the last decoded frame and the segments are planned
 on that.
@@ -29,13 +30,16 @@ from pathlib import Path
 from typing import Any
 
 import av
+from av.video.reformatter import Interpolation
 
 from streams.errors import DecodeError, FramebusError
 
 from ._avutil import av_error
 from .decoders import DEFAULT_DECODER, get_decoder
-from .frames import encode_jpeg
+from .frames import decode_jpeg, encode_jpeg
 from .probe import Limits, VideoInfo, probe_detailed
+from .quality import quality_scores
+from .shots import ShotDetector, detect_file, shots_from_cuts, small_size
 from .sampling import (assign_frames_to_segments, keyframe_index, plan_segments,
                        sample_times, segment_midpoints_without_targets)
 
@@ -54,6 +58,11 @@ class DecodeJob:
     limits: Limits = field(default_factory=Limits)
     #: decoder threads in the worker process (0 = FFmpeg's choice)
     threads: int = 0
+    #: segments are detected shots (True) or fixed ``segment_s`` windows (False)
+    shots: bool = True
+    min_shot_s: float = 0.4
+    #: per-segment quality scores (sharpness, motion, temporal consistency)
+    quality: bool = True
 
     @classmethod
     def from_settings(cls, settings: Any, path: str | os.PathLike, video_id: str,
@@ -64,7 +73,8 @@ class DecodeJob:
                    short_side=settings.frame_size, jpeg_quality=settings.jpeg_quality,
                    decoder=settings.decoder,
                    thumb_dir=os.fspath(thumb_dir) if thumb_dir is not None else None,
-                   limits=Limits.from_settings(settings))
+                   limits=Limits.from_settings(settings), shots=settings.shot_detection,
+                   min_shot_s=settings.min_shot_s, threads=settings.decode_threads)
 
 
 @dataclass
@@ -77,6 +87,8 @@ class DecodedSegment:
     frames: list[tuple[float, bytes]]
     #: path of ``<thumb_dir>/<video_id>/<index>.jpg`` (the keyframe), if a thumb_dir was given
     thumbnail: str | None = None
+    #: ``quality_scores`` of the segment's sampled frames, when the job asked for them
+    quality: dict[str, float] | None = None
 
 
 @dataclass
@@ -137,10 +149,11 @@ def _decode_video(job: DecodeJob) -> DecodedVideo:
 
     segments = plan_segments(info.duration_s, job.segment_s)
     grid = sample_times(info.duration_s, job.sample_fps, job.max_frames)
-    extra = segment_midpoints_without_targets(segments, grid)
+    extra = [] if job.shots else segment_midpoints_without_targets(segments, grid)
+    shots = _ShotObserver(info.fps, job.min_shot_s) if job.shots and decoder.observes_all_frames else None
 
     run = decoder.sample(path, job.sample_fps, job.max_frames, job.short_side,
-                         extra_times=extra, probe=pr)
+                         extra_times=extra, probe=pr, observer=shots)
     frames: list[tuple[float, bytes]] = []
     for sf in run:
         frames.append((sf.pts_s, encode_jpeg(sf.rgb, job.jpeg_quality)))
@@ -163,6 +176,11 @@ def _decode_video(job: DecodeJob) -> DecodedVideo:
             info = dataclasses.replace(info, duration_s=end)
             segments = plan_segments(info.duration_s, job.segment_s)
 
+    if job.shots:
+        cuts = shots.cuts() if shots is not None else detect_file(path, threads=job.threads).cuts
+        segments = shots_from_cuts(cuts, info.duration_s)
+        frames += _frames_for_empty_segments(decoder, job, path, pr, segments, [p for p, _ in frames])
+
     frames.sort(key=lambda f: f[0])
     pts = [p for p, _ in frames]
     groups = assign_frames_to_segments(pts, segments)
@@ -173,10 +191,45 @@ def _decode_video(job: DecodeJob) -> DecodedVideo:
         thumb = None
         if thumb_root is not None:
             thumb = _write_atomic(thumb_root / f"{k}.jpg", frames[key][1])
-        out.append(DecodedSegment(index=k, start_s=a, end_s=b, keyframe_s=pts[key],
-                                  frames=[frames[i] for i in idxs], thumbnail=thumb))
+        own = [frames[i] for i in idxs]
+        quality = quality_scores([decode_jpeg(jpeg) for _, jpeg in own], flow=False) if job.quality else None
+        out.append(DecodedSegment(index=k, start_s=a, end_s=b, keyframe_s=pts[key], frames=own,
+                                  thumbnail=thumb, quality=quality))
     return DecodedVideo(info=info, segments=out, frames_decoded=frames_decoded)
 
+
+class _ShotObserver:
+    """Sees every decoded frame: a tiny area-averaged RGB copy (swscale) feeds the shot detector."""
+
+    def __init__(self, fps: float, min_shot_s: float):
+        self.detector = ShotDetector(fps if fps > 0 else 25.0, min_shot_s=min_shot_s)
+        self.reformatter = av.video.reformatter.VideoReformatter()
+        self.size: tuple[int, int] | None = None
+
+    def __call__(self, pts_s: float, frame) -> None:
+        if self.size is None:
+            self.size = small_size(frame.width, frame.height, SHOT_FRAME_SIZE)
+        small = self.reformatter.reformat(frame, width=self.size[0], height=self.size[1], format="rgb24",
+                                          interpolation=Interpolation.AREA, threads=1).to_ndarray()
+        self.detector.push(pts_s, small)
+
+    def cuts(self) -> list[float]:
+        self.detector.finish()
+        return list(self.detector.cuts)
+
+
+def _frames_for_empty_segments(decoder, job: DecodeJob, path: Path, pr, segments, pts: list[float]
+                               ) -> list[tuple[float, bytes]]:
+    """A shot shorter than the sampling interval may own no sampled frame: sample its midpoint in a
+    second, targeted pass (rare; short shots only), so every shot is described by its own picture."""
+    missing = [(a + b) / 2 for a, b in segments if not any(a <= p < b for p in pts)]
+    if not missing:
+        return []
+    run = decoder.sample(path, 1e-6, len(missing) + 1, job.short_side, extra_times=missing, probe=pr)
+    return [(sf.pts_s, encode_jpeg(sf.rgb, job.jpeg_quality)) for sf in run if sf.pts_s not in pts]
+
+
+SHOT_FRAME_SIZE = 36  # short side of the frames the shot detector sees
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 

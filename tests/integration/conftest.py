@@ -18,9 +18,12 @@ from topics.events import IngestRequest, VideoMetadata
 pytestmark = pytest.mark.integration
 
 
+MODEL_DIR = Path(__file__).resolve().parents[2] / ".framebus-test-models"
+
+
 def stack_env(data_dir: Path, roots: list[Path], **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FRAMEBUS_")}
-    env.update({"FRAMEBUS_MODELS": "tiny", "FRAMEBUS_DATA_DIR": str(data_dir),
+    env.update({"FRAMEBUS_MODELS": "tiny", "FRAMEBUS_DATA_DIR": str(data_dir), "FRAMEBUS_MODEL_DIR": str(MODEL_DIR),
                 "FRAMEBUS_INGEST_ROOTS": ":".join(map(str, roots)), "FRAMEBUS_SESSION_TIMEOUT_S": "6",
                 "FRAMEBUS_DECODE_WORKERS": "2", "PYTHONUNBUFFERED": "1", **extra})
     return env

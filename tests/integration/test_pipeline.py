@@ -12,7 +12,7 @@ import httpx
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from loadtest import videos
+from loadtest import videos, world
 from topics.events import IngestRequest
 
 pytestmark = pytest.mark.integration
@@ -33,8 +33,9 @@ def check_segments(doc, duration: float) -> None:
 
 def test_foreign_kafka_client_round_trip(stack):
     """A plain confluent-kafka script (no framebus code) publishes an IngestRequest and reads the metadata."""
-    path = videos.make_clip(stack.media / "foreign.mp4", "h264", 160, 120, 25, 5.0, "ball",
-                            options={"preset": "ultrafast"})
+    shots = [world.ShotSpec(shape=s, colour=c, motion="left", background=k, seed=k)
+             for k, (s, c) in enumerate([("circle", "red"), ("square", "blue"), ("triangle", "green")])]
+    path = world.make_world_video(stack.media / "foreign.mp4", shots, fps=25, width=160, height=120).path
     video_id = f"foreign-{uuid.uuid4().hex[:8]}"
     conf = {"bootstrap.servers": stack.broker}
     consumer = Consumer({**conf, "group.id": f"t-{video_id}", "enable.auto.commit": False})
@@ -60,11 +61,11 @@ def test_foreign_kafka_client_round_trip(stack):
     assert doc["schema"] == "framebus.metadata/v1"
     assert doc["status"] == "ok", doc
     assert doc["tenant"] == "acme"
-    assert doc["duration_s"] == pytest.approx(5.0, abs=0.05)
+    assert doc["duration_s"] == pytest.approx(6.0, abs=0.05)
     assert (doc["width"], doc["height"], doc["codec"]) == (160, 120, "h264")
-    assert [s["index"] for s in doc["shots"]] == [0, 1, 2]
+    assert [s["index"] for s in doc["shots"]] == [0, 1, 2]  # one per shot, cut where the content cuts
     bounds = [t for s in doc["shots"] for t in (s["start_s"], s["end_s"])]
-    assert bounds == pytest.approx([0, 2, 2, 4, 4, 5], abs=0.05)
+    assert bounds == pytest.approx([0, 2, 2, 4, 4, 6], abs=1.5 / 25)
     assert any(m["task"] == "embed" for m in doc["models"])
     assert doc["trace_id"]
 

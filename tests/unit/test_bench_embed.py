@@ -36,7 +36,8 @@ def test_tensor_preprocess_matches_pil(tiny, shape):
     out = tpre(frames)
     assert out.shape == pil.shape
     assert float((out - pil).abs().mean()) < 0.01  # bicubic antialias: PIL vs torch differ by rounding only
-    cos = be.cosine_rows(tiny.embed_images(frames), be.embed_tensor_pre(tiny, tpre, frames, be.autocast_for(tiny, "fp32")))
+    fp32 = be.autocast_for(tiny, "fp32")
+    cos = be.cosine_rows(tiny.embed_images(frames), be.embed_tensor_pre(tiny, tpre, frames, fp32))
     assert cos.min() > 0.999
 
 

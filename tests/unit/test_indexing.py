@@ -247,3 +247,28 @@ def test_open_store_follows_settings(tmp_path):
     with pytest.raises(VectorStoreError) as err:
         open_store(Settings(data_dir=tmp_path, vector_backend="milvus"))
     assert err.value.code == "index.unknown_backend"
+
+
+def test_filters_on_moderation_verdict_and_time_range(store):
+    from indexing.base import SegmentFilter
+
+    name = "filters"
+    store.ensure_collection(name, 4)
+    vec = np.array([1, 0, 0, 0], dtype=np.float32)
+    points = [SegmentPoint(video_id="v", tenant="t", segment_index=i, start_s=2.0 * i, end_s=2.0 * i + 2,
+                           keyframe_s=2.0 * i + 1, vector=vec + 0.01 * i, model="m", model_version="1",
+                           extra={"flagged": i == 1, "caption": f"c{i}"})
+              for i in range(4)]
+    store.upsert(name, points)
+
+    def segments(where):
+        hits = store.search(name, vec, tenant="t", limit=5, segments_per_video=10, where=where)
+        return sorted(s.segment_index for h in hits for s in h.segments)
+
+    assert segments(None) == [0, 1, 2, 3]
+    assert segments(SegmentFilter(flagged=True)) == [1]
+    assert segments(SegmentFilter(flagged=False)) == [0, 2, 3]
+    assert segments(SegmentFilter(start_s=3.0, end_s=5.0)) == [1, 2]  # overlaps [3, 5]
+    assert segments(SegmentFilter(flagged=False, start_s=3.0)) == [2, 3]
+    hit = store.search(name, vec, tenant="t", limit=1, where=SegmentFilter(flagged=True))[0].segments[0]
+    assert hit.caption == "c1" and hit.flagged is True

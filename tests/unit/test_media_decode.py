@@ -341,7 +341,7 @@ def test_jpeg_round_trip():
 
 def job(path, **kw) -> DecodeJob:
     base = dict(path=str(path), video_id="vid-1", sample_fps=2.0, segment_s=1.0, max_frames=1000,
-                short_side=32, jpeg_quality=90, decoder="pyav", thumb_dir=None)
+                short_side=32, jpeg_quality=90, decoder="pyav", thumb_dir=None, shots=False)
     base.update(kw)
     return DecodeJob(**base)
 
@@ -490,7 +490,7 @@ def test_pipeline_limits_and_bad_jobs(clip):
 def test_job_from_settings(clip):
     from streams.config import Settings
 
-    s = Settings(sample_fps=4.0, segment_s=0.5, frame_size=40, max_duration_s=60)
+    s = Settings(sample_fps=4.0, segment_s=0.5, frame_size=40, max_duration_s=60, shot_detection=False)
     j = DecodeJob.from_settings(s, clip("h264"), "v9")
     assert (j.sample_fps, j.segment_s, j.short_side, j.decoder, j.limits.max_duration_s) == (4.0, 0.5, 40, "pyav", 60)
     out = decode_video(j)
@@ -529,3 +529,16 @@ def test_mutated_files_raise_only_typed_errors(clip, tmp_path):
             seen.add(e.code)
         assert time.perf_counter() - t < 5.0
     assert "ok" in seen and len(seen) >= 3
+
+
+def test_pipeline_segments_are_shots_at_the_true_cuts_with_their_own_frames(tmp_path):
+    from loadtest.cuts import make_cut_video
+
+    video = make_cut_video(tmp_path / "cuts.mp4", "h264", 160, 90, 24, 8.0, 5)
+    out = decode_video(DecodeJob(path=str(video.path), video_id="v", sample_fps=1.0, short_side=32))
+    bounds = [0.0, *video.cuts_s, out.info.duration_s]
+    assert len(out.segments) == len(video.cuts_s) + 1
+    for seg, a, b in zip(out.segments, bounds, bounds[1:]):
+        assert seg.start_s == pytest.approx(a, abs=1.5 / 24) and seg.end_s == pytest.approx(b, abs=1.5 / 24)
+        assert seg.frames and all(seg.start_s <= p < seg.end_s for p, _ in seg.frames)  # its own pictures
+        assert set(seg.quality) >= {"sharpness", "motion", "temporal_consistency"}

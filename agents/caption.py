@@ -1,0 +1,29 @@
+"""caption: one caption per segment, from its keyframe, micro-batched across videos and partitions.
+
+Reads SegmentFrames (segments whose tasks include ``caption``); writes SegmentAnalysis with the caption.
+"""
+
+from __future__ import annotations
+
+import faust
+
+from agents.embed import analysis, keyframes, model_batch
+from streams.runtime import Runtime
+from topics import registry
+
+TASK = "caption"
+
+
+async def handle_batch(rt: Runtime, events: list[faust.EventT]) -> None:
+    captioner, batcher = rt.captioner, rt.batchers[TASK]
+    done = await model_batch(rt, TASK, events, lambda items: batcher.run(captioner.caption, keyframes(items)))
+    if done is None:
+        return
+    for item, text in zip(*done):
+        await rt.send(registry.ANALYSIS, item.video_id, analysis(item, TASK, captioner, caption=text), item.trace_id)
+
+
+def register(rt: Runtime) -> None:
+    s = rt.settings
+    rt.batched_agent(TASK, registry.FRAMES, handle_batch, batch_size=s.caption_batch_size,
+                     wait_s=s.caption_batch_wait_s)

@@ -1,0 +1,205 @@
+"""Frame moderation on top of an open_clip ``Embedder``: per-category scores in ``[0, 1]``.
+
+* ``ClipZeroShotModerator`` (default profile): no training. Each policy category has a few text
+  prompts; a frame's score for a category is a two-way softmax with temperature between the
+  category's prompts and a set of neutral ("safe") prompts, on cosine similarities of the image
+  embedding with the prompt embeddings. The policy is a plain dict (``models.profiles.DEFAULT_MODERATION_POLICY``).
+* ``ClipHeadModerator`` (tiny profile): a logistic-regression head (one sigmoid per category) on the
+  image embedding, trained by ``models.training.moderator.train_tiny_moderator`` and read from
+  ``<data_dir>/models/tiny-moderator.pt`` together with its per-category decision thresholds.
+
+Both expose ``thresholds``: a frame is flagged for a category when its score is at or above it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from models.base import Embedder, ModelInfo
+from streams.errors import ModelError, ModelNotAvailable
+
+HEAD_FORMAT = "framebus-clip-head/1"
+TINY_HEAD_FILE = "tiny-moderator.pt"  # under <data_dir>/models
+TRAIN_HINT = "run `framebus models train` (models.training.ensure_tiny_models) to train the tiny models"
+
+
+@dataclass(frozen=True)
+class ZeroShotCalibration:
+    """How similarities become scores: ``score = sigmoid((lme(cat) - lme(safe)) / temperature + bias)``
+    where ``lme`` is the log-mean-exp over a prompt group's cosine similarities (scaled by
+    ``1/temperature``). ``0.01`` is CLIP's own logit scale (100). ``thresholds`` per category,
+    ``threshold`` for the rest."""
+
+    temperature: float = 0.01
+    bias: Mapping[str, float] = field(default_factory=dict)
+    threshold: float = 0.5
+    thresholds: Mapping[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, value: "ZeroShotCalibration | Mapping[str, Any] | None") -> "ZeroShotCalibration":
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        return cls(**dict(value))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"temperature": self.temperature, "bias": dict(self.bias), "threshold": self.threshold,
+                "thresholds": dict(self.thresholds)}
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return (0.5 * (1.0 + np.tanh(0.5 * x))).astype(np.float64)  # stable for large |x|
+
+
+def _log_mean_exp(x: np.ndarray, axis: int) -> np.ndarray:
+    m = x.max(axis=axis, keepdims=True)
+    return (m + np.log(np.mean(np.exp(x - m), axis=axis, keepdims=True))).squeeze(axis)
+
+
+def _normalise_policy(categories: Mapping[str, Sequence[str] | str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for name, prompts in categories.items():
+        plist = [prompts] if isinstance(prompts, str) else [str(p) for p in prompts]
+        plist = [p for p in plist if p.strip()]
+        if not plist:
+            raise ModelError(f"moderation category {name!r} has no prompts", code="models.bad_config")
+        out[str(name)] = plist
+    if not out:
+        raise ModelError("moderation policy has no categories", code="models.bad_config")
+    return out
+
+
+class ClipZeroShotModerator:
+    """``Moderator``: zero-shot policy prompts vs neutral prompts on a CLIP embedder."""
+
+    def __init__(self, embedder: Embedder, categories: Mapping[str, Sequence[str] | str] | None = None,
+                 calibration: ZeroShotCalibration | Mapping[str, Any] | None = None, *,
+                 safe_prompts: Sequence[str] | None = None):
+        from models.profiles import DEFAULT_MODERATION_POLICY, DEFAULT_SAFE_PROMPTS
+
+        self.embedder = embedder
+        self.policy = _normalise_policy(categories if categories is not None else DEFAULT_MODERATION_POLICY)
+        self.safe_prompts = [str(p) for p in (safe_prompts if safe_prompts is not None else DEFAULT_SAFE_PROMPTS)]
+        if not self.safe_prompts:
+            raise ModelError("zero-shot moderation needs at least one safe prompt", code="models.bad_config")
+        self.calibration = ZeroShotCalibration.of(calibration)
+        if not self.calibration.temperature > 0:
+            raise ModelError("calibration temperature must be > 0", code="models.bad_config")
+        self.categories = list(self.policy)
+        self.thresholds = {c: float(self.calibration.thresholds.get(c, self.calibration.threshold))
+                           for c in self.categories}
+        prompts = [p for c in self.categories for p in self.policy[c]] + self.safe_prompts
+        self._text = np.asarray(embedder.embed_texts(prompts), dtype=np.float32)  # (P, dim), unit rows
+        self._groups: list[np.ndarray] = []
+        at = 0
+        for c in self.categories:
+            self._groups.append(np.arange(at, at + len(self.policy[c])))
+            at += len(self.policy[c])
+        self._safe = np.arange(at, at + len(self.safe_prompts))
+        h = hashlib.sha256(json.dumps({"embedder": [embedder.info.name, embedder.info.version],
+                                       "policy": self.policy, "safe": self.safe_prompts,
+                                       "calibration": self.calibration.as_dict()}, sort_keys=True).encode())
+        self.info = ModelInfo(name=f"clip-zero-shot/{embedder.info.name}", version=h.hexdigest()[:12],
+                              task="moderate")
+
+    def score_embeddings(self, vectors: np.ndarray) -> list[dict[str, float]]:
+        vectors = np.asarray(vectors, dtype=np.float64).reshape(-1, self._text.shape[1])
+        logits = vectors @ self._text.T.astype(np.float64) / self.calibration.temperature  # (n, P)
+        safe = _log_mean_exp(logits[:, self._safe], axis=1)
+        cols = []
+        for c, idx in zip(self.categories, self._groups):
+            cols.append(_sigmoid(_log_mean_exp(logits[:, idx], axis=1) - safe + float(self.calibration.bias.get(c, 0.0))))
+        scores = np.stack(cols, axis=1) if cols else np.zeros((len(vectors), 0))
+        return [{c: float(s) for c, s in zip(self.categories, row)} for row in scores]
+
+    def score(self, images: list[np.ndarray]) -> list[dict[str, float]]:
+        if not len(images):
+            return []
+        return self.score_embeddings(self.embedder.embed_images(images))
+
+    def __repr__(self) -> str:
+        return f"ClipZeroShotModerator({self.categories}, version={self.info.version}, embedder={self.embedder.info.name})"
+
+
+class ClipHeadModerator:
+    """``Moderator``: a trained logistic-regression head (one sigmoid per category) on CLIP image embeddings."""
+
+    def __init__(self, embedder: Embedder, categories: Sequence[str], weight: np.ndarray, bias: np.ndarray,
+                 thresholds: Mapping[str, float], info: ModelInfo):
+        self.embedder = embedder
+        self.categories = [str(c) for c in categories]
+        self.weight = np.asarray(weight, dtype=np.float64)  # (k, dim)
+        self.bias = np.asarray(bias, dtype=np.float64).reshape(-1)  # (k,)
+        if self.weight.shape != (len(self.categories), embedder.dim) or self.bias.shape != (len(self.categories),):
+            raise ModelError(f"moderation head shape {self.weight.shape} does not fit {len(self.categories)} "
+                             f"categories on a {embedder.dim}-d embedder", code="models.failed")
+        self.thresholds = {c: float(thresholds.get(c, 0.5)) for c in self.categories}
+        self.info = info
+
+    @classmethod
+    def load(cls, path: Path | str, embedder: Embedder, *, check_embedder: bool = True) -> "ClipHeadModerator":
+        """Read a head saved by ``save_head``. A missing file, or a head trained on a different
+        embedder version, raises ``ModelNotAvailable`` telling how to (re)train it."""
+        import torch
+
+        path = Path(path)
+        if not path.is_file():
+            raise ModelNotAvailable(f"the tiny moderation head {path} does not exist; {TRAIN_HINT} "
+                                    f"(it lives under the data_dir setting, FRAMEBUS_DATA_DIR)")
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(blob, dict) or blob.get("format") != HEAD_FORMAT:
+                raise ValueError(f"not a {HEAD_FORMAT} file")
+            trained_on = blob.get("embedder", {})
+            weight, bias = blob["weight"].float().numpy(), blob["bias"].float().numpy()
+        except Exception as e:
+            raise ModelError(f"cannot read the moderation head {path} ({TRAIN_HINT}): {type(e).__name__}: {e}") from e
+        if check_embedder and (trained_on.get("name"), trained_on.get("version")) != \
+                (embedder.info.name, embedder.info.version):
+            raise ModelNotAvailable(
+                f"the moderation head {path} was trained on embedder {trained_on.get('name')} / "
+                f"{trained_on.get('version')}, but the loaded embedder is {embedder.info.name} / "
+                f"{embedder.info.version}; {TRAIN_HINT} again (force retrains)")
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        info = ModelInfo(name=f"clip-head/{embedder.info.name}", version=digest[:12], task="moderate")
+        return cls(embedder, blob["categories"], weight, bias, blob.get("thresholds", {}), info)
+
+    def score_embeddings(self, vectors: np.ndarray) -> list[dict[str, float]]:
+        vectors = np.asarray(vectors, dtype=np.float64).reshape(-1, self.weight.shape[1])
+        scores = _sigmoid(vectors @ self.weight.T + self.bias)
+        return [{c: float(s) for c, s in zip(self.categories, row)} for row in scores]
+
+    def score(self, images: list[np.ndarray]) -> list[dict[str, float]]:
+        if not len(images):
+            return []
+        return self.score_embeddings(self.embedder.embed_images(images))
+
+    def __repr__(self) -> str:
+        return f"ClipHeadModerator({self.categories}, version={self.info.version}, embedder={self.embedder.info.name})"
+
+
+def save_head(path: Path | str, *, categories: Sequence[str], weight: Any, bias: Any, thresholds: Mapping[str, float],
+              embedder: Embedder, metrics: Mapping[str, Any] | None = None) -> Path:
+    """Write a ``ClipHeadModerator`` file atomically (temp file + rename)."""
+    import os
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    blob = {"format": HEAD_FORMAT, "categories": [str(c) for c in categories],
+            "weight": torch.as_tensor(np.asarray(weight, dtype=np.float32)).contiguous(),
+            "bias": torch.as_tensor(np.asarray(bias, dtype=np.float32)).reshape(-1).contiguous(),
+            "thresholds": {str(k): float(v) for k, v in thresholds.items()},
+            "embedder": {"name": embedder.info.name, "version": embedder.info.version, "dim": int(embedder.dim)},
+            "metrics": json.loads(json.dumps(dict(metrics or {}), default=float))}
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(blob, tmp)
+    os.replace(tmp, path)
+    return path
