@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import orjson
 from rich.console import Console
+from rich.markup import escape
 
 from streams.client import ingest, video_id_for
 from streams.config import load_settings
@@ -137,7 +138,7 @@ def run_demo(workdir: Path | None = None, *, keep: bool = False) -> int:
                 quality = ", ".join(f"{k} {v:.2f}" for k, v in (shot.quality or {}).items()
                                     if k in ("sharpness_norm", "motion", "temporal_consistency"))
                 console.print(f"  {doc.video_id} shot {shot.index} {shot.start_s:5.2f}-{shot.end_s:5.2f}s"
-                              f"{caption}{flag}  [{quality}]")
+                              f"{escape(caption)}{flag}  {escape('[' + quality + ']')}")
         if "moderate" in tasks:
             console.print(f"moderation feed (framebus.moderation): {len(alerts.alerts)} alerts")
         for a in alerts.alerts:
