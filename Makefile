@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.framebus-installed
 
-.PHONY: setup demo test test-unit bench lock clean
+.PHONY: setup demo test test-slow test-unit bench lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -ra
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -ra -m slow
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -ra tests/unit

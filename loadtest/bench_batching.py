@@ -82,8 +82,29 @@ def machine_cpu_s() -> tuple[float, float]:
     return (sum(vals[:8]) - idle) / _TICK, sum(vals[:8]) / _TICK
 
 
+def model_thread_cpu_s(pid: int | None) -> float:
+    """CPU seconds of ``pid``'s threads other than its main thread. In an embed worker the main thread
+    runs the event loop (faust, the Kafka clients, parsing, sends) and the model thread
+    (``Runtime.model_executor``) runs JPEG decode + the model; the io threads are idle."""
+    total = 0.0
+    if not pid:
+        return total
+    try:
+        tids = [t for t in os.listdir(f"/proc/{pid}/task") if t != str(pid)]
+    except OSError:
+        return total
+    for tid in tids:
+        try:
+            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / _TICK
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
 class CpuWindow:
-    """CPU seconds used by named pids, and by the whole machine, between ``start`` and ``stop``."""
+    """CPU seconds used by named pids (and the worker's model thread), and by the whole machine,
+    between ``start`` and ``stop``."""
 
     def __init__(self, pids: dict[str, int | None]):
         self.pids = pids
@@ -91,6 +112,7 @@ class CpuWindow:
     def start(self) -> None:
         self.t0 = time.monotonic()
         self.p0 = {k: proc_cpu_s(p) for k, p in self.pids.items()}
+        self.model0 = model_thread_cpu_s(self.pids.get("worker"))
         self.m0 = machine_cpu_s()
 
     def stop(self) -> dict[str, float]:
@@ -100,6 +122,7 @@ class CpuWindow:
         busy, total = busy1 - self.m0[0], total1 - self.m0[1]
         cores = os.cpu_count() or 1
         out = {f"{k}_cpu_s": round(v, 2) for k, v in used.items()}
+        out["worker_model_thread_cpu_s"] = round(model_thread_cpu_s(self.pids.get("worker")) - self.model0, 2)
         out["wall_s"] = round(wall, 2)
         out["machine_busy_pct"] = round(100 * busy / total, 1) if total else None
         out["others_cpu_s"] = round(max(0.0, busy - sum(used.values())), 2) if total else None
@@ -322,7 +345,8 @@ def parse_batches(log_path: Path, agent: str = "embed") -> list[tuple[int, float
 
 
 def summarise_stream(arrivals: list[tuple[float, float]], batches: list[tuple[int, float, float, float]],
-                     setting: Setting, worker_cpu_s: float | None) -> dict[str, Any]:
+                     setting: Setting, worker_cpu_s: float | None,
+                     model_thread_cpu_s: float | None = None) -> dict[str, Any]:
     """Throughput after the warm-up (the first micro-batch), batch sizes, busy-time throughputs."""
     first = batches[0][0] if batches else setting.batch_size
     first = max(1, min(first, len(arrivals) - 2))
@@ -333,6 +357,9 @@ def summarise_stream(arrivals: list[tuple[float, float]], batches: list[tuple[in
         out[f"items_per_s_{name}"] = (len(times) - first) / span if span > 0 else None
         out[f"window_s_{name}"] = span
     out["items_per_cpu_s"] = len(arrivals) / worker_cpu_s if worker_cpu_s else None
+    if worker_cpu_s and model_thread_cpu_s is not None and arrivals:
+        out["model_thread_cpu_ms_per_item"] = 1e3 * model_thread_cpu_s / len(arrivals)
+        out["other_cpu_ms_per_item"] = 1e3 * (worker_cpu_s - model_thread_cpu_s) / len(arrivals)
     rest = batches[1:]
     sizes = [b[0] for b in batches]
     # time between one handler call's end and the next one's start: the agent loop collecting events
@@ -390,7 +417,8 @@ def run_setting(idx: int, setting: Setting, *, broker: str, base_env: dict[str, 
           f"{base['items_per_s_median']:.0f}, min {base['items_per_s_min']:.0f} ({len(before)} runs before and "
           f"{len(after)} after streaming, {base['items']} items each)", flush=True)
     batches = parse_batches(log_path)
-    summary = summarise_stream(res["arrivals"], batches, setting, res["cpu"].get("worker_cpu_s"))
+    summary = summarise_stream(res["arrivals"], batches, setting, res["cpu"].get("worker_cpu_s"),
+                               res["cpu"].get("worker_model_thread_cpu_s"))
     summary.update({"setting": setting.label, "batch_size": setting.batch_size, "wait_s": setting.wait_s,
                     "rate": rate, "worker_startup_s": round(startup, 1), "complete": res["complete"],
                     "duplicates": res["duplicates"], "producer_s": res["produced"].get("seconds"),
@@ -407,55 +435,67 @@ def fmt(v: Any, spec: str = ".0f") -> str:
     return "-" if v is None else format(v, spec)
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    hdr = ["setting", "base it/s", "stream it/s", "RATIO", "base median", "vs median", "base it/cpu-s",
-           "stream it/cpu-s", "ratio", "model-only ratio", "batches", "mean", "full %", "duty", "overhead ms", "agent-only ms", "gap ms",
-           "cpu s worker/broker/bench/others"]
-    body = []
-    for r in rows:
-        s, b = r["stream"], r["baseline"]
-        c = s["cpu"]
-        body.append([s["setting"], fmt(b["items_per_s"]), fmt(s["items_per_s_created"]), fmt(r["ratio"], ".2f"),
-                     fmt(b["items_per_s_median"]), fmt(r["ratio_median"], ".2f"),
-                     fmt(b["items_per_cpu_s"]), fmt(s.get("items_per_cpu_s")), fmt(r["cpu_ratio"], ".2f"),
-                     fmt(r["model_ratio"], ".2f"), fmt(s.get("batches"), "d"), fmt(s.get("batch_mean"), ".1f"),
-                     fmt(100 * s["full_batch_share"] if "full_batch_share" in s else None, ".0f"),
-                     fmt(s.get("duty_cycle"), ".2f"),
-                     fmt(1e3 * s["overhead_s_per_batch"] if "overhead_s_per_batch" in s else None, ".0f"),
-                     fmt(1e3 * r["agent_only_s_per_batch"] if r.get("agent_only_s_per_batch") is not None else None,
-                         ".0f"),
-                     fmt(1e3 * s["gap_s_per_batch"] if "gap_s_per_batch" in s else None, ".0f"),
-                     f"{c.get('worker_cpu_s')}/{c.get('broker_cpu_s')}/{c.get('bench_cpu_s')}/{c.get('others_cpu_s')}"
-                     f" in {c.get('wall_s')}s"])
+def render(hdr: list[str], body: list[list[str]]) -> str:
     widths = [max(len(h), *(len(x[i]) for x in body)) for i, h in enumerate(hdr)]
     line = lambda cells: "| " + " | ".join(c.rjust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     return "\n".join([line(hdr), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, body)])
 
 
+def ms(v: float | None, digits: str = ".0f") -> str:
+    return fmt(None if v is None else 1e3 * v, digits)
+
+
+def tables(rows: list[dict[str, Any]]) -> str:
+    """Efficiency, then where the time went."""
+    eff = []
+    for r in rows:
+        s, b = r["stream"], r["baseline"]
+        eff.append([s["setting"], fmt(b["items_per_s"]), fmt(b["items_per_s_median"]), fmt(s["items_per_s_created"]),
+                    fmt(r["ratio"], ".2f"), fmt(r["ratio_median"], ".2f"), fmt(r["cpu_ratio"], ".2f"),
+                    fmt(r["model_ratio"], ".2f"), fmt(s.get("batches"), "d"), fmt(s.get("batch_mean"), ".1f"),
+                    fmt(100 * s["full_batch_share"] if "full_batch_share" in s else None, ".0f")])
+    where = []
+    for r in rows:
+        s, b = r["stream"], r["baseline"]
+        c = s["cpu"]
+        where.append([s["setting"], ms(s.get("handler_s_per_batch")), ms(s.get("overhead_s_per_batch")),
+                      ms(r.get("agent_only_s_per_batch")), ms(s.get("gap_s_per_batch")),
+                      fmt(s.get("duty_cycle"), ".2f"),
+                      fmt(s.get("model_thread_cpu_ms_per_item"), ".2f"), fmt(s.get("other_cpu_ms_per_item"), ".2f"),
+                      fmt(1e3 / b["items_per_cpu_s"] if b.get("items_per_cpu_s") else None, ".2f"),
+                      f"{c.get('worker_cpu_s')} / {c.get('broker_cpu_s')} / {c.get('bench_cpu_s')} / "
+                      f"{c.get('others_cpu_s')} in {c.get('wall_s')}s"])
+    return "\n".join([
+        render(["setting", "base it/s", "base median", "stream it/s", "RATIO", "vs median", "per-CPU ratio",
+                "model-only ratio", "batches", "mean size", "full %"], eff),
+        "",
+        "where the time went (per micro-batch, after the first; CPU per item over the streaming window):",
+        render(["setting", "handler ms", "overhead ms", "agent-only ms", "gap ms", "duty", "model-thread CPU ms/it",
+                "event-loop CPU ms/it", "baseline CPU ms/it", "CPU s worker / broker / bench / others"], where),
+    ])
+
+
 LEGEND = """\
 base it/s          embed_segments on full batches in this process, --repeat runs right before and
                    --repeat right after the setting's streaming run (worker started, idle); the best
-                   of them; items = segments
+                   of them (base median: their median); items = segments
 stream it/s        results/s out of the embed worker after its first batch (create timestamps of the
                    analysis records), the producer offering --rate-x times the baseline
-RATIO              stream / base: the batching efficiency (aim >= 0.9)
-base median, vs median  the median baseline run and stream / it: how much of the gap is the
-                   machine's load drifting between runs
-it/cpu-s, ratio    items per CPU-second (best baseline run) vs the worker process over the streaming
-                   window; the ratio is the efficiency with CPU contention factored out (the worker's
-                   own overheads remain)
-model-only ratio   items / time inside embed_images only (AdaptiveBatcher busy time), worker (per-batch
-                   log lines, first batch excluded) / baseline
-batches, mean, full %  micro-batch sizes the worker's handler received (log lines)
-duty               worker handler time / streaming window: < 1 means the agent loop spent time outside
-                   the handler (collecting events, committing, or descheduled)
-overhead ms        per batch, handler time - model time: parse, JPEG decode, thread hop, and one
-                   awaited send (broker ack) per result
-agent-only ms      overhead ms minus what the baseline spends outside embed_images for as many items
-                   (JPEG decode, means; medians): what only the agent adds (parse, hop, sends)
-gap ms             per batch, time between one handler call's end and the next one's start
-cpu s              CPU seconds in the streaming window: worker, broker, this process (producer +
-                   consumer), and every other process on the machine"""
+RATIO              stream / base: the batching efficiency (aim >= 0.9); vs median: stream / base median
+per-CPU ratio      items per CPU-second of the worker process over the streaming window / of the best
+                   baseline run: the efficiency with "did not get a CPU" factored out
+model-only ratio   items / time inside embed_images only (AdaptiveBatcher busy time, from the worker's
+                   per-batch log lines, first batch excluded) / the same in the baseline
+batches, mean size, full %  micro-batches the worker's handler received (log lines)
+handler ms         handler time per batch; overhead ms: handler - embed_images time (parse, JPEG
+                   decode, thread hop, one awaited send per result); agent-only ms: overhead minus what
+                   the baseline also spends outside embed_images for as many items (JPEG decode, means)
+gap ms             time between one handler call's end and the next one's start (collecting events)
+duty               handler time / streaming window (< 1: the agent loop was outside the handler)
+CPU ms/it          worker CPU per item: its model thread (JPEG decode + model) and its main thread
+                   (event loop: faust, Kafka clients, parse, sends); baseline: the same work in process
+CPU s              CPU seconds during the streaming window: the worker, the broker, this process
+                   (producer + consumer), and every other process on the machine"""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -549,14 +589,17 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(r)
             print(f"{setting.label}: stream {fmt(s.get('items_per_s_created'))} items/s "
                   f"(received-side {fmt(s.get('items_per_s_received'))}), ratio {fmt(r['ratio'], '.2f')}, "
-                  f"per CPU-s ratio {fmt(r['cpu_ratio'], '.2f')}, batches {s.get('batch_sizes')}"
+                  f"per CPU-s ratio {fmt(r['cpu_ratio'], '.2f')}, batches {s.get('batch_sizes')}; worker CPU per "
+                  f"item: model thread {fmt(s.get('model_thread_cpu_ms_per_item'), '.2f')} ms, rest (event loop, "
+                  f"Kafka clients) {fmt(s.get('other_cpu_ms_per_item'), '.2f')} ms; baseline "
+                  f"{fmt(1e3 / b['items_per_cpu_s'] if b['items_per_cpu_s'] else None, '.2f')} ms"
                   f"{'' if s['complete'] else ' INCOMPLETE: ' + str(s['results']) + ' results'}", flush=True)
     finally:
         broker.stop()
 
     print(f"\nembed agent batching efficiency, {args.segments} segments, torch threads "
           f"{args.torch_threads or 'default'}, {os.cpu_count()} cores:")
-    print(table(rows))
+    print(tables(rows))
     print("\n" + LEGEND)
     busiest = max((r["stream"]["cpu"].get("machine_busy_pct") or 0 for r in rows), default=0)
     print(f"\ncaveat: one machine with {os.cpu_count()} cores; during streaming the machine was up to {busiest:.0f}% "

@@ -33,7 +33,7 @@ def _fmt(v: Any) -> str:
     if v is None:
         return "-"
     if isinstance(v, float):
-        return f"{v:.4f}" if abs(v) < 10 else f"{v:.1f}"
+        return f"{v:.4f}" if abs(v) <= 1 else f"{v:.1f}"
     return str(v)
 
 
@@ -97,8 +97,8 @@ def print_report(result: dict[str, Any]) -> None:
     search = result.get("search")
     if search:
         model = search.get("model", {})
-        title = (f"text -> video search, {model.get('name')} {model.get('version')} "
-                 f"({held.get('videos')} held-out videos, {held.get('shots')} shots, {search.get('segments')} segments)")
+        title = (f"text -> video search, {model.get('name')} {model.get('version')} ({held.get('videos')} "
+                 f"held-out videos, {held.get('shots')} shots, {search.get('segments')} segments)")
         table = Table(title=title)
         for col in ("queries", "n", "metric", "@1", "@5", "chance@1", "chance@5"):
             table.add_column(col)

@@ -106,8 +106,14 @@ def ensure_tiny_models(settings: "Settings", *, force: bool = False,
     Returns ``{name: {"status": "trained" | "cached", "path": str, "stats": {...}}}``; ``stats`` of a
     cached model come from its ``<file>.json`` sidecar when there is one. Holds a file lock in the
     model directory while checking and training, so concurrent callers train each model once.
+
+    Trainers get ``settings`` with ``models="tiny"`` whatever the caller's profile: these are the tiny
+    profile's models (a trainer that needs another one, e.g. the tiny CLIP's embeddings, finds it
+    through ``load_embedder`` without reaching for pretrained weights).
     """
     directory = Path(settings.model_cache_dir)
+    if getattr(settings, "models", "tiny") != "tiny":
+        settings = settings.model_copy(update={"models": "tiny"})
     out: dict[str, Any] = {}
     with train_lock(directory):
         for spec in TRAINERS:

@@ -80,11 +80,16 @@ def save_pretrained_atomic(out_dir: Path, *parts: Any, extra: dict[str, Any] | N
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the model directory is not secret
     try:
         for part in parts:
             part.save_pretrained(str(tmp))
         if extra is not None:
             (tmp / TRAIN_INFO_FILE).write_text(json.dumps(extra, indent=2, sort_keys=True))
+        for f in tmp.iterdir():
+            os.chmod(f, 0o666 & ~umask)
         old = None
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}-{time.monotonic_ns()}")

@@ -159,6 +159,7 @@ def save_state_dict_atomic(state_dict: dict, out_path: Path) -> str:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600
         os.replace(tmp, out_path)
     except BaseException:
         with contextlib.suppress(OSError):

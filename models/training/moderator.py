@@ -6,7 +6,7 @@ embeddings of the synthetic world.
 trained tiny CLIP when it exists), labels each frame with the world's moderation categories
 (``MODERATION_CATEGORIES``; ``hazard`` = a star is shown), fits one sigmoid per category on 80 % of
 the training shots, picks each category's decision threshold on the other 20 % (best F1, ties to the
-middle of the widest best interval), and writes the head with ``models.moderator.save_head``
+middle, in logit space, of the widest gap), and writes the head with ``models.moderator.save_head``
 (atomic). ``ClipHeadModerator.load`` reads it back; the file records the embedder it was trained on.
 
 Deterministic for a given ``seed``, embedder and torch build on CPU (full-batch L-BFGS, fixed
@@ -52,15 +52,17 @@ def precision_recall(scores: np.ndarray, labels: np.ndarray, threshold: float) -
 
 def pick_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
     """The threshold with the best F1 on (``scores``, ``labels``); among equally good thresholds, the
-    middle of the widest gap between consecutive scores (robust to held-out drift)."""
-    s = np.sort(np.unique(np.asarray(scores, dtype=np.float64)))
-    if len(s) == 0:
+    middle (in logit space) of the widest gap between consecutive scores, which is robust to drift on
+    unseen data when the validation scores separate cleanly."""
+    p = np.clip(np.sort(np.unique(np.asarray(scores, dtype=np.float64))), 1e-9, 1 - 1e-9)
+    if len(p) == 0:
         return 0.5
-    cands = np.concatenate([[s[0] / 2], (s[:-1] + s[1:]) / 2, [(s[-1] + 1) / 2]])
-    gaps = np.concatenate([[s[0]], s[1:] - s[:-1], [1 - s[-1]]])
-    f1 = np.asarray([precision_recall(scores, labels, t)["f1"] for t in cands])
+    z = np.log(p) - np.log1p(-p)
+    cands = np.concatenate([[z[0] - 1.0], (z[:-1] + z[1:]) / 2, [z[-1] + 1.0]])
+    gaps = np.concatenate([[1.0], z[1:] - z[:-1], [1.0]])
+    f1 = np.asarray([precision_recall(scores, labels, 1 / (1 + np.exp(-c)))["f1"] for c in cands])
     best = np.flatnonzero(f1 >= f1.max() - 1e-12)
-    return float(cands[best[np.argmax(gaps[best])]])
+    return float(1 / (1 + np.exp(-cands[best[np.argmax(gaps[best])]])))
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, *, l2: float = DEFAULT_L2, iters: int = 200) -> tuple[np.ndarray, np.ndarray]:
@@ -157,7 +159,7 @@ def train_tiny_moderator(out_path: Path | str | None, embedder: Any, *, seed: in
         "path": str(out_path) if out_path is not None else None,
         "seed": int(seed),
         "categories": categories,
-        "thresholds": {c: round(t, 6) for c, t in thresholds.items()},
+        "thresholds": {c: float(t) for c, t in thresholds.items()},
         "validation": val_m,
         "train": fit_m,
         "shots": {"fit": len(fit_shots), "validation": len(val_shots)},

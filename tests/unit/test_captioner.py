@@ -1,0 +1,173 @@
+"""The captioner: tiny model built offline, trained on the synthetic world, and the default profile's
+clear failure when its pretrained weights are not available. Everything runs offline."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+# These tests train the tiny captioner (minutes on 2 cores): `make test-slow`.
+pytestmark = pytest.mark.slow
+
+from models.base import Captioner, ModelInfo
+from models.registry import backends, load_captioner
+from streams.config import Settings
+from streams.errors import ModelError, ModelNotAvailable
+
+REPO = Path(__file__).resolve().parents[2]
+
+# A short training run (the full one is models.training.captioner.DEFAULT_EPOCHS): enough for the
+# loose accuracy bounds below, about a minute on 2 CPU cores.
+SHORT_EPOCHS = 14
+
+
+def _images(n: int = 4) -> list[np.ndarray]:
+    rng = np.random.default_rng(7)
+    out = [np.zeros((48, 80, 3), np.uint8), np.full((300, 200, 3), 255, np.uint8)]
+    while len(out) < n:
+        h, w = rng.integers(17, 260, size=2)
+        out.append(rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8))
+    return out[:n]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The tiny captioner trained (briefly) into a temporary data dir, plus its training stats."""
+    from models.captioner import TINY_DIR
+    from models.training.captioner import train_tiny_captioner
+
+    data = tmp_path_factory.mktemp("captioner-data")
+    stats = train_tiny_captioner(data / "models" / TINY_DIR, epochs=SHORT_EPOCHS)
+    return data, stats
+
+
+@pytest.fixture(scope="module")
+def heldout_keyframes():
+    from models.training.captioner import keyframes
+    from loadtest.world import split
+
+    return keyframes(split(0)[1])
+
+
+def test_untrained_tiny_captioner_builds_offline_and_generates_strings(tmp_path):
+    cap = load_captioner(Settings(models="tiny", device="cpu", data_dir=tmp_path))
+    assert isinstance(cap, Captioner)
+    assert isinstance(cap.info, ModelInfo) and cap.info.task == "caption"
+    assert cap.info.name == "framebus-tiny-captioner" and len(cap.info.version) == 12
+    out = cap.caption(_images())
+    assert isinstance(out, list) and len(out) == 4
+    assert all(isinstance(s, str) and s.strip() for s in out)  # at least one word each
+    assert cap.caption([]) == []
+    # deterministic: same seeded init in a second instance, same captions
+    again = load_captioner(Settings(models="tiny", device="cpu", data_dir=tmp_path))
+    assert again.info == cap.info and again.caption(_images()) == out
+    with pytest.raises(ModelError) as err:
+        cap.caption([np.zeros((10, 10, 3), np.float32)])
+    assert err.value.code == "models.bad_input"
+
+
+def test_trained_captioner_names_shape_and_colour(trained, heldout_keyframes):
+    data, stats = trained
+    cap = load_captioner(Settings(models="tiny", device="cpu", data_dir=data))
+    assert cap.info.version == stats["version"]  # the trained directory, not the random init
+    assert stats["final_loss"] < stats["initial_loss"]
+    frames, specs = heldout_keyframes
+    captions = cap.caption(frames)
+    assert len(captions) == len(specs) == 80
+
+    from models.training.captioner import caption_accuracy
+
+    acc = caption_accuracy(captions, specs)
+    print("held-out keyframe accuracy:", acc, "training:", {k: stats[k] for k in ("steps", "seconds")})
+    assert acc["colour"] >= 0.9, acc
+    assert acc["shape"] >= 0.45, acc  # 4 shapes: chance is 0.25
+    assert acc["shape_colour"] >= 0.45, acc
+    assert acc["motion"] >= 0.6, acc  # from the trail in a single frame; chance 0.25
+    # captions have the world's form: "a <colour> <shape> moving <motion>"
+    well_formed = [c for c in captions if len(c.split()) == 5 and c.split()[0] == "a" and c.split()[3] == "moving"]
+    assert len(well_formed) >= 0.9 * len(captions), captions[:10]
+
+
+def test_trained_directory_is_complete_and_batching_is_stable(trained, heldout_keyframes):
+    from models.captioner import TINY_DIR, TransformersCaptioner
+
+    data, _ = trained
+    d = data / "models" / TINY_DIR
+    for name in ("config.json", "generation_config.json", "model.safetensors", "preprocessor_config.json",
+                 "tokenizer.json", "tokenizer_config.json"):
+        assert (d / name).is_file(), name
+    assert not [p for p in d.parent.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+    frames = heldout_keyframes[0][:12]
+    one = TransformersCaptioner.tiny(d, device="cpu", batch_size=1).caption(frames)
+    many = TransformersCaptioner.tiny(d, device="cpu", batch_size=64).caption(frames)
+    assert one == many
+
+
+def test_training_is_deterministic(tmp_path):
+    from models.training.captioner import train_tiny_captioner
+
+    a = train_tiny_captioner(tmp_path / "a", epochs=1, max_shots=32)
+    b = train_tiny_captioner(tmp_path / "b", epochs=1, max_shots=32)
+    assert a["state_digest"] == b["state_digest"]
+    assert a["version"] == b["version"]
+    c = train_tiny_captioner(None, epochs=1, max_shots=32, seed=1)
+    assert c["state_digest"] != a["state_digest"] and c["version"] is None
+
+
+def test_parse_caption():
+    from models.training.captioner import parse_caption
+
+    assert parse_caption("a red circle moving left") == {"shape": "circle", "colour": "red", "motion": "left"}
+    assert parse_caption("a red blue circle") == {"shape": "circle", "colour": None, "motion": None}
+    assert parse_caption("") == {"shape": None, "colour": None, "motion": None}
+
+
+def test_registry_has_captioner_backends():
+    from models.profiles import DEFAULT_CAPTIONER_NAME, get_profile
+
+    assert ("captioner", "transformers") in backends("captioner")
+    assert ("captioner", "tiny") in backends("captioner")
+    assert get_profile("default").captioner.backend == "transformers"
+    assert get_profile("default").captioner.options == {"name": DEFAULT_CAPTIONER_NAME}
+    assert get_profile("tiny").captioner.backend == "tiny"
+
+
+_LOAD_DEFAULT = r"""
+import json, sys
+from models.registry import load_captioner
+from streams.config import Settings
+from streams.errors import FramebusError
+
+try:
+    load_captioner(Settings(models="default", device="cpu", data_dir=sys.argv[1]))
+except FramebusError as e:
+    print(json.dumps({"type": type(e).__name__, "code": e.code, "message": e.message, "transient": e.transient}))
+else:
+    print(json.dumps({"type": None}))
+"""
+
+
+def test_default_profile_offline_raises_model_not_available(tmp_path):
+    from models.profiles import DEFAULT_CAPTIONER_NAME
+
+    hf_home = tmp_path / "empty-hf-home"
+    hf_home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FRAMEBUS_", "HF_", "HUGGINGFACE_"))}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(hf_home))
+    proc = subprocess.run([sys.executable, "-c", _LOAD_DEFAULT, str(tmp_path / "data")], capture_output=True,
+                          text=True, cwd=REPO, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["type"] == ModelNotAvailable.__name__
+    assert out["code"] == "models.weights_missing" == ModelNotAvailable.code
+    assert out["transient"] is False
+    msg = out["message"]
+    assert DEFAULT_CAPTIONER_NAME in msg  # which model
+    assert f"hf download {DEFAULT_CAPTIONER_NAME}" in msg  # how to get it
+    assert str(tmp_path / "data" / "models" / "hf") in msg  # where framebus looks for it
+    assert "FRAMEBUS_MODELS=tiny" in msg  # the offline way out

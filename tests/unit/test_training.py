@@ -1,0 +1,194 @@
+"""Training the tiny CLIP on the synthetic world, and evaluating it through the real decode path.
+
+The module-scoped ``trained`` fixture runs the real training (about 1.5-2 minutes on 2 CPU cores)
+into a temporary data dir; the tests that use it are marked ``slow``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.openclip import TINY_CHECKPOINT, OpenClipEmbedder
+from models.registry import load_embedder
+from models.training import TRAINERS, TrainSpec, ensure_tiny_models, missing_models, stats_path
+from models.training.clip import train_tiny_clip
+from streams.config import Settings
+
+
+def settings_for(data_dir: Path) -> Settings:
+    return Settings(models="tiny", device="cpu", data_dir=data_dir, model_dir=data_dir / "models")
+
+
+def short_training(path, seed=0):
+    return train_tiny_clip(path, seed=seed, steps=12, batch_size=16, max_shots=24)
+
+
+def test_short_training_is_deterministic_and_loads_in_the_serving_path(tmp_path):
+    a = short_training(tmp_path / "a" / TINY_CHECKPOINT)
+    b = short_training(tmp_path / "b" / TINY_CHECKPOINT)
+    assert a["state_digest"] == b["state_digest"]
+    # same weights -> same bytes -> same model version, wherever the file is written
+    assert a["sha256"] == b["sha256"]
+    data = (tmp_path / "a" / TINY_CHECKPOINT).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == a["sha256"]
+    assert (tmp_path / "b" / TINY_CHECKPOINT).read_bytes() == data
+    assert a["steps"] == 12 and np.isfinite(a["final_loss"]) and a["final_loss"] < a["initial_loss"]
+    assert not list((tmp_path / "a").glob("*.tmp"))  # atomic write leaves nothing behind
+
+    c = short_training(None, seed=1)
+    assert c["state_digest"] != a["state_digest"] and c["sha256"] is None
+
+    untrained = OpenClipEmbedder.tiny(device="cpu")
+    trained = OpenClipEmbedder.tiny(checkpoint=tmp_path / "a" / TINY_CHECKPOINT, device="cpu")
+    assert trained.info.version == a["version"] == a["sha256"][:12]
+    assert trained.info.version != untrained.info.version  # a new vector collection
+    # the serving path: FRAMEBUS_MODELS=tiny + data_dir finds <data_dir>/models/tiny-clip.pt
+    served = load_embedder(settings_for(tmp_path / "data"))
+    assert served.info.version == untrained.info.version
+    (tmp_path / "data" / "models").mkdir(parents=True)
+    (tmp_path / "data" / "models" / TINY_CHECKPOINT).write_bytes(data)
+    served = load_embedder(settings_for(tmp_path / "data"))
+    assert served.info.version == a["version"]
+    img = np.zeros((224, 299, 3), np.uint8)
+    np.testing.assert_allclose(served.embed_images([img]), trained.embed_images([img]), atol=1e-6)
+    assert not np.allclose(served.embed_images([img]), untrained.embed_images([img]), atol=1e-4)
+
+
+def test_training_leaves_global_torch_state_alone(tmp_path):
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    train_tiny_clip(None, steps=2, batch_size=8, max_shots=8)
+    assert torch.equal(torch.rand(3), expected)
+    assert torch.get_num_threads() == threads
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
+def _fake_trainers(monkeypatch, calls, delay=0.0):
+    def train(path, settings):
+        calls.append(path)
+        time.sleep(delay)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"weights")
+        return {"final_loss": 0.5}
+
+    monkeypatch.setattr("models.training.TRAINERS", [TrainSpec("fake", "fake.pt", train)])
+
+
+def test_ensure_trains_missing_then_caches(tmp_path, monkeypatch):
+    calls: list = []
+    _fake_trainers(monkeypatch, calls)
+    s = settings_for(tmp_path)
+    assert missing_models(s) == ["fake"]
+    r = ensure_tiny_models(s)
+    assert r["fake"]["status"] == "trained" and r["fake"]["stats"]["final_loss"] == 0.5
+    assert Path(r["fake"]["path"]) == tmp_path / "models" / "fake.pt"
+    assert json.loads(stats_path(tmp_path / "models" / "fake.pt").read_text())["final_loss"] == 0.5
+    r = ensure_tiny_models(s)
+    assert r["fake"]["status"] == "cached" and r["fake"]["stats"]["final_loss"] == 0.5
+    assert len(calls) == 1 and missing_models(s) == []
+    assert ensure_tiny_models(s, force=True)["fake"]["status"] == "trained"
+    assert len(calls) == 2
+    (tmp_path / "models" / "fake.pt").unlink()  # deleted cache: rebuilt
+    assert ensure_tiny_models(s)["fake"]["status"] == "trained"
+
+
+def test_ensure_trains_once_under_concurrency(tmp_path, monkeypatch):
+    calls: list = []
+    _fake_trainers(monkeypatch, calls, delay=0.3)
+    s = settings_for(tmp_path)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(ensure_tiny_models(s))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+    assert sorted(r["fake"]["status"] for r in results) == ["cached", "cached", "trained"]
+
+
+def test_trainers_see_the_tiny_profile(tmp_path, monkeypatch):
+    seen = []
+
+    def train(path, settings):
+        seen.append(settings.models)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"w")
+        return {}
+
+    monkeypatch.setattr("models.training.TRAINERS", [TrainSpec("fake", "fake.pt", train)])
+    s = Settings(models="default", device="cpu", data_dir=tmp_path, model_dir=tmp_path / "models")
+    ensure_tiny_models(s)
+    assert seen == ["tiny"] and s.models == "default"
+
+
+def test_tiny_clip_is_registered():
+    assert [t.name for t in TRAINERS][0] == "tiny-clip"
+    assert TRAINERS[0].filename == TINY_CHECKPOINT
+
+
+# ------------------------------------------------------------------------------------------------
+# the real training (slow)
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    data = tmp_path_factory.mktemp("trained-data")
+    settings = settings_for(data)
+    result = ensure_tiny_models(settings, only=("tiny-clip",))
+    return settings, result["tiny-clip"]
+
+
+@pytest.fixture(scope="module")
+def evaluation(trained):
+    from models.training.evaluate import evaluate
+
+    settings, _ = trained
+    return evaluate(settings, only=("search",))
+
+
+def slow(fn):
+    """``slow``, with room for the real training: 1.5-2.5 min on idle cores, much longer on a busy host."""
+    return pytest.mark.slow(pytest.mark.timeout(1500)(fn))
+
+
+@slow
+def test_real_training_stats(trained):
+    settings, entry = trained
+    st = entry["stats"]
+    assert entry["status"] == "trained"
+    assert Path(entry["path"]) == settings.model_cache_dir / TINY_CHECKPOINT
+    assert st["final_loss"] < st["initial_loss"] * 0.6
+    assert load_embedder(settings).info.version == st["version"]
+
+
+@slow
+def test_heldout_search_is_well_above_chance(evaluation):
+    search = evaluation["search"]
+    assert evaluation["heldout"]["shots"] == 80
+    # segments are what the decode stage makes of the videos (detected shots, or fixed windows)
+    assert 60 <= search["segments"] <= 100
+    cap = search["caption"]
+    assert cap["queries"] == 80
+    assert cap["chance@1"] < 0.03
+    # exact shot (video + shot): far above 1/80
+    assert cap["recall@1"] >= 0.4 and cap["recall@5"] >= 0.7
+    attrs = search["caption_attributes"]
+    assert attrs["colour"]["accuracy@1"] >= 0.9
+    assert attrs["shape+colour"]["accuracy@1"] >= 0.7  # chance 1/20
+    assert attrs["motion"]["accuracy@1"] >= 0.4  # chance 1/4: motion is the hardest attribute
+    q = search["queries"]
+    assert q["shape+colour"]["precision@1"] >= 0.5  # "a red circle": chance 1/20
+    assert q["colour"]["precision@1"] >= 0.8
+    assert q["shape"]["precision@1"] > q["shape"]["chance"]
