@@ -19,8 +19,8 @@ async def handle_batch(rt: Runtime, events: list[faust.EventT]) -> None:
     done = await model_batch(rt, TASK, events, lambda items: batcher.run(captioner.caption, keyframes(items)))
     if done is None:
         return
-    for item, text in zip(*done):
-        await rt.send(registry.ANALYSIS, item.video_id, analysis(item, TASK, captioner, caption=text), item.trace_id)
+    await rt.send_all(registry.ANALYSIS, [(item.video_id, analysis(item, TASK, captioner, caption=text),
+                                           item.trace_id) for item, text in zip(*done)])
 
 
 def register(rt: Runtime) -> None:

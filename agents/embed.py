@@ -88,9 +88,8 @@ async def handle_batch(rt: Runtime, events: list[faust.EventT]) -> None:
     done = await model_batch(rt, TASK, events, lambda items: embed_segments(embedder, batcher, items))
     if done is None:
         return
-    for item, vec in zip(*done):
-        out = analysis(item, TASK, embedder, vector=vec.tolist())
-        await rt.send(registry.ANALYSIS, item.video_id, out, item.trace_id)
+    await rt.send_all(registry.ANALYSIS, [(item.video_id, analysis(item, TASK, embedder, vector=vec.tolist()),
+                                           item.trace_id) for item, vec in zip(*done)])
 
 
 def register(rt: Runtime) -> None:

@@ -460,7 +460,7 @@ def tables(rows: list[dict[str, Any]]) -> str:
         c = s["cpu"]
         where.append([s["setting"], ms(s.get("handler_s_per_batch")), ms(s.get("overhead_s_per_batch")),
                       ms(r.get("agent_only_s_per_batch")), ms(s.get("gap_s_per_batch")),
-                      fmt(s.get("duty_cycle"), ".2f"),
+                      fmt(s.get("duty_cycle"), ".2f"), fmt(r.get("structural"), ".2f"),
                       fmt(s.get("model_thread_cpu_ms_per_item"), ".2f"), fmt(s.get("other_cpu_ms_per_item"), ".2f"),
                       fmt(1e3 / b["items_per_cpu_s"] if b.get("items_per_cpu_s") else None, ".2f"),
                       f"{c.get('worker_cpu_s')} / {c.get('broker_cpu_s')} / {c.get('bench_cpu_s')} / "
@@ -470,7 +470,8 @@ def tables(rows: list[dict[str, Any]]) -> str:
                 "model-only ratio", "batches", "mean size", "full %"], eff),
         "",
         "where the time went (per micro-batch, after the first; CPU per item over the streaming window):",
-        render(["setting", "handler ms", "overhead ms", "agent-only ms", "gap ms", "duty", "model-thread CPU ms/it",
+        render(["setting", "handler ms", "overhead ms", "agent-only ms", "gap ms", "duty", "structural",
+                "model-thread CPU ms/it",
                 "event-loop CPU ms/it", "baseline CPU ms/it", "CPU s worker / broker / bench / others"], where),
     ])
 
@@ -489,9 +490,12 @@ model-only ratio   items / time inside embed_images only (AdaptiveBatcher busy t
 batches, mean size, full %  micro-batches the worker's handler received (log lines)
 handler ms         handler time per batch; overhead ms: handler - embed_images time (parse, JPEG
                    decode, thread hop, one awaited send per result); agent-only ms: overhead minus what
-                   the baseline also spends outside embed_images for as many items (JPEG decode, means)
+                   the baseline also spends outside embed_images for as many items (JPEG decode, means),
+                   scaled by the worker's embed_images slowdown
 gap ms             time between one handler call's end and the next one's start (collecting events)
 duty               handler time / streaming window (< 1: the agent loop was outside the handler)
+structural         (handler - agent-only) / (handler + gap): the share of the agent loop's time that
+                   went to the baseline's own work; the RATIO's ceiling with no CPU contention
 CPU ms/it          worker CPU per item: its model thread (JPEG decode + model) and its main thread
                    (event loop: faust, Kafka clients, parse, sends); baseline: the same work in process
 CPU s              CPU seconds during the streaming window: the worker, the broker, this process
@@ -582,9 +586,17 @@ def main(argv: list[str] | None = None) -> int:
             r["ratio_median"] = (s["items_per_s_created"] / b["items_per_s_median"]
                                  if s.get("items_per_s_created") else None)
             r["model_ratio"] = s["model_items_per_s"] / b["model_items_per_s"] if s.get("model_items_per_s") else None
-            if "overhead_s_per_batch" in s:  # beyond what the baseline also spends outside embed_images
+            if s.get("model_items_per_s"):
+                # beyond what the baseline also spends outside embed_images (JPEG decode, means), scaled by
+                # how much slower embed_images itself ran in the worker (contention slows both alike)
                 outside = 1 / b["items_per_s_median"] - 1 / b["model_items_per_s_median"]
-                r["agent_only_s_per_batch"] = s["overhead_s_per_batch"] - s["batch_mean"] * outside
+                slowdown = max(1.0, b["model_items_per_s_median"] / s["model_items_per_s"])
+                agent_only = s["overhead_s_per_batch"] - s["batch_mean"] * outside * slowdown
+                r["agent_only_s_per_batch"] = agent_only
+                # share of the agent loop's time spent on the baseline's work: the ratio's ceiling if
+                # nothing else competed for the CPU
+                r["structural"] = ((s["handler_s_per_batch"] - agent_only)
+                                   / (s["handler_s_per_batch"] + s["gap_s_per_batch"]))
             r["cpu_ratio"] = s["items_per_cpu_s"] / b["items_per_cpu_s"] if s.get("items_per_cpu_s") else None
             rows.append(r)
             print(f"{setting.label}: stream {fmt(s.get('items_per_s_created'))} items/s "

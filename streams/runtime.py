@@ -115,6 +115,11 @@ class Runtime:
         await fut
         self.count(f"sent.{spec.name}")
 
+    async def send_all(self, spec: TopicSpec, items: list[tuple[str, ev.Event, str | None]]) -> None:
+        """Produce several events at once and wait for all their acks (a batch's results go out together,
+        so the model thread is not idle while each ack comes back one by one)."""
+        await asyncio.gather(*(self.send(spec, key, event, trace) for key, event, trace in items))
+
     async def dead_letter(self, stage: str, spec: TopicSpec, event: faust.EventT, error: FramebusError,
                           trace_id: str | None = None) -> None:
         raw = event.value if isinstance(event.value, bytes) else bytes(event.value or b"")
