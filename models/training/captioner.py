@@ -37,7 +37,7 @@ DEFAULT_EPOCHS = 30
 DEFAULT_BATCH = 32
 DEFAULT_LR = 1e-3
 #: weight of the auxiliary attribute loss (0 = off)
-DEFAULT_AUX = 1.0
+DEFAULT_AUX = 3.0
 #: mirror half of each batch horizontally (swapping "left" and "right")
 DEFAULT_HFLIP = True
 DEFAULT_THREADS = 2
@@ -76,20 +76,19 @@ def caption_labels(tokenizer, captions: Sequence[str]):
 
 def save_pretrained_atomic(out_dir: Path, *parts: Any, extra: dict[str, Any] | None = None) -> Path:
     """``save_pretrained`` every part into a temporary sibling directory, then swap it in for
-    ``out_dir`` (a reader sees the old directory or the new one, never a half-written one)."""
+    ``out_dir``: a reader sees the old directory, the new one or (for an instant, when replacing)
+    none, never a half-written one."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the model directory is not secret
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the model directory is not secret
     try:
         for part in parts:
             part.save_pretrained(str(tmp))
         if extra is not None:
             (tmp / TRAIN_INFO_FILE).write_text(json.dumps(extra, indent=2, sort_keys=True))
         for f in tmp.iterdir():
-            os.chmod(f, 0o666 & ~umask)
+            os.chmod(f, 0o644)
         old = None
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}-{time.monotonic_ns()}")

@@ -11,8 +11,6 @@ from models.registry import backends, load_embedder, load_moderator
 from streams.config import Settings
 from streams.errors import ModelError, ModelNotAvailable
 
-# These tests train the tiny captioner / moderation head (minutes on 2 cores): `make test-slow`.
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
