@@ -37,17 +37,17 @@ import base64
 import json
 import os
 import re
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from streams.demo import free_port, start_process, stop_stack
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_DIR = REPO / ".framebus-test-models"
@@ -224,37 +224,9 @@ class Setting:
 
 def start_worker(env: dict[str, str], broker: str, log_path: Path, timeout_s: float = 180.0) -> subprocess.Popen:
     """``framebus worker --agents embed`` with debug logging; returns after its ready line."""
-    log = open(log_path, "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--agents", "embed", "--broker", broker,
-                             "--name", "bench-embed", "--log-level", "debug"],
-                            env=env, cwd=str(REPO), stdout=subprocess.PIPE, stderr=log, text=True)
-    ready = threading.Event()
-
-    def pump() -> None:
-        for line in proc.stdout:
-            if "framebus worker ready" in line:
-                ready.set()
-            log.write(line.encode())
-            log.flush()
-
-    threading.Thread(target=pump, daemon=True).start()
-    deadline = time.monotonic() + timeout_s
-    while not ready.wait(0.2):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop_worker(proc)
-            tail = log_path.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"embed worker did not become ready (exit {proc.returncode}):\n{tail}")
-    return proc
-
-
-def stop_worker(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    return start_process([sys.executable, "-m", "streams.cli", "worker", "--agents", "embed", "--broker", broker,
+                          "--name", "bench-embed", "--log-level", "debug"],
+                         env, "framebus worker ready", log_path, timeout_s=timeout_s, cwd=str(REPO))
 
 
 async def stream_items(settings, payloads: list[tuple[bytes, bytes]], rate: float, timeout_s: float,
@@ -411,7 +383,7 @@ def run_setting(idx: int, setting: Setting, *, broker: str, base_env: dict[str, 
         # the baseline again right after (worker idle again): the machine's load drifts
         after = baseline_runs(embedder, base_items, setting.batch_size, repeat)
     finally:
-        stop_worker(proc)
+        stop_stack(proc)
     base = summarise_baseline(before + after)
     print(f"{setting.label}: worker ready in {startup:.1f}s; baseline best {base['items_per_s']:.0f} items/s, median "
           f"{base['items_per_s_median']:.0f}, min {base['items_per_s_min']:.0f} ({len(before)} runs before and "
@@ -536,7 +508,6 @@ def main(argv: list[str] | None = None) -> int:
     from models.training import ensure_tiny_models, missing_models
     from streams.broker import EmbeddedBroker
     from streams.config import load_settings
-    from streams.demo import free_port
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="framebus-bench-batching-")).resolve()
     workdir.mkdir(parents=True, exist_ok=True)

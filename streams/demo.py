@@ -36,17 +36,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_stack(env: dict[str, str], broker: str, http: str, log_path: Path,
-                timeout_s: float = 240.0) -> subprocess.Popen:
-    """Start ``framebus up`` and return once it printed its ready line."""
+def start_process(cmd: list[str], env: dict[str, str], ready_marker: str, log_path: Path, *,
+                  timeout_s: float = 240.0, cwd: str | None = None) -> subprocess.Popen:
+    """Start a framebus command and return once its stdout printed ``ready_marker``.
+
+    Its stdout and stderr go to ``log_path``; a process that exits or stays silent past ``timeout_s``
+    is stopped and reported with the end of its log.
+    """
     log = open(log_path, "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "up", "--embedded-broker", broker, "--http", http],
-                            env=env, stdout=subprocess.PIPE, stderr=log, text=True)
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=log, text=True)
     ready = threading.Event()
 
     def pump() -> None:
         for line in proc.stdout:
-            if "framebus ready" in line:
+            if ready_marker in line:
                 ready.set()
             log.write(line.encode())
             log.flush()
@@ -57,8 +60,15 @@ def start_stack(env: dict[str, str], broker: str, http: str, log_path: Path,
         if proc.poll() is not None or time.monotonic() > deadline:
             stop_stack(proc)
             tail = log_path.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"framebus up did not become ready (exit {proc.returncode}):\n{tail}")
+            raise RuntimeError(f"{' '.join(cmd[2:4])} did not become ready (exit {proc.returncode}):\n{tail}")
     return proc
+
+
+def start_stack(env: dict[str, str], broker: str, http: str, log_path: Path,
+                timeout_s: float = 240.0) -> subprocess.Popen:
+    """Start ``framebus up`` and return once it printed its ready line."""
+    return start_process([sys.executable, "-m", "streams.cli", "up", "--embedded-broker", broker, "--http", http],
+                         env, "framebus ready", log_path, timeout_s=timeout_s)
 
 
 def stop_stack(proc: subprocess.Popen) -> None:

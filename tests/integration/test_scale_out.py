@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import threading
 import time
 import uuid
 
@@ -16,29 +15,17 @@ from loadtest import videos
 from streams.broker import EmbeddedBroker, ensure_topics
 from streams.client import MetadataWatcher, publish_ingest
 from streams.config import load_settings
-from streams.demo import free_port
+from streams.demo import free_port, start_process, stop_stack
 from tests.integration.conftest import stack_env
 from topics.events import IngestRequest
 
 pytestmark = pytest.mark.integration
 
 
-def start_worker(name: str, broker: str, env: dict, log_path) -> tuple[subprocess.Popen, threading.Event]:
-    log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--agents", "all", "--broker", broker,
-                             "--name", name, "--log-level", "info"], env=env, stdout=subprocess.PIPE,
-                            stderr=log, text=True)
-    ready = threading.Event()
-
-    def pump():
-        for line in proc.stdout:
-            if "framebus worker ready" in line:
-                ready.set()
-            log.write(line)
-            log.flush()
-
-    threading.Thread(target=pump, daemon=True).start()
-    return proc, ready
+def start_worker(name: str, broker: str, env: dict, log_path) -> subprocess.Popen:
+    return start_process([sys.executable, "-m", "streams.cli", "worker", "--agents", "all", "--broker", broker,
+                          "--name", name, "--log-level", "info"], env, "framebus worker ready", log_path,
+                         timeout_s=180)
 
 
 def test_two_workers_share_partitions_and_publish_each_video_once(tmp_path):
@@ -55,9 +42,7 @@ def test_two_workers_share_partitions_and_publish_each_video_once(tmp_path):
         for name in ("w1", "w2"):
             env = stack_env(tmp_path / f"data-{name}", [media], FRAMEBUS_BROKER=broker.address,
                             FRAMEBUS_DECODE_WORKERS="1")
-            proc, ready = start_worker(name, broker.address, env, tmp_path / f"{name}.log")
-            procs.append((name, proc, ready))
-            assert ready.wait(180), (tmp_path / f"{name}.log").read_text()[-3000:]
+            procs.append((name, start_worker(name, broker.address, env, tmp_path / f"{name}.log")))
 
         # Both joined; the group has rebalanced once the second one said ready.
         requests = [IngestRequest(video_id=f"so-{i}-{uuid.uuid4().hex[:6]}", uri=str(p), tenant="scale")
@@ -85,15 +70,10 @@ def test_two_workers_share_partitions_and_publish_each_video_once(tmp_path):
         seen = asyncio.run(ingest_and_collect())
         ours = [v for v in seen if v.startswith("so-")]
         assert sorted(ours) == sorted(r.video_id for r in requests), "each video exactly once"
-        logs = {name: (tmp_path / f"{name}.log").read_text() for name, _, _ in procs}
+        logs = {name: (tmp_path / f"{name}.log").read_text() for name, _ in procs}
         for name, text in logs.items():
             assert f"by {name}" in text, f"worker {name} published nothing: partitions not shared"
     finally:
-        for _, proc, _ in procs:
-            proc.terminate()
-        for _, proc, _ in procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        for _, proc in procs:
+            stop_stack(proc)
         broker.stop()
