@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.framebus-installed
 
-.PHONY: setup demo test test-slow test-unit bench lock clean
+.PHONY: setup models demo test test-unit bench lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,14 +19,16 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
+# The tiny models, trained on the synthetic world into framebus-data/models when missing or stale
+# (a few minutes, once; deterministic). The demo, the tests and the benchmarks share them.
+models: $(STAMP)
+	$(BIN)/framebus models train --data-dir framebus-data
+
 demo: $(STAMP)
 	$(BIN)/framebus demo
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -ra
-
-test-slow: $(STAMP)
-	$(BIN)/python -m pytest -ra -m slow
+test: models
+	$(BIN)/python -m pytest -ra --durations=15
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -ra tests/unit

@@ -18,8 +18,8 @@ alert). Percentiles are over few samples (one per unsafe shot): p95 is close to 
 
     python -m loadtest.bench_alerts [--videos K] [--interval S] [--json PATH]
 
-Needs the tiny models in ``FRAMEBUS_MODEL_DIR`` (default ``.framebus-test-models``, the integration
-tests' cache); ``--train`` trains what is missing first (slow).
+Uses the tiny models in ``FRAMEBUS_MODEL_DIR`` (default: the checkout's ``framebus-data/models``, which
+``make demo`` and ``make test`` fill); trains them first when missing or stale (minutes, once).
 """
 
 from __future__ import annotations
@@ -38,8 +38,10 @@ from typing import Any
 
 import numpy as np
 
+from models.training import CHECKOUT_MODEL_DIR
+
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL_DIR = REPO / ".framebus-test-models"
+DEFAULT_MODEL_DIR = CHECKOUT_MODEL_DIR
 
 
 # --------------------------------------------------------------------------------------------------
@@ -297,7 +299,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tasks", default="embed,caption,moderate",
                    help="FRAMEBUS_TASKS of the stack (default embed,caption,moderate; must include moderate)")
     p.add_argument("--model-dir", default=os.environ.get("FRAMEBUS_MODEL_DIR", str(DEFAULT_MODEL_DIR)))
-    p.add_argument("--train", action="store_true", help="train missing tiny models first (slow)")
     p.add_argument("--timeout", type=float, default=150.0, help="seconds to wait for results after the first send")
     p.add_argument("--workdir", default=None, help="keep videos, data and the stack's log here")
     p.add_argument("--json", default=None, help="also write the results as JSON to this path")
@@ -312,22 +313,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
-    from models.training import ensure_tiny_models, missing_models
     from streams.config import load_settings
-    from streams.demo import free_port, start_stack, stop_stack
+    from streams.demo import free_port, start_stack, stop_stack, train_tiny_models
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="framebus-bench-alerts-")).resolve()
     media = work / "media"
     media.mkdir(parents=True, exist_ok=True)
     model_dir = Path(args.model_dir).resolve()
     check = load_settings(models="tiny", model_dir=model_dir, data_dir=work / "data")
-    missing = missing_models(check)
-    if missing and not args.train:
-        print(f"tiny models missing in {model_dir}: {', '.join(missing)}; run the integration tests once, "
-              f"`framebus models train`, or pass --train", file=sys.stderr)
-        return 2
-    if missing:
-        ensure_tiny_models(check)
+    train_tiny_models(check)
 
     run = uuid.uuid4().hex[:6]
     t0 = time.monotonic()

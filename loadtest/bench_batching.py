@@ -25,8 +25,8 @@ together with the share of the machine other processes took. The baseline has no
 
     python -m loadtest.bench_batching [--segments N] [--batch-sizes 8,32] [--waits 0.05] [--json PATH]
 
-Needs the tiny models in ``FRAMEBUS_MODEL_DIR`` (default ``.framebus-test-models``, the integration
-tests' cache); ``--train`` trains what is missing first (slow).
+Uses the tiny models in ``FRAMEBUS_MODEL_DIR`` (default: the checkout's ``framebus-data/models``, which
+``make demo`` and ``make test`` fill); trains them first when missing or stale (minutes, once).
 """
 
 from __future__ import annotations
@@ -47,10 +47,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from streams.demo import free_port, start_process, stop_stack
+from models.training import CHECKOUT_MODEL_DIR
+from streams.demo import free_port, start_process, stop_stack, train_tiny_models
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL_DIR = REPO / ".framebus-test-models"
+DEFAULT_MODEL_DIR = CHECKOUT_MODEL_DIR
 BATCH_LINE = re.compile(r"^(\S+ \S+) .*batch agent=(\w+) items=(\d+) handler_s=([\d.]+) model_s=([\d.]+)")
 
 
@@ -487,7 +488,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="torch intra-op threads in the baseline and the worker (OMP_NUM_THREADS); 0 = torch's "
                         "default. 1 by default: on 2 shared cores more threads spin against the broker")
     p.add_argument("--model-dir", default=os.environ.get("FRAMEBUS_MODEL_DIR", str(DEFAULT_MODEL_DIR)))
-    p.add_argument("--train", action="store_true", help="train missing tiny models first (slow)")
     p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for one setting's results")
     p.add_argument("--workdir", default=None, help="keep clips, worker logs and broker log here")
     p.add_argument("--json", default=None, help="also write the results as JSON to this path")
@@ -505,7 +505,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.torch_threads:
         os.environ["OMP_NUM_THREADS"] = str(args.torch_threads)  # before torch is imported
     from models.registry import load_embedder
-    from models.training import ensure_tiny_models, missing_models
     from streams.broker import EmbeddedBroker
     from streams.config import load_settings
 
@@ -513,13 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     model_dir = Path(args.model_dir).resolve()
     settings = load_settings(models="tiny", model_dir=model_dir, data_dir=workdir / "data", tasks="embed")
-    missing = missing_models(settings)
-    if missing and not args.train:
-        print(f"tiny models missing in {model_dir}: {', '.join(missing)}; run the integration tests once, "
-              f"`framebus models train`, or pass --train", file=sys.stderr)
-        return 2
-    if missing:
-        ensure_tiny_models(settings)
+    train_tiny_models(settings)
 
     import torch
 

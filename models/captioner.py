@@ -167,7 +167,8 @@ def _dir_digest(path: Path) -> str:
 
 
 def check_image(image: np.ndarray) -> np.ndarray:
-    """``image`` as a contiguous ``HxWx3`` uint8 array, or ``ModelError`` ``models.bad_input``."""
+    """``image`` as a contiguous, writable ``HxWx3`` uint8 array (torch will not wrap read-only memory
+    such as decoded JPEG buffers without a warning), or ``ModelError`` ``models.bad_input``."""
     arr = np.asarray(image)
     if arr.ndim == 2:
         arr = np.stack([arr] * 3, axis=-1)
@@ -175,7 +176,8 @@ def check_image(image: np.ndarray) -> np.ndarray:
         raise ModelError(f"expected an RGB image HxWx3, got shape {arr.shape}", code="models.bad_input")
     if arr.dtype != np.uint8:
         raise ModelError(f"expected uint8 pixels, got {arr.dtype}", code="models.bad_input")
-    return np.ascontiguousarray(arr[..., :3])
+    arr = arr[..., :3]
+    return arr if arr.flags.c_contiguous and arr.flags.writeable else np.array(arr, order="C")
 
 
 # --- the captioner -------------------------------------------------------------------------------

@@ -3,30 +3,15 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from streams.cliutil import ConfigOpt, DataOpt, console, err_console, fail, settings_or_exit
+
 models_app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True)
-
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML settings file")]
-DataOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="vector store, blobs, caches")]
-
-
-def _settings(config: Path | None, **overrides):
-    from streams.config import load_settings
-
-    try:
-        return load_settings(config, **overrides)
-    except Exception as exc:  # pydantic validation, unreadable file
-        err_console.print(f"[red]configuration error:[/] {exc}")
-        raise typer.Exit(2) from None
+_settings = settings_or_exit
 
 
 def _fmt(v: Any) -> str:
@@ -52,8 +37,7 @@ def train(force: Annotated[bool, typer.Option("--force", help="retrain even if t
     try:
         result = ensure_tiny_models(settings, force=force)
     except FramebusError as err:
-        err_console.print(f"[red]{err.code}[/]: {err.message}")
-        raise typer.Exit(1) from None
+        fail(err)
     if json_out:
         typer.echo(json.dumps(result, indent=2, sort_keys=True))
         return
@@ -84,8 +68,7 @@ def eval_(data_dir: DataOpt = None, config: ConfigOpt = None,
     try:
         result = evaluate(settings)
     except FramebusError as err:
-        err_console.print(f"[red]{err.code}[/]: {err.message}")
-        raise typer.Exit(1) from None
+        fail(err)
     if json_out:
         typer.echo(json.dumps(result, indent=2, sort_keys=True))
         return

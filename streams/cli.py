@@ -10,38 +10,22 @@ from typing import Annotated, Optional
 
 import httpx
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from models.cli import models_app
-from streams.config import Settings, load_settings
+from streams.cliutil import ConfigOpt, DataOpt, console, err_console, fail, settings_or_exit
+from streams.config import Settings
 from streams.errors import FramebusError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 topics_app = typer.Typer(no_args_is_help=True, help="Topic names, partitions and JSON Schemas.")
 app.add_typer(topics_app, name="topics")
 app.add_typer(models_app, name="models", help="Train and evaluate the tiny profile's models.")
-# Piped output (CI logs, `| less`) gets a wide console so tables don't truncate ids and error codes.
-console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True)
-
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML settings file")]
 BrokerOpt = Annotated[Optional[str], typer.Option("--broker", help="external Kafka bootstrap HOST:PORT[,...]")]
-DataOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="vector store, blobs, caches")]
 ModelsOpt = Annotated[Optional[str], typer.Option("--models", help="model profile: default or tiny")]
 
 
-def _settings(config: Path | None, **overrides) -> Settings:
-    try:
-        return load_settings(config, **overrides)
-    except Exception as exc:  # pydantic validation, unreadable file
-        err_console.print(f"[red]configuration error:[/] {exc}")
-        raise typer.Exit(2) from None
-
-
-def _fail(err: FramebusError) -> None:
-    err_console.print(f"[red]{err.code}[/]: {err.message}")
-    raise typer.Exit(1)
+_settings, _fail = settings_or_exit, fail
 
 
 @app.command()

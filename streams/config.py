@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     model_dir: Path | None = Field(None, description="model weights and caches; unset = <data_dir>/models")
     models: str = Field("default", description="model profile: default or tiny")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    train_tiny: bool = Field(True, description="tiny profile: train missing or stale tiny models at start "
+                                               "(once, a few minutes on CPU; cached under model_dir)")
 
     # --- ingest limits and policy ---------------------------------------------------------
     ingest_roots: list[Path] = Field(default_factory=list, description="dirs file URIs may come from")
@@ -82,7 +84,7 @@ class Settings(BaseSettings):
     index_batch_wait_s: float = Field(0.05, ge=0)
 
     # --- tasks and moderation policy -----------------------------------------------------------
-    tasks: list[str] = Field(default_factory=lambda: ["embed"],
+    tasks: list[str] = Field(default_factory=lambda: ["embed", "caption", "moderate"],
                              description="what every video gets unless its request asks for less: "
                                          "embed, caption, moderate")
     moderation_threshold: float = Field(0.5, ge=0, le=1, description="default when the model has none")

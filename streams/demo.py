@@ -23,7 +23,7 @@ import orjson
 from rich.console import Console
 from rich.markup import escape
 
-from streams.client import ingest, video_id_for
+from streams.client import ingest
 from streams.config import load_settings
 from topics.events import IngestRequest
 
@@ -100,8 +100,26 @@ def make_demo_videos(directory: Path) -> list[Path]:
     return paths
 
 
+def train_tiny_models(settings) -> None:
+    """Train the tiny models that are missing or stale (the first run only), saying so and how long it took."""
+    from models.training import ensure_tiny_models, missing_models
+
+    todo = missing_models(settings)
+    if not todo:
+        console.print(f"tiny models: trained, cached in {settings.model_cache_dir}")
+        return
+    console.print(f"training the tiny models on the synthetic world ({', '.join(todo)}) into "
+                  f"{settings.model_cache_dir}: first run only, a few minutes on 2 CPU cores...")
+    started = time.monotonic()
+    result = ensure_tiny_models(settings)
+    for name, entry in result.items():
+        if entry["status"] == "trained":
+            st = entry["stats"]
+            console.print(f"  {name}: {st.get('seconds', 0):.0f}s, version {st.get('version')}")
+    console.print(f"trained in {time.monotonic() - started:.0f}s")
+
+
 def run_demo(workdir: Path | None = None, *, keep: bool = False) -> int:
-    from models.training import missing_models
     from streams.cli import print_metadata_table, print_search_results
 
     started = time.monotonic()
@@ -117,11 +135,10 @@ def run_demo(workdir: Path | None = None, *, keep: bool = False) -> int:
 
     profile = os.environ.get("FRAMEBUS_MODELS", "tiny")
     model_dir = Path(os.environ.get("FRAMEBUS_MODEL_DIR", Path.cwd() / "framebus-data" / "models")).resolve()
-    tasks = os.environ.get("FRAMEBUS_TASKS", "embed")
-    if profile == "tiny" and missing_models(load_settings(models="tiny", model_dir=model_dir)):
-        console.print(f"note: the tiny models in {model_dir} are not trained yet (seeded weights): shots, "
-                      "times and filters are real, search ranking is not semantic until `framebus models "
-                      "train` has run")
+    settings = load_settings(models=profile, model_dir=model_dir)
+    tasks = ",".join(settings.tasks)
+    if profile == "tiny" and settings.train_tiny:
+        train_tiny_models(settings)
 
     broker, http = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     env = {**os.environ, "FRAMEBUS_MODELS": profile, "FRAMEBUS_MODEL_DIR": str(model_dir), "FRAMEBUS_TASKS": tasks,

@@ -233,7 +233,17 @@ class Runtime:
         return self._moderator
 
     def load_models(self, agents: list[str]) -> None:
-        """Load what ``agents`` need now (off the loop, before joining the group): fail fast and clearly."""
+        """Load what ``agents`` need now (off the loop, before joining the group): fail fast and clearly.
+
+        With the tiny profile, first trains the tiny models that are missing or stale (``train_tiny``).
+        """
+        if self.settings.models == "tiny" and self.settings.train_tiny and set(agents) & set(MODEL_AGENTS):
+            from models.training import ensure_tiny_models, missing_models
+
+            if todo := missing_models(self.settings):
+                log.warning("tiny models not trained yet (%s): training them into %s, once (a few minutes on "
+                            "CPU)", ", ".join(todo), self.settings.model_cache_dir)
+            ensure_tiny_models(self.settings)
         for agent, attr in (("embed", "embedder"), ("caption", "captioner"), ("moderate", "moderator")):
             if agent in agents:
                 started = time.monotonic()

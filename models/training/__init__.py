@@ -2,17 +2,22 @@
 
 The trained weights are a cache, not a source file: they live under the model directory
 (``Settings.model_cache_dir``, ``<data_dir>/models`` by default), are never committed, and
-``ensure_tiny_models(settings)`` rebuilds whichever is missing. Training is deterministic, so a
-rebuilt file has the same bytes (and the same model version) on the same torch build.
+``ensure_tiny_models(settings)`` rebuilds whichever is missing or stale. Training is deterministic,
+so a rebuilt file has the same bytes (and the same model version) on the same torch build.
 
-Each model is one ``TrainSpec`` in ``TRAINERS``: a name, a file name under the model directory and
-``train(out_path, settings) -> stats``. Add a model by appending to ``TRAINERS``.
+Each model is one ``TrainSpec`` in ``TRAINERS``: a name, a file name under the model directory,
+``train(out_path, settings) -> stats``, the models it is trained on top of (``depends``) and a
+``revision`` of its recipe. A cached file is stale, and retrained, when its ``<file>.json`` sidecar
+names another revision or another version of a model it depends on (a moderation head trained on
+the embeddings of an older tiny CLIP, say). Add a model by appending to ``TRAINERS`` after the
+models it depends on.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -22,7 +27,13 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 if TYPE_CHECKING:
     from streams.config import Settings
 
+log = logging.getLogger(__name__)
+
 LOCK_NAME = ".train.lock"
+
+#: where a checkout keeps its trained tiny models (``framebus-data/models``, the default data dir's model
+#: dir when run from the checkout): ``make demo``, ``make test`` and the benchmarks share this one cache
+CHECKOUT_MODEL_DIR = Path(__file__).resolve().parents[2] / "framebus-data" / "models"
 
 
 @dataclass(frozen=True)
@@ -32,6 +43,10 @@ class TrainSpec:
     filename: str
     #: ``train(out_path, settings) -> stats``; must write ``out_path`` atomically
     train: Callable[[Path, "Settings"], dict[str, Any]]
+    #: names of earlier ``TRAINERS`` this model is trained on top of
+    depends: tuple[str, ...] = ()
+    #: bump when the recipe changes: caches of another revision are retrained
+    revision: int = 1
 
     def path(self, settings: "Settings") -> Path:
         return Path(settings.model_cache_dir) / self.filename
@@ -67,7 +82,7 @@ TRAINERS: list[TrainSpec] = [
     # a save_pretrained directory; its marker file is what ensure_tiny_models checks
     TrainSpec("tiny-captioner", "tiny-captioner/model.safetensors", _train_captioner),
     # after tiny-clip: the head is trained on the (trained) tiny CLIP's image embeddings
-    TrainSpec("tiny-moderator", "tiny-moderator.pt", _train_moderator),
+    TrainSpec("tiny-moderator", "tiny-moderator.pt", _train_moderator, depends=("tiny-clip",)),
 ]
 
 
@@ -99,12 +114,57 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _read_stats(path: Path) -> dict[str, Any]:
+    try:
+        stats = json.loads(stats_path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return stats if isinstance(stats, dict) else {}
+
+
+def model_version(path: Path) -> str:
+    """A trained file's version: its sidecar's ``version``, else the first 12 hex of its sha256."""
+    version = _read_stats(path).get("version")
+    if isinstance(version, str) and version:
+        return version
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:12]
+
+
+def _inputs(spec: TrainSpec, settings: "Settings") -> dict[str, str]:
+    by_name = {s.name: s for s in TRAINERS}
+    return {dep: model_version(by_name[dep].path(settings)) for dep in spec.depends
+            if dep in by_name and by_name[dep].path(settings).is_file()}
+
+
+def why_stale(spec: TrainSpec, settings: "Settings") -> str | None:
+    """Why ``spec``'s cached file must be (re)trained, or None when it is current."""
+    path = spec.path(settings)
+    if not path.is_file():
+        return "missing"
+    stats = _read_stats(path)
+    if int(stats.get("revision", 1)) != spec.revision:
+        return f"recipe revision {stats.get('revision', 1)} != {spec.revision}"
+    trained_on = dict(stats.get("inputs") or {})
+    if not trained_on and "embedder" in stats:  # sidecars written before ``inputs`` existed
+        trained_on = {"tiny-clip": (stats["embedder"] or {}).get("version")}
+    for dep, version in _inputs(spec, settings).items():
+        if trained_on.get(dep) != version:
+            return f"trained on {dep} {trained_on.get(dep)}, now {version}"
+    return None
+
+
 def ensure_tiny_models(settings: "Settings", *, force: bool = False,
                        only: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """Train every model of ``TRAINERS`` whose file is missing (all of them with ``force``).
+    """Train every model of ``TRAINERS`` whose file is missing or stale (all of them with ``force``).
 
-    Returns ``{name: {"status": "trained" | "cached", "path": str, "stats": {...}}}``; ``stats`` of a
-    cached model come from its ``<file>.json`` sidecar when there is one. Holds a file lock in the
+    Returns ``{name: {"status": "trained" | "cached", "path": str, "stats": {...}}}`` (a trained
+    entry also says ``why``); ``stats`` of a cached model come from its ``<file>.json`` sidecar. Holds a file lock in the
     model directory while checking and training, so concurrent callers train each model once.
 
     Trainers get ``settings`` with ``models="tiny"`` whatever the caller's profile: these are the tiny
@@ -120,23 +180,28 @@ def ensure_tiny_models(settings: "Settings", *, force: bool = False,
             if only and spec.name not in only:
                 continue
             path = spec.path(settings)
-            if path.is_file() and not force:
-                stats: dict[str, Any] = {}
-                with contextlib.suppress(OSError, ValueError):
-                    stats = json.loads(stats_path(path).read_text())
-                out[spec.name] = {"status": "cached", "path": str(path), "stats": stats}
+            why = "forced" if force else why_stale(spec, settings)
+            if why is None:
+                out[spec.name] = {"status": "cached", "path": str(path), "stats": _read_stats(path)}
                 continue
+            log.warning("training %s into %s (%s)", spec.name, path, why)
             t0 = time.monotonic()
             stats = dict(spec.train(path, settings) or {})
             stats.setdefault("seconds", round(time.monotonic() - t0, 2))
+            stats.update(revision=spec.revision, inputs=_inputs(spec, settings))
             _write_json_atomic(stats_path(path), stats)
-            out[spec.name] = {"status": "trained", "path": str(path), "stats": stats}
+            out[spec.name] = {"status": "trained", "path": str(path), "stats": stats, "why": why}
     return out
 
 
 def missing_models(settings: "Settings") -> list[str]:
-    """Names of the ``TRAINERS`` models whose file does not exist yet."""
-    return [spec.name for spec in TRAINERS if not spec.path(settings).is_file()]
+    """Names of the ``TRAINERS`` models that ``ensure_tiny_models`` would train (missing or stale)."""
+    todo: list[str] = []
+    for spec in TRAINERS:
+        if any(dep in todo for dep in spec.depends) or why_stale(spec, settings) is not None:
+            todo.append(spec.name)
+    return todo
 
 
-__all__ = ["TRAINERS", "TrainSpec", "ensure_tiny_models", "missing_models", "stats_path", "train_lock"]
+__all__ = ["CHECKOUT_MODEL_DIR", "TRAINERS", "TrainSpec", "ensure_tiny_models", "missing_models", "model_version", "stats_path",
+           "train_lock", "why_stale"]

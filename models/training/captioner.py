@@ -57,7 +57,9 @@ def pixel_values(image_processor, frames: Sequence[np.ndarray], chunk: int = 256
     """Frames -> ``(n, 3, H, W)`` float32 tensor, as the captioner preprocesses them."""
     import torch
 
-    parts = [image_processor(images=list(frames[i:i + chunk]), return_tensors="pt")["pixel_values"]
+    from models.captioner import check_image
+
+    parts = [image_processor(images=[check_image(f) for f in frames[i:i + chunk]], return_tensors="pt")["pixel_values"]
              for i in range(0, len(frames), chunk)]
     return torch.cat(parts) if parts else torch.zeros((0, 3, 1, 1))
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from streams.client import ingest
+from tests.conftest import MODEL_DIR
 from streams.config import Settings, load_settings
 from streams.demo import free_port, start_stack, stop_stack
 from topics.events import IngestRequest, VideoMetadata
@@ -18,7 +19,6 @@ from topics.events import IngestRequest, VideoMetadata
 pytestmark = pytest.mark.integration
 
 
-MODEL_DIR = Path(__file__).resolve().parents[2] / ".framebus-test-models"
 
 
 def stack_env(data_dir: Path, roots: list[Path], **extra: str) -> dict[str, str]:
@@ -46,8 +46,9 @@ class Stack:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory) -> Stack:
-    """One ``framebus up`` for the whole session, its ingest root a temp media dir."""
+def stack(tmp_path_factory, tiny_models) -> Stack:
+    """One ``framebus up`` for the whole session (trained tiny models, all tasks), its ingest root a temp
+    media dir. The models are trained before it starts (``tiny_models``), so it starts in seconds."""
     base = tmp_path_factory.mktemp("stack")
     media = base / "media"
     media.mkdir()

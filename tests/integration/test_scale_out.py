@@ -28,7 +28,7 @@ def start_worker(name: str, broker: str, env: dict, log_path) -> subprocess.Pope
                          timeout_s=180)
 
 
-def test_two_workers_share_partitions_and_publish_each_video_once(tmp_path):
+def test_two_workers_share_partitions_and_publish_each_video_once(tmp_path, tiny_models):
     broker = EmbeddedBroker(f"127.0.0.1:{free_port()}")
     broker.start()
     procs = []

@@ -19,15 +19,6 @@ from streams.errors import ModelError, ModelNotAvailable
 
 REPO = Path(__file__).resolve().parents[2]
 
-# A short training run (the full one is models.training.captioner.DEFAULT_EPOCHS): enough for the
-# loose accuracy bounds below, about a minute on 2 idle CPU cores (much longer on a busy host).
-SHORT_EPOCHS = 14
-
-
-def slow(fn):
-    """Uses the trained captioner: ``slow`` (``make test-slow``), with room for the training."""
-    return pytest.mark.slow(pytest.mark.timeout(1500)(fn))
-
 
 def _images(n: int = 4) -> list[np.ndarray]:
     rng = np.random.default_rng(7)
@@ -39,14 +30,10 @@ def _images(n: int = 4) -> list[np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """The tiny captioner trained (briefly) into a temporary data dir, plus its training stats."""
-    from models.captioner import TINY_DIR
-    from models.training.captioner import train_tiny_captioner
-
-    data = tmp_path_factory.mktemp("captioner-data")
-    stats = train_tiny_captioner(data / "models" / TINY_DIR, epochs=SHORT_EPOCHS)
-    return data, stats
+def trained(tiny_models):
+    """The trained tiny captioner of the checkout's model cache: ``(settings, training stats)``."""
+    settings, result = tiny_models
+    return settings, result["tiny-captioner"]["stats"]
 
 
 @pytest.fixture(scope="module")
@@ -74,10 +61,9 @@ def test_untrained_tiny_captioner_builds_offline_and_generates_strings(tmp_path)
     assert err.value.code == "models.bad_input"
 
 
-@slow
 def test_trained_captioner_names_shape_and_colour(trained, heldout_keyframes):
-    data, stats = trained
-    cap = load_captioner(Settings(models="tiny", device="cpu", data_dir=data))
+    settings, stats = trained
+    cap = load_captioner(settings)
     assert cap.info.version == stats["version"]  # the trained directory, not the random init
     assert stats["final_loss"] < stats["initial_loss"]
     frames, specs = heldout_keyframes
@@ -97,16 +83,15 @@ def test_trained_captioner_names_shape_and_colour(trained, heldout_keyframes):
     assert len(well_formed) >= 0.9 * len(captions), captions[:10]
 
 
-@slow
 def test_trained_directory_is_complete_and_batching_is_stable(trained, heldout_keyframes):
     from models.captioner import TINY_DIR, TransformersCaptioner
 
-    data, _ = trained
-    d = data / "models" / TINY_DIR
+    settings, _ = trained
+    d = settings.model_cache_dir / TINY_DIR
     for name in ("config.json", "generation_config.json", "model.safetensors", "preprocessor_config.json",
                  "tokenizer.json", "tokenizer_config.json"):
         assert (d / name).is_file(), name
-    assert not [p for p in d.parent.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+    assert not [p for p in d.parent.iterdir() if p.name.endswith(".tmp")]  # no temporary leftovers
     frames = heldout_keyframes[0][:12]
     one = TransformersCaptioner.tiny(d, device="cpu", batch_size=1).caption(frames)
     many = TransformersCaptioner.tiny(d, device="cpu", batch_size=64).caption(frames)
