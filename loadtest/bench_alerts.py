@@ -121,8 +121,9 @@ def shot_of(video: Video, start_s: float, end_s: float) -> int:
 async def run_ingest(settings, videos: list[Video], interval_s: float, timeout_s: float) -> list[dict[str, Any]]:
     """Publish the ingest requests (paced), collect alerts and metadata until every video has its
     metadata (plus a short drain) or the timeout; returns the alerts with their receipt times."""
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+    from loadtest._kafka import assign_partitions
     from streams.runtime import TRACE_HEADER
     from topics import codec, registry
     from topics import events as ev
@@ -137,19 +138,7 @@ async def run_ingest(settings, videos: list[Video], interval_s: float, timeout_s
     await producer.start()
     alerts: list[dict[str, Any]] = []
     try:
-        tps = []
-        for topic in topics:
-            parts = consumer.partitions_for_topic(topic) or set()
-            deadline = time.monotonic() + 10
-            while not parts and time.monotonic() < deadline:
-                await asyncio.sleep(0.2)
-                await consumer.topics()
-                parts = consumer.partitions_for_topic(topic) or set()
-            tps += [TopicPartition(topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        await consumer.seek_to_end(*tps)
-        for tp in tps:
-            await consumer.position(tp)
+        await assign_partitions(consumer, topics, at_end=True)
 
         async def publish() -> None:
             t0 = time.monotonic()

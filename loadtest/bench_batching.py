@@ -234,8 +234,9 @@ async def stream_items(settings, payloads: list[tuple[bytes, bytes]], rate: floa
                        cpu: CpuWindow) -> dict[str, Any]:
     """Produce ``payloads`` to the frames topic at ``rate``/s (0: as fast as possible) while reading the
     analysis topic; returns per-result (create timestamp, receipt time) and the producer's timing."""
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+    from loadtest._kafka import assign_partitions
     from topics import registry
 
     frames_topic = settings.topic(registry.FRAMES.name)
@@ -249,15 +250,7 @@ async def stream_items(settings, payloads: list[tuple[bytes, bytes]], rate: floa
                                 **settings.kafka_security())
     await producer.start()
     try:
-        parts = consumer.partitions_for_topic(analysis_topic) or set()
-        deadline = time.monotonic() + 10
-        while not parts and time.monotonic() < deadline:
-            await asyncio.sleep(0.2)
-            await consumer.topics()
-            parts = consumer.partitions_for_topic(analysis_topic) or set()
-        tps = [TopicPartition(analysis_topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
+        await assign_partitions(consumer, [analysis_topic], at_end=False)
 
         seen: dict[tuple[str, int], tuple[float, float]] = {}
         duplicates = 0

@@ -256,7 +256,12 @@ class Runtime:
         """Register a model agent on ``spec``: micro-batches from all its partitions, one handler call each.
 
         The same events feed every model agent (each has its own stream of the topic); a batch is
-        bounded by ``batch_size`` and by ``wait_s`` (see :mod:`streams.batching`).
+        bounded by ``batch_size`` and by ``wait_s`` (see :mod:`streams.batching`). The agent runs
+        ``model_batches_in_flight`` actors on one queue: while one batch is in the model thread, the next
+        is collected, parsed and queued behind it, and the previous one's results are sent, so the
+        model does not wait for the event loop between batches (faust's ``take_events`` stops filling
+        an actor's buffer while that actor handles its batch). Each event is acked once its batch is
+        handled, whichever actor took it.
         """
         batcher = self.batchers[name] = AdaptiveBatcher(name, batch_size)
         items_hist, seconds_hist = BATCH_ITEMS.labels(agent=name), BATCH_SECONDS.labels(agent=name)
@@ -271,12 +276,14 @@ class Runtime:
                     took = time.perf_counter() - started
                     items_hist.observe(len(batch))
                     seconds_hist.observe(took)
-                    # one line per batch at debug level (loadtest.bench_batching reads these)
+                    # one line per batch at debug level (loadtest.bench_batching reads these); with
+                    # several batches in flight, handler_s includes the wait for the model thread
                     log.debug("batch agent=%s items=%d handler_s=%.5f model_s=%.5f", name, len(batch), took,
                               batcher.stats.busy_s - busy)
 
         agent.__name__ = name
-        self.app.agent(self.topic(spec), name=f"framebus.{name}", concurrency=1)(agent)
+        self.app.agent(self.topic(spec), name=f"framebus.{name}",
+                       concurrency=self.settings.model_batches_in_flight)(agent)
 
     @property
     def store(self):

@@ -3,6 +3,7 @@ rotation and colour metadata."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from fractions import Fraction
@@ -44,6 +45,26 @@ _MATRIX = {
     10: Colorspace.BT2020,     # BT2020_CL (approximated by the NCL matrix)
 }
 _FULL_RANGE_CODECS = {"mjpeg", "jpeg2000", "ljpeg", "jpegls", "mjpegb", "smvjpeg"}
+
+
+@contextlib.contextmanager
+def opened_for_decode(path: Path):
+    """``with opened_for_decode(path) as container:`` opens ``path`` (``open_error`` when it cannot)
+    and maps what decoding raises to ``FramebusError`` subclasses: FFmpeg errors via ``av_error``,
+    other failures inside the decoder to ``decode.corrupt``."""
+    try:
+        container = open_input(path)
+    except Exception as e:  # noqa: BLE001
+        raise open_error(path, e) from None
+    try:
+        with container:
+            yield container
+    except FramebusError:
+        raise
+    except av.FFmpegError as e:
+        raise av_error(e) from None
+    except (MemoryError, OverflowError, ValueError, RuntimeError) as e:
+        raise DecodeError(f"decode failed: {e}", code="decode.corrupt") from None
 
 
 def open_input(path: Path):

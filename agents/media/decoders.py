@@ -28,7 +28,7 @@ from av.video.reformatter import ColorRange, Interpolation, VideoReformatter
 
 from streams.errors import DecodeError, FramebusError
 
-from ._avutil import av_error, open_error, open_input, sar, source_colour, video_stream
+from ._avutil import av_error, opened_for_decode, sar, source_colour, video_stream
 from .probe import Limits, ProbeResult, probe_detailed
 from .sampling import FrameSelector, effective_fps, iter_grid, merge_targets, select_frames
 
@@ -193,20 +193,8 @@ class PyAVDecoder:
              stats: SampleStats, observer: FrameObserver | None = None) -> Iterator[SampledFrame]:
         pr = _probe(path, probe)
         info = pr.info
-        try:
-            container = open_input(path)
-        except Exception as e:  # noqa: BLE001
-            raise open_error(path, e) from None
-        try:
-            with container:
-                yield from self._decode(container, path, pr, fps, max_frames, short_side,
-                                        extra_times, stats, observer)
-        except FramebusError:
-            raise
-        except av.FFmpegError as e:
-            raise av_error(e) from None
-        except (MemoryError, OverflowError, ValueError, RuntimeError) as e:
-            raise DecodeError(f"decode failed: {e}", code="decode.corrupt") from None
+        with opened_for_decode(path) as container:
+            yield from self._decode(container, path, pr, fps, max_frames, short_side, extra_times, stats, observer)
         if stats.frames_decoded == 0:
             raise DecodeError("no frame could be decoded", code="decode.corrupt")
         if (stats.complete and stats.reached_eof and pr.duration_source == "stream"

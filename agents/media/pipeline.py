@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import av
-from av.video.reformatter import Interpolation
 
 from streams.errors import DecodeError, FramebusError
 
@@ -39,7 +38,7 @@ from .decoders import DEFAULT_DECODER, get_decoder
 from .frames import decode_jpeg, encode_jpeg
 from .probe import Limits, VideoInfo, probe_detailed
 from .quality import quality_scores
-from .shots import ShotDetector, detect_file, shots_from_cuts, small_size
+from .shots import ShotDetector, Shrinker, detect_file, shots_from_cuts
 from .sampling import (assign_frames_to_segments, keyframe_index, plan_segments,
                        sample_times, segment_midpoints_without_targets)
 
@@ -203,15 +202,10 @@ class _ShotObserver:
 
     def __init__(self, fps: float, min_shot_s: float):
         self.detector = ShotDetector(fps if fps > 0 else 25.0, min_shot_s=min_shot_s)
-        self.reformatter = av.video.reformatter.VideoReformatter()
-        self.size: tuple[int, int] | None = None
+        self.shrink = Shrinker(SHOT_FRAME_SIZE)
 
     def __call__(self, pts_s: float, frame) -> None:
-        if self.size is None:
-            self.size = small_size(frame.width, frame.height, SHOT_FRAME_SIZE)
-        small = self.reformatter.reformat(frame, width=self.size[0], height=self.size[1], format="rgb24",
-                                          interpolation=Interpolation.AREA, threads=1).to_ndarray()
-        self.detector.push(pts_s, small)
+        self.detector.push(pts_s, self.shrink(frame))
 
     def cuts(self) -> list[float]:
         self.detector.finish()

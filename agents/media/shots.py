@@ -62,13 +62,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-import av
 import numpy as np
 from av.video.reformatter import Interpolation, VideoReformatter
 
-from streams.errors import DecodeError, FramebusError
+from streams.errors import DecodeError
 
-from ._avutil import av_error, open_error, open_input, video_stream
+from ._avutil import opened_for_decode, video_stream
 
 __all__ = ["ShotDetector", "ShotResult", "Signature", "detect_cuts", "detect_file",
            "frame_signature", "prefetched", "shots_from_cuts", "signature_distance",
@@ -406,6 +405,22 @@ def small_size(width: int, height: int, size: int | tuple[int, int] = 36) -> tup
     return s, max(1, int(round(height * s / width)))
 
 
+class Shrinker:
+    """A decoded ``av.VideoFrame`` -> a small ``HxWx3`` uint8 array, in one swscale call (area
+    averaging): shorter side ``size`` (or an explicit ``(w, h)``), fixed by the first frame seen."""
+
+    def __init__(self, size: int | tuple[int, int] = 36, fmt: str = "rgb24"):
+        self.size, self.fmt = size, fmt
+        self.reformatter = VideoReformatter()
+        self.size_wh: tuple[int, int] | None = None
+
+    def __call__(self, frame) -> np.ndarray:
+        if self.size_wh is None:
+            self.size_wh = small_size(frame.width, frame.height, self.size)
+        return self.reformatter.reformat(frame, width=self.size_wh[0], height=self.size_wh[1], format=self.fmt,
+                                         interpolation=Interpolation.AREA, threads=1).to_ndarray()
+
+
 def small_frames(path: str | os.PathLike, size: int | tuple[int, int] = 36, *,
                  threads: int = 0, fmt: str = "rgb24",
                  info: dict | None = None) -> Iterator[tuple[float, np.ndarray]]:
@@ -419,51 +434,34 @@ def small_frames(path: str | os.PathLike, size: int | tuple[int, int] = 36, *,
 
     Raises ``FramebusError`` subclasses only (``IngestError`` for an unreadable file,
     ``DecodeError`` for a broken stream) - possibly after yielding some frames."""
-    path = Path(path)
-    try:
-        container = open_input(path)
-    except Exception as e:  # noqa: BLE001
-        raise open_error(path, e) from None
-    try:
-        with container:
-            stream = video_stream(container)
-            if stream is None:
-                raise DecodeError("no video stream", code="decode.corrupt")
-            cc = stream.codec_context
-            cc.thread_type = "AUTO"
-            cc.thread_count = threads
-            tb = stream.time_base
-            start = float(stream.start_time * tb) if stream.start_time is not None and tb else None
-            rate = stream.average_rate or stream.guessed_rate
-            fps = float(rate) if rate and float(rate) > 0 else 25.0
-            if info is not None:
-                info["fps"] = fps
-            nominal = 1.0 / fps
-            reformatter = VideoReformatter()
-            size_wh = None
-            last = None
-            for frame in container.decode(stream):
-                if frame.pts is not None and tb is not None:
-                    t = float(frame.pts * tb)
-                    if start is None:
-                        start = t
-                    t -= start
-                else:
-                    t = (last + nominal) if last is not None else 0.0
-                if last is not None and t <= last:
-                    continue
-                last = t
-                if size_wh is None:
-                    size_wh = small_size(frame.width, frame.height, size)
-                out = reformatter.reformat(frame, width=size_wh[0], height=size_wh[1], format=fmt,
-                                           interpolation=Interpolation.AREA, threads=1)
-                yield t, out.to_ndarray()
-    except FramebusError:
-        raise
-    except av.FFmpegError as e:
-        raise av_error(e) from None
-    except (MemoryError, OverflowError, ValueError, RuntimeError) as e:
-        raise DecodeError(f"decode failed: {e}", code="decode.corrupt") from None
+    with opened_for_decode(Path(path)) as container:
+        stream = video_stream(container)
+        if stream is None:
+            raise DecodeError("no video stream", code="decode.corrupt")
+        cc = stream.codec_context
+        cc.thread_type = "AUTO"
+        cc.thread_count = threads
+        tb = stream.time_base
+        start = float(stream.start_time * tb) if stream.start_time is not None and tb else None
+        rate = stream.average_rate or stream.guessed_rate
+        fps = float(rate) if rate and float(rate) > 0 else 25.0
+        if info is not None:
+            info["fps"] = fps
+        nominal = 1.0 / fps
+        shrink = Shrinker(size, fmt)
+        last = None
+        for frame in container.decode(stream):
+            if frame.pts is not None and tb is not None:
+                t = float(frame.pts * tb)
+                if start is None:
+                    start = t
+                t -= start
+            else:
+                t = (last + nominal) if last is not None else 0.0
+            if last is not None and t <= last:
+                continue
+            last = t
+            yield t, shrink(frame)
 
 
 def prefetched(items: Iterable, depth: int = 64, batch: int = 8) -> Iterator:

@@ -184,7 +184,7 @@ def ensure_tiny_models(settings: "Settings", *, force: bool = False,
             if why is None:
                 out[spec.name] = {"status": "cached", "path": str(path), "stats": _read_stats(path)}
                 continue
-            log.warning("training %s into %s (%s)", spec.name, path, why)
+            log.info("training %s into %s (%s)", spec.name, path, why)
             t0 = time.monotonic()
             stats = dict(spec.train(path, settings) or {})
             stats.setdefault("seconds", round(time.monotonic() - t0, 2))
