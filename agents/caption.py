@@ -16,7 +16,8 @@ TASK = "caption"
 
 async def handle_batch(rt: Runtime, events: list[faust.EventT]) -> None:
     captioner, batcher = rt.captioner, rt.batchers[TASK]
-    done = await model_batch(rt, TASK, events, lambda items: batcher.run(captioner.caption, keyframes(items)))
+    done = await model_batch(rt, TASK, events, lambda pixels: batcher.run(captioner.caption_prepared, pixels),
+                             prepare=lambda items: captioner.prepare_images(keyframes(items, captioner.image_size)))
     if done is None:
         return
     await rt.send_all(registry.ANALYSIS, [(item.video_id, analysis(item, TASK, captioner, caption=text),

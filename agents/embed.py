@@ -24,34 +24,49 @@ log = logging.getLogger("framebus.agents.embed")
 TASK = "embed"
 
 
-def frame_pixels(frame: ev.Frame) -> np.ndarray:
+def frame_pixels(frame: ev.Frame, min_side: int | None = None) -> np.ndarray:
+    """A frame's pixels (inline JPEG or claim-check file); ``min_side``: see ``decode_jpeg``."""
     if frame.jpeg_b64 is not None:
-        return decode_jpeg(base64.b64decode(frame.jpeg_b64))
+        return decode_jpeg(base64.b64decode(frame.jpeg_b64), min_side)
     with open(url2pathname(urlparse(frame.ref).path), "rb") as fh:
-        return decode_jpeg(fh.read())
+        return decode_jpeg(fh.read(), min_side)
 
 
-def segment_images(items: list[ev.SegmentFrames]) -> tuple[list[np.ndarray], np.ndarray]:
+def segment_images(items: list[ev.SegmentFrames], min_side: int | None = None) -> tuple[list[np.ndarray], np.ndarray]:
     """Every frame of every segment, and for each frame the index of its segment."""
     images, owner = [], []
     for i, item in enumerate(items):
         for frame in item.frames:
-            images.append(frame_pixels(frame))
+            images.append(frame_pixels(frame, min_side))
             owner.append(i)
     return images, np.asarray(owner)
 
 
-def keyframes(items: list[ev.SegmentFrames]) -> list[np.ndarray]:
+def keyframes(items: list[ev.SegmentFrames], min_side: int | None = None) -> list[np.ndarray]:
     """Each segment's frame nearest its keyframe time."""
-    return [frame_pixels(min(item.frames, key=lambda f: abs(f.pts_s - item.segment.keyframe_s))) for item in items]
+    return [frame_pixels(min(item.frames, key=lambda f: abs(f.pts_s - item.segment.keyframe_s)), min_side)
+            for item in items]
+
+
+def prepare_segments(model, items: list[ev.SegmentFrames]) -> tuple[object, np.ndarray, int]:
+    """Decode every frame of ``items`` and preprocess them for ``model`` (CPU only: runs in a prep
+    thread while the model works on the previous batch): ``(batch, owner, len(items))``, ``owner[j]``
+    the item of frame ``j``."""
+    images, owner = segment_images(items, getattr(model, "image_size", None))
+    return model.prepare_images(images), owner, len(items)
+
+
+def embed_prepared_segments(embedder, batcher, prepared: tuple[object, np.ndarray, int]) -> np.ndarray:
+    """One unit vector per segment: the normalised mean of its frames' embeddings."""
+    batch, owner, n = prepared
+    vectors = np.asarray(batcher.run(embedder.embed_prepared, batch))
+    out = np.stack([vectors[owner == i].mean(axis=0) for i in range(n)])
+    return (out / np.linalg.norm(out, axis=1, keepdims=True).clip(1e-12)).astype(np.float32)
 
 
 def embed_segments(embedder, batcher, items: list[ev.SegmentFrames]) -> np.ndarray:
-    """One unit vector per segment: the normalised mean of its frames' embeddings."""
-    images, owner = segment_images(items)
-    vectors = np.asarray(batcher.run(embedder.embed_images, images))
-    out = np.stack([vectors[owner == i].mean(axis=0) for i in range(len(items))])
-    return (out / np.linalg.norm(out, axis=1, keepdims=True).clip(1e-12)).astype(np.float32)
+    """``embed_prepared_segments(prepare_segments(items))`` in the calling thread."""
+    return embed_prepared_segments(embedder, batcher, prepare_segments(embedder, items))
 
 
 def analysis(item: ev.SegmentFrames, task: str, model, **result) -> ev.SegmentAnalysis:
@@ -61,8 +76,10 @@ def analysis(item: ev.SegmentFrames, task: str, model, **result) -> ev.SegmentAn
                               video=item.video, trace_id=item.trace_id, **result)
 
 
-async def model_batch(rt: Runtime, task: str, events: list[faust.EventT], run) -> list | None:
-    """Parse a batch, keep the items that ask for ``task``, run ``run(items)`` in the model thread.
+async def model_batch(rt: Runtime, task: str, events: list[faust.EventT], run, prepare=None) -> list | None:
+    """Parse a batch, keep the items that ask for ``task``, run ``prepare(items)`` in a prep thread (frame
+    decode and preprocessing, overlapping the model's work on the previous batch), then
+    ``run(prepared)`` in the model thread (``run(items)`` without ``prepare``).
 
     Returns ``(items, outputs)`` or ``None`` when nothing was left or the model failed (then every item
     is dead-lettered and its video failed).
@@ -73,8 +90,9 @@ async def model_batch(rt: Runtime, task: str, events: list[faust.EventT], run) -
         return None
     items = [item for item, _ in pairs]
     try:
-        outputs = await rt.in_model_thread(run, items)
-    except Exception as exc:  # a model failure fails these items, not the worker
+        prepared = await rt.in_prep_thread(prepare, items) if prepare is not None else items
+        outputs = await rt.in_model_thread(run, prepared)
+    except Exception as exc:  # a bad frame or a model failure fails these items, not the worker
         err = exc if isinstance(exc, FramebusError) else ModelError(f"{task} failed: {exc!r}")
         await rt.fail_batch(task, registry.FRAMES, pairs, err)
         return None
@@ -85,7 +103,8 @@ async def model_batch(rt: Runtime, task: str, events: list[faust.EventT], run) -
 
 async def handle_batch(rt: Runtime, events: list[faust.EventT]) -> None:
     embedder, batcher = rt.embedder, rt.batchers[TASK]
-    done = await model_batch(rt, TASK, events, lambda items: embed_segments(embedder, batcher, items))
+    done = await model_batch(rt, TASK, events, lambda prepared: embed_prepared_segments(embedder, batcher, prepared),
+                             prepare=lambda items: prepare_segments(embedder, items))
     if done is None:
         return
     await rt.send_all(registry.ANALYSIS, [(item.video_id, analysis(item, TASK, embedder, vector=vec.tolist()),

@@ -14,7 +14,7 @@ import logging
 import faust
 import numpy as np
 
-from agents.embed import analysis, model_batch, segment_images
+from agents.embed import analysis, model_batch, prepare_segments
 from streams.config import Settings
 from streams.runtime import Runtime
 from topics import events as ev
@@ -44,17 +44,21 @@ def verdict(settings: Settings, moderator, frame_scores: list[dict[str, float]])
     return ev.ModerationVerdict(scores=scores, flagged=flagged, action=action)
 
 
-def score_segments(moderator, batcher, items: list[ev.SegmentFrames]) -> list[list[dict[str, float]]]:
-    images, owner = segment_images(items)
-    scores = batcher.run(moderator.score, images)
-    return [[scores[j] for j in np.flatnonzero(owner == i)] for i in range(len(items))]
+def score_prepared_segments(moderator, batcher, prepared: tuple[object, np.ndarray, int]
+                            ) -> list[list[dict[str, float]]]:
+    """Each segment's frames' scores, from ``prepare_segments(moderator, items)``."""
+    batch, owner, n = prepared
+    scores = batcher.run(moderator.score_prepared, batch)
+    return [[scores[j] for j in np.flatnonzero(owner == i)] for i in range(n)]
 
 
 async def handle_batch(rt: Runtime, events: list[faust.EventT]) -> None:
     moderator, batcher, s = rt.moderator, rt.batchers[TASK], rt.settings
-    done = await model_batch(rt, TASK, events, lambda items: score_segments(moderator, batcher, items))
+    done = await model_batch(rt, TASK, events, lambda prepared: score_prepared_segments(moderator, batcher, prepared),
+                             prepare=lambda items: prepare_segments(moderator, items))
     if done is None:
         return
+    alerts, verdicts = [], []
     for item, frame_scores in zip(*done):
         v = verdict(s, moderator, frame_scores)
         for category in v.flagged:
@@ -64,9 +68,12 @@ async def handle_batch(rt: Runtime, events: list[faust.EventT]) -> None:
                                        threshold=threshold, action=action, trace_id=item.trace_id,
                                        segment_index=item.segment.index,
                                        model=f"{moderator.info.name}/{moderator.info.version}")
-            await rt.send(registry.MODERATION, item.video_id, alert, item.trace_id)
-            rt.count("moderate.alerts")
-        await rt.send(registry.ANALYSIS, item.video_id, analysis(item, TASK, moderator, moderation=v), item.trace_id)
+            alerts.append((item.video_id, alert, item.trace_id))
+        verdicts.append((item.video_id, analysis(item, TASK, moderator, moderation=v), item.trace_id))
+    if alerts:  # the feed first: alerts do not wait for the metadata path
+        await rt.send_all(registry.MODERATION, alerts)
+        rt.count("moderate.alerts", len(alerts))
+    await rt.send_all(registry.ANALYSIS, verdicts)
 
 
 def register(rt: Runtime) -> None:

@@ -6,9 +6,9 @@ efficiency = items/s through the embed agent while SegmentFrames events stream i
 The aim is >= 0.9. What the benchmark does, for each ``(batch size, wait)`` setting:
 
 * **baseline** (in this process, nothing else of ours running): ``agents.embed.embed_segments`` (JPEG
-  decode + ``embed_images`` + per-segment mean, exactly what the agent runs in its model thread) on
-  full batches of ``batch_size`` segments; best of ``--repeat`` runs. ``model-only`` is the same with
-  only the time inside ``embed_images`` (``AdaptiveBatcher`` busy time).
+  decode + preprocessing + the model's forward + per-segment mean: the work the agent does per batch,
+  here serial in one thread) on full batches of ``batch_size`` segments; best of ``--repeat`` runs.
+  ``model-only`` is the same with only the time inside the forward (``AdaptiveBatcher`` busy time).
 * **streaming**: one ``framebus worker --agents embed`` child process (``FRAMEBUS_EMBED_BATCH_SIZE`` /
   ``FRAMEBUS_EMBED_BATCH_WAIT_S`` set) against an embedded broker, fresh topics per setting
   (``FRAMEBUS_TOPIC_PREFIX``). This process produces the pre-encoded SegmentFrames to the frames topic
@@ -16,8 +16,9 @@ The aim is >= 0.9. What the benchmark does, for each ``(batch size, wait)`` sett
   ``framebus.internal.analysis``; items/s = items after the first batch / (last - end of first
   batch), on the records' create timestamps (set by the worker's producer when it sends each result).
   The worker runs with ``--log-level debug`` and logs one line per micro-batch (``streams.runtime``:
-  items, handler seconds, model seconds): batch sizes, and the worker's busy-time throughputs, come
-  from there.
+  items, handler, prep, model-thread and forward seconds): batch sizes, and where the time went, come
+  from there. The agent overlaps a batch's prep (in a prep thread) with the previous batch's forward
+  (in the model thread); the baseline does not, which is the point of the comparison.
 
 Caveat, printed with the results: on a small machine the broker, the producer/consumer (this process)
 and the worker share the cores; the CPU seconds each used during the streaming window are reported,
@@ -52,7 +53,7 @@ from streams.demo import free_port, start_process, stop_stack, train_tiny_models
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_DIR = CHECKOUT_MODEL_DIR
-BATCH_LINE = re.compile(r"^(\S+ \S+) .*batch agent=(\w+) items=(\d+) handler_s=([\d.]+) model_s=([\d.]+)")
+BATCH_LINE = re.compile(r"^(\S+ \S+) .*batch agent=(\w+) items=(\d+) handler_s=([\d.]+)((?: \w+=[\d.]+)*)")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -85,8 +86,9 @@ def machine_cpu_s() -> tuple[float, float]:
 
 def model_thread_cpu_s(pid: int | None) -> float:
     """CPU seconds of ``pid``'s threads other than its main thread. In an embed worker the main thread
-    runs the event loop (faust, the Kafka clients, parsing, sends) and the model thread
-    (``Runtime.model_executor``) runs JPEG decode + the model; the io threads are idle."""
+    runs the event loop (faust, the Kafka clients, parsing, sends), the prep threads
+    (``Runtime.prep_executor``) JPEG decode and preprocessing, the model thread the model; the io
+    threads are idle."""
     total = 0.0
     if not pid:
         return total
@@ -297,24 +299,27 @@ async def stream_items(settings, payloads: list[tuple[bytes, bytes]], rate: floa
         await consumer.stop()
 
 
-def parse_batches(log_path: Path, agent: str = "embed") -> list[tuple[int, float, float, float]]:
-    """``(items, handler_s, model_s, logged_at)`` per micro-batch, from the worker's debug lines."""
+def parse_batches(log_path: Path, agent: str = "embed") -> list[dict[str, float]]:
+    """Per micro-batch, from the worker's debug lines (``streams.runtime``): ``items``, ``handler_s``,
+    the ``BATCH_TIMINGS`` (``prep_s``, ``model_s``, ``forward_s``, waits) and ``at`` (logged at)."""
     from datetime import datetime
 
     out = []
     for line in log_path.read_text(errors="replace").splitlines():
         m = BATCH_LINE.search(line)
         if m and m.group(2) == agent:
-            at = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
-            out.append((int(m.group(3)), float(m.group(4)), float(m.group(5)), at))
+            rec = {k: float(v) for k, v in (kv.split("=") for kv in m.group(5).split())}
+            rec.update(items=int(m.group(3)), handler_s=float(m.group(4)),
+                       at=datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp())
+            out.append(rec)
     return out
 
 
-def summarise_stream(arrivals: list[tuple[float, float]], batches: list[tuple[int, float, float, float]],
+def summarise_stream(arrivals: list[tuple[float, float]], batches: list[dict[str, float]],
                      setting: Setting, worker_cpu_s: float | None,
                      model_thread_cpu_s: float | None = None) -> dict[str, Any]:
-    """Throughput after the warm-up (the first micro-batch), batch sizes, busy-time throughputs."""
-    first = batches[0][0] if batches else setting.batch_size
+    """Throughput after the warm-up (the first micro-batch), batch sizes, where the batches' time went."""
+    first = int(batches[0]["items"]) if batches else setting.batch_size
     first = max(1, min(first, len(arrivals) - 2))
     out: dict[str, Any] = {"results": len(arrivals), "warmup_items": first}
     for name, idx in (("created", 0), ("received", 1)):
@@ -327,25 +332,22 @@ def summarise_stream(arrivals: list[tuple[float, float]], batches: list[tuple[in
         out["model_thread_cpu_ms_per_item"] = 1e3 * model_thread_cpu_s / len(arrivals)
         out["other_cpu_ms_per_item"] = 1e3 * (worker_cpu_s - model_thread_cpu_s) / len(arrivals)
     rest = batches[1:]
-    sizes = [b[0] for b in batches]
-    # time between one handler call's end and the next one's start: the agent loop collecting events
-    gaps = [(b[3] - b[1]) - a[3] for a, b in zip(batches, batches[1:])]
+    sizes = [int(b["items"]) for b in batches]
     if rest:
-        items = sum(b[0] for b in rest)
-        handler = sum(b[1] for b in rest)
-        model = sum(b[2] for b in rest)
+        items = sum(b["items"] for b in rest)
+        total = {k: sum(b.get(k, 0.0) for b in rest) for k in ("handler_s", "prep_s", "model_s", "forward_s",
+                                                                "model_wait_s", "prep_wait_s")}
+        window = out["window_s_created"]
         out.update({
             "batches": len(batches),
             "batch_sizes": dict(sorted(Counter(sizes).items())),
             "batch_mean": statistics.fmean(sizes),
             "batch_median": statistics.median(sizes),
             "full_batch_share": sum(1 for s in sizes if s >= setting.batch_size) / len(sizes),
-            "handler_items_per_s": items / handler if handler else None,
-            "model_items_per_s": items / model if model else None,
-            "handler_s_per_batch": handler / len(rest),
-            "overhead_s_per_batch": (handler - model) / len(rest),
-            "gap_s_per_batch": statistics.fmean(gaps),
-            "duty_cycle": handler / out["window_s_created"] if out["window_s_created"] else None,
+            "model_items_per_s": items / total["forward_s"] if total["forward_s"] else None,
+            **{f"{k}_per_batch": v / len(rest) for k, v in total.items()},
+            # the share of the streaming window the model thread was working: 1 = never waiting for input
+            "model_thread_busy": total["model_s"] / window if window else None,
         })
     return out
 
@@ -424,9 +426,10 @@ def tables(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         s, b = r["stream"], r["baseline"]
         c = s["cpu"]
-        where.append([s["setting"], ms(s.get("handler_s_per_batch")), ms(s.get("overhead_s_per_batch")),
-                      ms(r.get("agent_only_s_per_batch")), ms(s.get("gap_s_per_batch")),
-                      fmt(s.get("duty_cycle"), ".2f"), fmt(r.get("structural"), ".2f"),
+        where.append([s["setting"], ms(s.get("handler_s_per_batch")), ms(s.get("prep_s_per_batch")),
+                      ms(s.get("model_wait_s_per_batch")), ms(s.get("model_s_per_batch")),
+                      ms(s.get("forward_s_per_batch")),
+                      fmt(100 * s["model_thread_busy"] if s.get("model_thread_busy") is not None else None, ".0f"),
                       fmt(s.get("model_thread_cpu_ms_per_item"), ".2f"), fmt(s.get("other_cpu_ms_per_item"), ".2f"),
                       fmt(1e3 / b["items_per_cpu_s"] if b.get("items_per_cpu_s") else None, ".2f"),
                       f"{c.get('worker_cpu_s')} / {c.get('broker_cpu_s')} / {c.get('bench_cpu_s')} / "
@@ -436,9 +439,9 @@ def tables(rows: list[dict[str, Any]]) -> str:
                 "model-only ratio", "batches", "mean size", "full %"], eff),
         "",
         "where the time went (per micro-batch, after the first; CPU per item over the streaming window):",
-        render(["setting", "handler ms", "overhead ms", "agent-only ms", "gap ms", "duty", "structural",
-                "model-thread CPU ms/it",
-                "event-loop CPU ms/it", "baseline CPU ms/it", "CPU s worker / broker / bench / others"], where),
+        render(["setting", "handler ms", "prep ms", "queued ms", "model thread ms", "forward ms", "model busy %",
+                "threads CPU ms/it", "event-loop CPU ms/it", "baseline CPU ms/it",
+                "CPU s worker / broker / bench / others"], where),
     ])
 
 
@@ -451,19 +454,17 @@ stream it/s        results/s out of the embed worker after its first batch (crea
 RATIO              stream / base: the batching efficiency (aim >= 0.9); vs median: stream / base median
 per-CPU ratio      items per CPU-second of the worker process over the streaming window / of the best
                    baseline run: the efficiency with "did not get a CPU" factored out
-model-only ratio   items / time inside embed_images only (AdaptiveBatcher busy time, from the worker's
-                   per-batch log lines, first batch excluded) / the same in the baseline
+model-only ratio   items / time inside the model's forward only (AdaptiveBatcher busy time, from the
+                   worker's per-batch log lines, first batch excluded) / the same in the baseline
 batches, mean size, full %  micro-batches the worker's handler received (log lines)
-handler ms         handler time per batch; overhead ms: handler - embed_images time (parse, JPEG
-                   decode, thread hop, one awaited send per result); agent-only ms: overhead minus what
-                   the baseline also spends outside embed_images for as many items (JPEG decode, means),
-                   scaled by the worker's embed_images slowdown
-gap ms             time between one handler call's end and the next one's start (collecting events)
-duty               handler time / streaming window (< 1: the agent loop was outside the handler)
-structural         (handler - agent-only) / (handler + gap): the share of the agent loop's time that
-                   went to the baseline's own work; the RATIO's ceiling with no CPU contention
-CPU ms/it          worker CPU per item: its model thread (JPEG decode + model) and its main thread
-                   (event loop: faust, Kafka clients, parse, sends); baseline: the same work in process
+handler ms         handler time per batch: parse, prep, wait for the model thread, model, sends. Two
+                   batches are in flight (FRAMEBUS_MODEL_BATCHES_IN_FLIGHT), so handlers overlap
+prep ms            JPEG decode + preprocessing in a prep thread (overlaps the model on the other batch)
+queued ms          waiting for the model thread (busy with the other batch): > 0 means no bubble
+model thread ms    time in the model thread (forward + per-segment means); forward ms: the forward only
+model busy %       model thread time / streaming window: 100 = the model never waited for input
+CPU ms/it          worker CPU per item: its threads (model + prep) and its main thread (event loop:
+                   faust, Kafka clients, parse, sends); baseline: the same work, serial, in process
 CPU s              CPU seconds during the streaming window: the worker, the broker, this process
                    (producer + consumer), and every other process on the machine"""
 
@@ -480,6 +481,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--torch-threads", type=int, default=1,
                    help="torch intra-op threads in the baseline and the worker (OMP_NUM_THREADS); 0 = torch's "
                         "default. 1 by default: on 2 shared cores more threads spin against the broker")
+    p.add_argument("--in-flight", type=int, default=None,
+                   help="FRAMEBUS_MODEL_BATCHES_IN_FLIGHT of the worker (default: the setting's default)")
     p.add_argument("--model-dir", default=os.environ.get("FRAMEBUS_MODEL_DIR", str(DEFAULT_MODEL_DIR)))
     p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for one setting's results")
     p.add_argument("--workdir", default=None, help="keep clips, worker logs and broker log here")
@@ -532,6 +535,8 @@ def main(argv: list[str] | None = None) -> int:
                      "PYTHONUNBUFFERED": "1"})
     if args.torch_threads:
         base_env["OMP_NUM_THREADS"] = str(args.torch_threads)
+    if args.in_flight:
+        base_env["FRAMEBUS_MODEL_BATCHES_IN_FLIGHT"] = str(args.in_flight)
     rows = []
     try:
         for idx, setting in enumerate(args.settings):
@@ -543,23 +548,12 @@ def main(argv: list[str] | None = None) -> int:
             r["ratio_median"] = (s["items_per_s_created"] / b["items_per_s_median"]
                                  if s.get("items_per_s_created") else None)
             r["model_ratio"] = s["model_items_per_s"] / b["model_items_per_s"] if s.get("model_items_per_s") else None
-            if s.get("model_items_per_s"):
-                # beyond what the baseline also spends outside embed_images (JPEG decode, means), scaled by
-                # how much slower embed_images itself ran in the worker (contention slows both alike)
-                outside = 1 / b["items_per_s_median"] - 1 / b["model_items_per_s_median"]
-                slowdown = max(1.0, b["model_items_per_s_median"] / s["model_items_per_s"])
-                agent_only = s["overhead_s_per_batch"] - s["batch_mean"] * outside * slowdown
-                r["agent_only_s_per_batch"] = agent_only
-                # share of the agent loop's time spent on the baseline's work: the ratio's ceiling if
-                # nothing else competed for the CPU
-                r["structural"] = ((s["handler_s_per_batch"] - agent_only)
-                                   / (s["handler_s_per_batch"] + s["gap_s_per_batch"]))
             r["cpu_ratio"] = s["items_per_cpu_s"] / b["items_per_cpu_s"] if s.get("items_per_cpu_s") else None
             rows.append(r)
             print(f"{setting.label}: stream {fmt(s.get('items_per_s_created'))} items/s "
                   f"(received-side {fmt(s.get('items_per_s_received'))}), ratio {fmt(r['ratio'], '.2f')}, "
                   f"per CPU-s ratio {fmt(r['cpu_ratio'], '.2f')}, batches {s.get('batch_sizes')}; worker CPU per "
-                  f"item: model thread {fmt(s.get('model_thread_cpu_ms_per_item'), '.2f')} ms, rest (event loop, "
+                  f"item: model + prep threads {fmt(s.get('model_thread_cpu_ms_per_item'), '.2f')} ms, rest (event loop, "
                   f"Kafka clients) {fmt(s.get('other_cpu_ms_per_item'), '.2f')} ms; baseline "
                   f"{fmt(1e3 / b['items_per_cpu_s'] if b['items_per_cpu_s'] else None, '.2f')} ms"
                   f"{'' if s['complete'] else ' INCOMPLETE: ' + str(s['results']) + ' results'}", flush=True)

@@ -7,7 +7,7 @@ Importing this module is cheap (no torch, no open_clip): the indexer and the sea
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -39,7 +39,18 @@ class Embedder(Protocol):
     image_size: int
 
     def embed_images(self, images: list[np.ndarray]) -> np.ndarray:
-        """RGB uint8 ``HxWx3`` arrays of any size -> ``(n, dim)`` float32, L2-normalised."""
+        """RGB uint8 ``HxWx3`` arrays of any size -> ``(n, dim)`` float32, L2-normalised.
+        The same as ``embed_prepared(prepare_images(images))``."""
+        ...
+
+    def prepare_images(self, images: list[np.ndarray]) -> Any:
+        """CPU preprocessing only (resize, crop, normalise; no model): a batch ``embed_prepared`` takes,
+        sliceable along its first axis. Thread-safe, and runs while another thread is in the model:
+        agents prepare the next batch while the current one is in the model."""
+        ...
+
+    def embed_prepared(self, batch: Any) -> np.ndarray:
+        """A ``prepare_images`` batch (or a slice of one) -> ``(n, dim)`` float32, L2-normalised."""
         ...
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
@@ -58,7 +69,16 @@ class Captioner(Protocol):
     info: ModelInfo
 
     def caption(self, images: list[np.ndarray]) -> list[str]:
-        """RGB uint8 ``HxWx3`` arrays -> one caption per image, in order."""
+        """RGB uint8 ``HxWx3`` arrays -> one caption per image, in order
+        (``caption_prepared(prepare_images(images))``)."""
+        ...
+
+    def prepare_images(self, images: list[np.ndarray]) -> Any:
+        """CPU preprocessing only, as ``Embedder.prepare_images``."""
+        ...
+
+    def caption_prepared(self, batch: Any) -> list[str]:
+        """A ``prepare_images`` batch (or a slice of one) -> one caption per image."""
         ...
 
 
@@ -75,5 +95,14 @@ class Moderator(Protocol):
     thresholds: dict[str, float]
 
     def score(self, images: list[np.ndarray]) -> list[dict[str, float]]:
-        """RGB uint8 ``HxWx3`` arrays -> one ``{category: score}`` dict per image, in order."""
+        """RGB uint8 ``HxWx3`` arrays -> one ``{category: score}`` dict per image, in order
+        (``score_prepared(prepare_images(images))``)."""
+        ...
+
+    def prepare_images(self, images: list[np.ndarray]) -> Any:
+        """CPU preprocessing only, as ``Embedder.prepare_images``."""
+        ...
+
+    def score_prepared(self, batch: Any) -> list[dict[str, float]]:
+        """A ``prepare_images`` batch (or a slice of one) -> one score dict per image."""
         ...

@@ -198,6 +198,14 @@ class TransformersCaptioner:
         self.batch_size = max(1, int(batch_size))
         self._lock = threading.Lock()
 
+    @property
+    def image_size(self) -> int | None:
+        """The smallest shorter side an input needs to lose nothing in the image processor's resize."""
+        size = getattr(self.image_processor, "size", None)
+        get = size.get if isinstance(size, dict) else (lambda k: getattr(size, k, None))
+        sides = [get("shortest_edge"), get("height"), get("width")]
+        return max((int(v) for v in sides if v), default=None)
+
     # --- construction ------------------------------------------------------------------------------
     @classmethod
     def pretrained(cls, name: str = DEFAULT_CAPTIONER, *, cache_dir: Path | str | None = None,
@@ -283,21 +291,34 @@ class TransformersCaptioner:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def caption(self, images: list[np.ndarray]) -> list[str]:
+    def prepare_images(self, images: list[np.ndarray]):
+        """The image processor (resize + normalise) on the CPU: ``(n, 3, H, W)`` pixel values."""
         import torch
 
         if isinstance(images, np.ndarray) and images.ndim == 3:
-            raise TypeError("caption takes a list of images")
+            raise TypeError("prepare_images takes a list of images")
+        if not len(images):
+            return torch.zeros((0, 3, 1, 1))
+        pixels = self.image_processor(images=[check_image(im) for im in images], return_tensors="pt")["pixel_values"]
+        return pixels.pin_memory() if self.device.type == "cuda" else pixels
+
+    def caption_prepared(self, pixels) -> list[str]:
+        import torch
+
         out: list[str] = []
-        for lo in range(0, len(images), self.batch_size):
-            batch = [check_image(im) for im in images[lo:lo + self.batch_size]]
-            # preprocessing (resize + normalise) runs outside the lock
-            pixels = self.image_processor(images=batch, return_tensors="pt")["pixel_values"]
+        for lo in range(0, len(pixels), self.batch_size):
             with self._lock, torch.inference_mode(), self._autocast():
-                ids = self.model.generate(pixel_values=pixels.to(self.device, non_blocking=True),
+                ids = self.model.generate(pixel_values=pixels[lo:lo + self.batch_size].to(self.device, non_blocking=True),
                                           max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1)
             out.extend(" ".join(t.split()) for t in self.tokenizer.batch_decode(ids.cpu(), skip_special_tokens=True))
         return out
+
+    def caption(self, images: list[np.ndarray]) -> list[str]:
+        if isinstance(images, np.ndarray) and images.ndim == 3:
+            raise TypeError("caption takes a list of images")
+        # preprocessing runs outside the lock, one model batch at a time
+        return [c for lo in range(0, len(images), self.batch_size)
+                for c in self.caption_prepared(self.prepare_images(images[lo:lo + self.batch_size]))]
 
     def __repr__(self) -> str:
         return f"TransformersCaptioner({self.info.name}, version={self.info.version}, device={self.device})"

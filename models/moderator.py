@@ -76,7 +76,32 @@ def _normalise_policy(categories: Mapping[str, Sequence[str] | str]) -> dict[str
     return out
 
 
-class ClipZeroShotModerator:
+class _OnEmbeddings:
+    """A moderator that scores the embedder's image embeddings (``score_embeddings``)."""
+
+    embedder: Embedder
+
+    @property
+    def image_size(self) -> int:
+        """The side the embedder resizes images to."""
+        return self.embedder.image_size
+
+    def score_embeddings(self, vectors: np.ndarray) -> list[dict[str, float]]:
+        raise NotImplementedError
+
+    def score(self, images: list[np.ndarray]) -> list[dict[str, float]]:
+        if not len(images):
+            return []
+        return self.score_embeddings(self.embedder.embed_images(images))
+
+    def prepare_images(self, images: list[np.ndarray]):
+        return self.embedder.prepare_images(images)
+
+    def score_prepared(self, batch) -> list[dict[str, float]]:
+        return self.score_embeddings(self.embedder.embed_prepared(batch)) if len(batch) else []
+
+
+class ClipZeroShotModerator(_OnEmbeddings):
     """``Moderator``: zero-shot policy prompts vs neutral prompts on a CLIP embedder."""
 
     def __init__(self, embedder: Embedder, categories: Mapping[str, Sequence[str] | str] | None = None,
@@ -119,16 +144,11 @@ class ClipZeroShotModerator:
         scores = np.stack(cols, axis=1) if cols else np.zeros((len(vectors), 0))
         return [{c: float(s) for c, s in zip(self.categories, row)} for row in scores]
 
-    def score(self, images: list[np.ndarray]) -> list[dict[str, float]]:
-        if not len(images):
-            return []
-        return self.score_embeddings(self.embedder.embed_images(images))
-
     def __repr__(self) -> str:
         return f"ClipZeroShotModerator({self.categories}, version={self.info.version}, embedder={self.embedder.info.name})"
 
 
-class ClipHeadModerator:
+class ClipHeadModerator(_OnEmbeddings):
     """``Moderator``: a trained logistic-regression head (one sigmoid per category) on CLIP image embeddings."""
 
     def __init__(self, embedder: Embedder, categories: Sequence[str], weight: np.ndarray, bias: np.ndarray,
@@ -175,11 +195,6 @@ class ClipHeadModerator:
         vectors = np.asarray(vectors, dtype=np.float64).reshape(-1, self.weight.shape[1])
         scores = _sigmoid(vectors @ self.weight.T + self.bias)
         return [{c: float(s) for c, s in zip(self.categories, row)} for row in scores]
-
-    def score(self, images: list[np.ndarray]) -> list[dict[str, float]]:
-        if not len(images):
-            return []
-        return self.score_embeddings(self.embedder.embed_images(images))
 
     def __repr__(self) -> str:
         return f"ClipHeadModerator({self.categories}, version={self.info.version}, embedder={self.embedder.info.name})"

@@ -252,17 +252,30 @@ class OpenClipEmbedder:
             raise ModelError(f"expected uint8 pixels, got {arr.dtype}", code="models.bad_input")
         return Image.fromarray(np.ascontiguousarray(arr[..., :3]), mode="RGB")
 
-    def embed_images(self, images: list[np.ndarray]) -> np.ndarray:
+    def prepare_images(self, images: list[np.ndarray]):
+        """PIL resize + centre crop + normalise, on the CPU: a ``(n, 3, S, S)`` float tensor (pinned
+        when the model is on CUDA, so the copy to the device overlaps)."""
+        import torch
+
+        if not len(images):
+            return torch.zeros((0, 3, self.image_size, self.image_size))
+        batch = torch.stack([self.preprocess(self._to_pil(im)) for im in images])
+        return batch.pin_memory() if self.device.type == "cuda" else batch
+
+    def embed_prepared(self, batch) -> np.ndarray:
         import torch
 
         out = []
-        for lo in range(0, len(images), self.batch_size):
-            # preprocessing (PIL resize + center crop + normalize) runs outside the lock
-            batch = torch.stack([self.preprocess(self._to_pil(im)) for im in images[lo:lo + self.batch_size]])
+        for lo in range(0, len(batch), self.batch_size):
             with self._lock, torch.inference_mode(), self._autocast():
-                feats = self.model.encode_image(batch.to(self.device, non_blocking=True))
+                feats = self.model.encode_image(batch[lo:lo + self.batch_size].to(self.device, non_blocking=True))
                 out.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy())
         return self._stack(out)
+
+    def embed_images(self, images: list[np.ndarray]) -> np.ndarray:
+        # preprocessing runs outside the lock, one model batch at a time
+        return self._stack([self.embed_prepared(self.prepare_images(images[lo:lo + self.batch_size]))
+                            for lo in range(0, len(images), self.batch_size)])
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         import torch

@@ -80,9 +80,11 @@ class Settings(BaseSettings):
     caption_batch_wait_s: float = Field(0.05, ge=0)
     moderate_batch_size: int = Field(32, ge=1)
     moderate_batch_wait_s: float = Field(0.05, ge=0)
-    model_batches_in_flight: int = Field(2, ge=1, le=8,
+    model_batches_in_flight: int = Field(3, ge=1, le=8,
                                          description="per model agent: batches in flight (one in the model, "
-                                                     "the next collecting and parsing meanwhile)")
+                                                     "the others being collected, parsed and prepared)")
+    prep_threads: int = Field(2, ge=1, le=64, description="threads that decode frames and preprocess them for "
+                                                           "the models, overlapping the model thread")
     index_batch_size: int = Field(64, ge=1)
     index_batch_wait_s: float = Field(0.05, ge=0)
 

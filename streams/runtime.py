@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextvars
 import logging
 import multiprocessing
 import time
@@ -38,6 +39,11 @@ T = TypeVar("T")
 TRACE_HEADER = "framebus-trace-id"
 AGENTS = ("ingest", "decode", "embed", "caption", "moderate", "index", "publish")
 MODEL_AGENTS = ("embed", "caption", "moderate")
+
+#: per-batch timings of a model agent (``Runtime.batched_agent``; ``Runtime._timed`` adds to them)
+BATCH_TIMINGS = ("prep_wait_s", "prep_s", "model_wait_s", "model_s", "forward_s")
+_BATCH_TIMES: contextvars.ContextVar[dict[str, float] | None] = contextvars.ContextVar("framebus_batch_times",
+                                                                                      default=None)
 EVENTS = Counter("framebus_events", "events produced, dead-lettered and processed, by name", ["name"])
 BATCH_ITEMS = Histogram("framebus_batch_items", "events per micro-batch of a model agent", ["agent"],
                         buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
@@ -93,6 +99,8 @@ class Runtime:
             for spec in registry.ALL
         }
         self.model_executor = ThreadPoolExecutor(1, thread_name_prefix="model")
+        # frame decoding and model preprocessing, overlapping the model thread
+        self.prep_executor = ThreadPoolExecutor(settings.prep_threads, thread_name_prefix="prep")
         self.io_executor = ThreadPoolExecutor(2, thread_name_prefix="io")
         self._process_pool: ProcessPoolExecutor | None = None
         self._embedder = None
@@ -201,7 +209,37 @@ class Runtime:
             raise DecodeError("the decoder process crashed on this input", code="decode.crashed") from None
 
     async def in_model_thread(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.model_executor, fn, *args)
+        """``fn(*args)`` in the one model thread (models run one batch at a time)."""
+        return await self._timed(self.model_executor, "model", fn, *args)
+
+    async def in_prep_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in a preprocessing thread: CPU work for the model (frame decode, resize,
+        normalise) that overlaps the batch in the model thread."""
+        return await self._timed(self.prep_executor, "prep", fn, *args)
+
+    def _model_busy_s(self) -> float:
+        return sum(b.stats.busy_s for b in self.batchers.values())
+
+    async def _timed(self, executor: ThreadPoolExecutor, kind: str, fn: Callable[..., T], *args: Any) -> T:
+        """Run in ``executor``; inside a model agent's batch (``batched_agent``), add to its timings the
+        wait for a thread (``<kind>_wait_s``), the time in it (``<kind>_s``) and, in the model thread,
+        the time inside the model itself (``forward_s``, AdaptiveBatcher busy time)."""
+        times = _BATCH_TIMES.get()
+        if times is None:
+            return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+        submitted = time.perf_counter()
+
+        def call() -> T:
+            started, busy = time.perf_counter(), self._model_busy_s() if kind == "model" else 0.0
+            try:
+                return fn(*args)
+            finally:
+                times[f"{kind}_wait_s"] += started - submitted
+                times[f"{kind}_s"] += time.perf_counter() - started
+                if kind == "model":
+                    times["forward_s"] += self._model_busy_s() - busy
+
+        return await asyncio.get_running_loop().run_in_executor(executor, call)
 
     async def in_io_thread(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.io_executor, fn, *args)
@@ -257,29 +295,31 @@ class Runtime:
 
         The same events feed every model agent (each has its own stream of the topic); a batch is
         bounded by ``batch_size`` and by ``wait_s`` (see :mod:`streams.batching`). The agent runs
-        ``model_batches_in_flight`` actors on one queue: while one batch is in the model thread, the next
-        is collected, parsed and queued behind it, and the previous one's results are sent, so the
-        model does not wait for the event loop between batches (faust's ``take_events`` stops filling
-        an actor's buffer while that actor handles its batch). Each event is acked once its batch is
-        handled, whichever actor took it.
+        ``model_batches_in_flight`` actors on one queue: while one batch is in the model thread, the
+        others are collected, parsed and prepared (frame decode, preprocessing: ``Runtime.in_prep_thread``)
+        and queued behind it, and finished ones' results are sent, so the model does not wait for the
+        event loop between batches (faust's ``take_events`` stops filling an actor's buffer while that
+        actor handles its batch). Each event is acked once its batch is handled, whichever actor took it.
         """
-        batcher = self.batchers[name] = AdaptiveBatcher(name, batch_size)
+        self.batchers[name] = AdaptiveBatcher(name, batch_size)
         items_hist, seconds_hist = BATCH_ITEMS.labels(agent=name), BATCH_SECONDS.labels(agent=name)
 
         async def agent(stream):
             async for events in stream.take_events(batch_size, within=wait_s):
                 batch = list(events)
-                started, busy = time.perf_counter(), batcher.stats.busy_s
+                times = dict.fromkeys(BATCH_TIMINGS, 0.0)
+                token = _BATCH_TIMES.set(times)
+                started = time.perf_counter()
                 try:
                     await handle_batch(self, batch)
                 finally:
+                    _BATCH_TIMES.reset(token)
                     took = time.perf_counter() - started
                     items_hist.observe(len(batch))
                     seconds_hist.observe(took)
-                    # one line per batch at debug level (loadtest.bench_batching reads these); with
-                    # several batches in flight, handler_s includes the wait for the model thread
-                    log.debug("batch agent=%s items=%d handler_s=%.5f model_s=%.5f", name, len(batch), took,
-                              batcher.stats.busy_s - busy)
+                    # one line per batch at debug level (loadtest.bench_batching reads these)
+                    log.debug("batch agent=%s items=%d handler_s=%.5f %s", name, len(batch), took,
+                              " ".join(f"{k}={v:.5f}" for k, v in times.items()))
 
         agent.__name__ = name
         self.app.agent(self.topic(spec), name=f"framebus.{name}",
@@ -297,6 +337,7 @@ class Runtime:
         if self._process_pool is not None:
             self._process_pool.shutdown(cancel_futures=True)
         self.model_executor.shutdown(wait=False, cancel_futures=True)
+        self.prep_executor.shutdown(wait=False, cancel_futures=True)
         self.io_executor.shutdown(wait=False, cancel_futures=True)
         if self._store is not None:
             self._store.close()

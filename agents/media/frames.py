@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 from PIL import Image
@@ -21,12 +22,19 @@ def encode_jpeg(rgb: np.ndarray, quality: int = 85) -> bytes:
     return buf.getvalue()
 
 
-def decode_jpeg(data: bytes) -> np.ndarray:
-    """JPEG bytes -> HxWx3 uint8 RGB. Raises ``DecodeError(code='decode.corrupt')`` on bad data."""
+def decode_jpeg(data: bytes, min_side: int | None = None) -> np.ndarray:
+    """JPEG bytes -> HxWx3 uint8 RGB. Raises ``DecodeError(code='decode.corrupt')`` on bad data.
+
+    With ``min_side``, libjpeg may decode at 1/2, 1/4 or 1/8 scale (DCT scaling, Pillow's ``draft``)
+    as long as the shorter side stays >= ``min_side``: a model that resizes to ``min_side`` anyway
+    gets its input for a fraction of the decode and resize cost."""
     try:
         with Image.open(io.BytesIO(data)) as im:
             if im.format != "JPEG":
                 raise DecodeError(f"not a JPEG image ({im.format})", code="decode.corrupt")
+            if min_side and min(im.size) >= 2 * min_side:
+                scale = min(im.size) / min_side
+                im.draft("RGB", (math.ceil(im.size[0] / scale), math.ceil(im.size[1] / scale)))
             return np.asarray(im.convert("RGB"))
     except DecodeError:
         raise
