@@ -323,18 +323,19 @@ def train_for_settings(out_path: Path, settings: Any) -> dict[str, Any]:
 
 # --- models.training.evaluate entry ----------------------------------------------------------------
 
-def segment_keyframes(segments: Sequence[Any]) -> tuple[list[np.ndarray], list[Any]]:
+def segment_keyframes(segments: Sequence[Any], min_side: int | None = None) -> tuple[list[np.ndarray], list[Any]]:
     """One keyframe per held-out shot from production-decoded segments (``evaluate.EvalSegment``):
-    the middle frame of the first segment that shows only that shot."""
+    the middle frame of the first segment that shows only that shot (decoded for a model input side
+    ``min_side``, as the caption agent decodes it)."""
     seen: set[tuple[int, int]] = set()
     frames: list[np.ndarray] = []
     specs: list[Any] = []
     for seg in segments:
         key = (seg.video, seg.shot)
-        if len(seg.shots) != 1 or key in seen or not seg.frames:
+        if len(seg.shots) != 1 or key in seen or not seg.jpegs:
             continue
         seen.add(key)
-        frames.append(seg.frames[len(seg.frames) // 2])
+        frames.append(seg.pixels(min_side)[len(seg.jpegs) // 2])
         specs.append(seg.spec)
     return frames, specs
 
@@ -350,7 +351,7 @@ def heldout_eval(settings: Any, ctx: dict[str, Any]) -> dict[str, Any]:
     except FramebusError as e:
         return {"error": e.as_dict()}
     ctx["captioner"] = captioner
-    frames, specs = segment_keyframes(ctx["segments"])
+    frames, specs = segment_keyframes(ctx["segments"], getattr(captioner, "image_size", None))
     t0 = time.monotonic()
     captions = captioner.caption(frames)
     from loadtest.world import COLOURS, MOTIONS, SHAPES

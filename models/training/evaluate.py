@@ -47,17 +47,24 @@ VIDEO_FORMAT = 1
 
 
 class EvalSegment:
-    """One decoded segment: which video, which shot it shows, its frames (RGB arrays)."""
+    """One decoded segment: which video, which shot it shows, its frames (the decode agent's JPEGs)."""
 
-    __slots__ = ("video", "index", "start_s", "end_s", "shot", "spec", "frames", "shots", "specs")
+    __slots__ = ("video", "index", "start_s", "end_s", "shot", "spec", "jpegs", "shots", "specs")
 
-    def __init__(self, video, index, start_s, end_s, shot, spec, frames, shots=None, specs=None):
+    def __init__(self, video, index, start_s, end_s, shot, spec, jpegs, shots=None, specs=None):
         self.video, self.index, self.start_s, self.end_s = video, index, start_s, end_s
         #: the shot most of its frames show, and its spec
-        self.shot, self.spec, self.frames = shot, spec, frames
+        self.shot, self.spec, self.jpegs = shot, spec, list(jpegs)
         #: every shot its frames show (more than one when the segment spans a cut), and their specs
         self.shots = tuple(shots) if shots is not None else (shot,)
         self.specs = tuple(specs) if specs is not None else (spec,)
+
+    def pixels(self, min_side: int | None = None) -> list[np.ndarray]:
+        """The frames as RGB arrays, decoded as the model agents decode them for a model whose input
+        side is ``min_side`` (``agents.embed.frame_pixels``)."""
+        from agents.media.frames import decode_jpeg
+
+        return [decode_jpeg(j, min_side) for j in self.jpegs]
 
 
 def eval_video_dir(settings: "Settings") -> Path:
@@ -117,7 +124,6 @@ def heldout_videos(settings: "Settings", *, world_seed: int = EVAL_WORLD_SEED,
 def decode_heldout(settings: "Settings", videos) -> list[EvalSegment]:
     """Decode each world video with the production decode code; label each segment with the shot
     most of its frames show."""
-    from agents.media.frames import decode_jpeg
     from agents.media.pipeline import DecodeJob, decode_video
 
     segs: list[EvalSegment] = []
@@ -130,15 +136,15 @@ def decode_heldout(settings: "Settings", videos) -> list[EvalSegment]:
             shot = max(sorted(set(shots)), key=lambda k: (shots.count(k), k == mid))
             shown = sorted(set(shots))
             segs.append(EvalSegment(v, seg.index, seg.start_s, seg.end_s, shot, wv.shots[shot],
-                                    [decode_jpeg(jpg) for _, jpg in seg.frames],
+                                    [jpg for _, jpg in seg.frames],
                                     shots=shown, specs=[wv.shots[k] for k in shown]))
     return segs
 
 
 def segment_vectors(embedder, segments: list[EvalSegment]) -> np.ndarray:
     """Normalised mean of each segment's frame embeddings (as ``agents.embed.embed_segments``)."""
-    images = [f for s in segments for f in s.frames]
-    owner = np.asarray([i for i, s in enumerate(segments) for _ in s.frames])
+    images = [f for s in segments for f in s.pixels(getattr(embedder, "image_size", None))]
+    owner = np.asarray([i for i, s in enumerate(segments) for _ in s.jpegs])
     vecs = np.asarray(embedder.embed_images(images))
     out = np.stack([vecs[owner == i].mean(axis=0) for i in range(len(segments))])
     return (out / np.linalg.norm(out, axis=1, keepdims=True).clip(1e-12)).astype(np.float32)

@@ -260,7 +260,7 @@ def heldout_eval(settings: Any, ctx: dict[str, Any]) -> dict[str, Any]:
     for seg in ctx["segments"]:
         if len(seg.shots) != 1:
             continue
-        for f in seg.frames:
+        for f in seg.pixels(getattr(embedder, "image_size", None)):
             frames.append(f)
             specs.append(seg.spec)
             ids.append((seg.video, seg.shot))
