@@ -1,7 +1,9 @@
 """decode: decode and sample a video in the process pool, send its segments as compact frames.
 
 Reads the internal decode topic; writes one SegmentFrames per segment (JPEG at model resolution inline,
-or a claim-check reference when a segment would exceed the event budget).
+or a claim-check reference when a segment would exceed the event budget) as soon as the segment is
+final, while the rest of the video is still being decoded; then, on the progress topic, how many
+segments the video has and its final facts.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import faust
 
-from agents.media.pipeline import DecodeJob, DecodedSegment, decode_video
+from agents.media.pipeline import DecodeJob, DecodedSegment, decode_video_to_queue
 from streams.errors import FramebusError
 from streams.runtime import Runtime
 from topics import codec, registry
@@ -46,8 +48,18 @@ async def handle(rt: Runtime, event: faust.EventT) -> None:
         await rt.dead_letter("decode", registry.DECODE, event, err, trace_id)
         return
     job = DecodeJob.from_settings(s, task.path, task.video_id, thumb_dir=s.blob_dir / "thumbnails" / task.tenant)
+    budget = s.max_event_bytes // 2
+
+    async def send_segment(seg: DecodedSegment) -> None:
+        frames = frames_payload(seg, budget, s.blob_dir / "frames" / task.video_id)
+        segment = ev.Segment(index=seg.index, start_s=seg.start_s, end_s=seg.end_s, keyframe_s=seg.keyframe_s,
+                             thumbnail=_as_uri(seg.thumbnail), quality=seg.quality)
+        msg = ev.SegmentFrames(video_id=task.video_id, tenant=task.tenant, uri=task.uri, segment=segment,
+                               frames=frames, video=task.video, tasks=task.tasks, trace_id=trace_id)
+        await rt.send(registry.FRAMES, task.video_id, msg, trace_id)
+
     try:
-        decoded = await rt.in_process(decode_video, job)
+        decoded = await rt.in_process_streaming(decode_video_to_queue, job, on_item=send_segment)
     except FramebusError as err:
         await rt.dead_letter("decode", registry.DECODE, event, err, trace_id)
         await rt.fail_video(video_id=task.video_id, tenant=task.tenant, error=err, trace_id=trace_id,
@@ -55,18 +67,12 @@ async def handle(rt: Runtime, event: faust.EventT) -> None:
         return
     info = decoded.info
     facts = task.video.model_copy(update={"duration_s": info.duration_s, "fps": info.fps})
-    count = len(decoded.segments)
-    budget = s.max_event_bytes // 2
-    for seg in decoded.segments:
-        frames = frames_payload(seg, budget, s.blob_dir / "frames" / task.video_id)
-        segment = ev.Segment(index=seg.index, start_s=seg.start_s, end_s=seg.end_s, keyframe_s=seg.keyframe_s,
-                             thumbnail=_as_uri(seg.thumbnail), quality=seg.quality)
-        msg = ev.SegmentFrames(video_id=task.video_id, tenant=task.tenant, uri=task.uri, segment=segment,
-                               segment_count=count, frames=frames, video=facts, tasks=task.tasks,
-                               trace_id=trace_id)
-        await rt.send(registry.FRAMES, task.video_id, msg, trace_id)
+    plan = ev.SegmentDone(video_id=task.video_id, tenant=task.tenant, uri=task.uri, trace_id=trace_id,
+                          segment_count=decoded.segment_count, video=facts)
+    await rt.send(registry.PROGRESS, task.video_id, plan, trace_id)
     rt.count("frames.decoded", decoded.frames_decoded)
-    log.info("decode: %s -> %d segments, %d frames decoded", task.video_id, count, decoded.frames_decoded)
+    log.info("decode: %s -> %d segments (%d sent before the end of the file), %d frames decoded", task.video_id,
+             decoded.segment_count, decoded.emitted_early, decoded.frames_decoded)
 
 
 def _as_uri(path: str | None) -> str | None:

@@ -3,7 +3,8 @@
 Reads the internal progress topic (keyed by video id, so one video's events arrive in order on one
 partition) and keeps per-video progress in a faust table backed by a changelog topic, so a restarted or
 rebalanced worker picks up where the last one stopped. A video is published when every planned segment
-is done, or at once with ``status: failed`` when any stage failed it. Finished videos leave a small
+is done (the decode stage says how many there are once it has decoded the whole video, while the
+first ones may already be done), or at once with ``status: failed`` when any stage failed it. Finished videos leave a small
 "closed" marker (with the run's trace id) for ``closed_ttl_s`` so late or replayed events of that run are
 not published twice, while a new ingest of the same video id starts a new run.
 """
@@ -28,7 +29,7 @@ TABLE = "publish-progress"
 
 def build_metadata(state: dict) -> ev.VideoMetadata:
     """The finished document from accumulated progress (pure; unit-tested)."""
-    video = state.get("video") or {}
+    video = state.get("video_final") or state.get("video") or {}
     segments = sorted((ev.Segment.model_validate(s) for s in state.get("segments", {}).values()),
                       key=lambda s: s.index)
     models = {(m["task"], m["name"], m["version"]): m for m in state.get("models", [])}
@@ -47,7 +48,8 @@ def apply_progress(state: dict | None, done: ev.SegmentDone) -> tuple[dict, bool
     state["trace_id"] = state.get("trace_id") or done.trace_id
     state["uri"] = state.get("uri") or done.uri
     if done.video is not None:
-        state["video"] = done.video.model_dump()
+        # the decode stage's plan carries the final facts (duration refined after the whole decode)
+        state["video_final" if done.segment is None else "video"] = done.video.model_dump()
     for m in done.models:
         if m.model_dump() not in state["models"]:
             state["models"].append(m.model_dump())
@@ -56,6 +58,7 @@ def apply_progress(state: dict | None, done: ev.SegmentDone) -> tuple[dict, bool
         return state, True
     if done.segment is not None:
         state["segments"][str(done.segment.index)] = done.segment.model_dump()
+    if done.segment_count:
         state["segment_count"] = done.segment_count
     return state, len(state["segments"]) >= state.get("segment_count", 1 << 30)
 

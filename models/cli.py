@@ -35,7 +35,7 @@ def train(force: Annotated[bool, typer.Option("--force", help="retrain even if t
     if todo:
         err_console.print(f"training {', '.join(todo)} into {settings.model_cache_dir} (a few minutes on CPU)...")
     try:
-        result = ensure_tiny_models(settings, force=force)
+        result = ensure_tiny_models(settings, force=force, progress=err_console.print)
     except FramebusError as err:
         fail(err)
     if json_out:

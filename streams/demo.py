@@ -111,11 +111,7 @@ def train_tiny_models(settings) -> None:
     console.print(f"training the tiny models on the synthetic world ({', '.join(todo)}) into "
                   f"{settings.model_cache_dir}: first run only, a few minutes on 2 CPU cores...")
     started = time.monotonic()
-    result = ensure_tiny_models(settings)
-    for name, entry in result.items():
-        if entry["status"] == "trained":
-            st = entry["stats"]
-            console.print(f"  {name}: {st.get('seconds', 0):.0f}s, version {st.get('version')}")
+    ensure_tiny_models(settings, progress=lambda line: console.print(f"  {line}"))
     console.print(f"trained in {time.monotonic() - started:.0f}s")
 
 

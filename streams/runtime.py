@@ -17,6 +17,7 @@ import base64
 import contextvars
 import logging
 import multiprocessing
+import queue
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -103,6 +104,7 @@ class Runtime:
         self.prep_executor = ThreadPoolExecutor(settings.prep_threads, thread_name_prefix="prep")
         self.io_executor = ThreadPoolExecutor(2, thread_name_prefix="io")
         self._process_pool: ProcessPoolExecutor | None = None
+        self._manager = None
         self._embedder = None
         self._captioner = None
         self._moderator = None
@@ -207,6 +209,54 @@ class Runtime:
         except BrokenProcessPool:
             self._process_pool = None
             raise DecodeError("the decoder process crashed on this input", code="decode.crashed") from None
+
+    async def in_process_streaming(self, fn: Callable[..., T], *args: Any, on_item: Callable[[Any], Any],
+                                   bound: int = 4) -> T:
+        """Run ``fn(*args, queue)`` in the process pool, where ``fn`` puts results into ``queue`` as it
+        goes; ``await on_item(item)`` for each here, in order, while it runs; return what ``fn`` returns.
+        The queue holds at most ``bound`` items (the child waits), so memory stays bounded."""
+        loop = asyncio.get_running_loop()
+        q = self.manager.Queue(maxsize=bound)
+        fut = loop.run_in_executor(self.process_pool, fn, *args, q)
+
+        def drain_until_done() -> None:  # a failed on_item must not leave the child blocked on put
+            while not fut.done():
+                try:
+                    q.get(True, 0.1)
+                except queue.Empty:
+                    pass
+
+        try:
+            while True:
+                try:
+                    item = await asyncio.to_thread(q.get, True, 0.1)
+                except queue.Empty:
+                    if fut.done():
+                        break
+                    continue
+                await on_item(item)
+            while True:  # what was put before fn returned
+                try:
+                    item = q.get_nowait()
+                except queue.Empty:
+                    break
+                await on_item(item)
+            return await fut
+        except BaseException as exc:
+            if not fut.done() and not isinstance(exc, asyncio.CancelledError):
+                await asyncio.to_thread(drain_until_done)  # (on shutdown, closing the manager frees it)
+            if isinstance(exc, BrokenProcessPool):
+                self._process_pool = None
+                raise DecodeError("the decoder process crashed on this input", code="decode.crashed") from None
+            raise
+
+    @property
+    def manager(self):
+        """A ``multiprocessing`` manager (its own process, started on first use): queues that process
+        pool children can put into."""
+        if self._manager is None:
+            self._manager = multiprocessing.get_context("spawn").Manager()
+        return self._manager
 
     async def in_model_thread(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` in the one model thread (models run one batch at a time)."""
@@ -334,6 +384,8 @@ class Runtime:
         return self._store
 
     def close(self) -> None:
+        if self._manager is not None:  # first: a child blocked on one of its queues then fails and ends
+            self._manager.shutdown()
         if self._process_pool is not None:
             self._process_pool.shutdown(cancel_futures=True)
         self.model_executor.shutdown(wait=False, cancel_futures=True)

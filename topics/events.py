@@ -186,7 +186,8 @@ class SegmentFrames(Event):
     tenant: str
     uri: str
     segment: Segment
-    segment_count: int = Field(ge=1)
+    segment_count: int = Field(0, ge=0, description="0: not known yet (decode sends shots while it goes on; "
+                                                     "the total follows on the progress topic)")
     tasks: list[str] = Field(default_factory=lambda: ["embed"])
     frames: list[Frame]
     video: VideoFacts
@@ -216,14 +217,15 @@ class SegmentAnalysis(Event):
 
 
 class SegmentDone(Event):
-    """One segment's work is finished (or a whole video failed, with ``error`` and no segment)."""
+    """One segment's work is finished; or the decode stage's plan (no segment: how many segments the
+    video has, and its final facts); or a whole video failed (``error``, no segment)."""
 
     schema_: Literal["framebus.internal.progress/v1"] = Field("framebus.internal.progress/v1", alias="schema")
     video_id: str
     tenant: str
     uri: str | None = None
     segment: Segment | None = None
-    segment_count: int = Field(0, ge=0)
+    segment_count: int = Field(0, ge=0, description="0: not known to the sender")
     video: VideoFacts | None = None
     models: list[ModelRef] = Field(default_factory=list)
     error: ErrorInfo | None = None

@@ -13,6 +13,14 @@ When the video stream does not state its own length (only the container does, or
 ``info.duration_s`` is refined to the end of the last decoded frame and the segments are planned
 on that.
 
+``decode_video(job, emit)`` also hands each segment to ``emit`` as soon as it is final: with shot
+detection on a decoder that sees every frame, a shot is final once the detector confirmed the cut
+that ends it and a sampled frame past that cut arrived, so downstream agents (moderation alerts
+above all) work on the first shots while the rest of the video is still being decoded. Shots that own
+no sampled frame, the last shot and fixed windows are emitted at the end. Every segment is emitted
+exactly once, in index order except for those deferred ones; the returned ``DecodedVideo`` has them
+all.
+
 ``DecodeJob.limits`` defaults to the *default* ingest limits: pass ``Limits.from_settings(s)`` (or
 build the job with ``DecodeJob.from_settings``) so that the decode stage applies the configured
 ones.
@@ -27,7 +35,7 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import av
 
@@ -95,18 +103,23 @@ class DecodedVideo:
     info: VideoInfo
     segments: list[DecodedSegment]
     frames_decoded: int
+    #: segments handed to ``emit`` before the decoder reached the end of the file
+    emitted_early: int = 0
+    #: how many segments the video has (``len(segments)`` unless they were dropped after emitting)
+    segment_count: int = 0
 
     @property
     def frames_sampled(self) -> int:
         return len({pts for seg in self.segments for pts, _ in seg.frames})
 
 
-def decode_video(job: DecodeJob) -> DecodedVideo:
+def decode_video(job: DecodeJob, emit: Callable[[DecodedSegment], None] | None = None) -> DecodedVideo:
     """Run ``job``; raises only ``FramebusError`` subclasses (``IngestError`` from the probe,
     ``DecodeError`` with ``decode.corrupt`` / ``decode.truncated`` / ``decode.unsupported_codec``
-    / ``decode.bad_request`` / ``decode.unknown_decoder`` / ``decode.io_error`` (transient))."""
+    / ``decode.bad_request`` / ``decode.unknown_decoder`` / ``decode.io_error`` (transient)).
+    ``emit``, when given, gets every segment as soon as it is final (see the module docstring)."""
     try:
-        return _decode_video(job)
+        return _decode_video(job, emit)
     except FramebusError:
         raise
     except av.FFmpegError as e:
@@ -139,7 +152,7 @@ def _validate(job: DecodeJob) -> None:
         raise DecodeError("bad decode job: " + ", ".join(problems), code="decode.bad_request")
 
 
-def _decode_video(job: DecodeJob) -> DecodedVideo:
+def _decode_video(job: DecodeJob, emit: Callable[[DecodedSegment], None] | None = None) -> DecodedVideo:
     _validate(job)
     path = Path(job.path)
     pr = probe_detailed(path, job.limits)
@@ -153,9 +166,13 @@ def _decode_video(job: DecodeJob) -> DecodedVideo:
 
     run = decoder.sample(path, job.sample_fps, job.max_frames, job.short_side,
                          extra_times=extra, probe=pr, observer=shots)
+    thumb_root = _thumb_root(job)
+    early = _EarlyShots(job, thumb_root, emit) if shots is not None and emit is not None else None
     frames: list[tuple[float, bytes]] = []
     for sf in run:
         frames.append((sf.pts_s, encode_jpeg(sf.rgb, job.jpeg_quality)))
+        if early is not None:
+            early.advance(shots.detector.cuts, frames)
     stats = getattr(run, "stats", None)
     frames_decoded = stats.frames_decoded if stats is not None else len(frames)
     if not frames:
@@ -183,18 +200,70 @@ def _decode_video(job: DecodeJob) -> DecodedVideo:
     frames.sort(key=lambda f: f[0])
     pts = [p for p, _ in frames]
     groups = assign_frames_to_segments(pts, segments)
-    thumb_root = _thumb_root(job)
     out = []
+    sent = early.sent if early is not None else {}
     for k, ((a, b), idxs) in enumerate(zip(segments, groups)):
-        key = keyframe_index(pts, idxs, (a, b))
-        thumb = None
-        if thumb_root is not None:
-            thumb = _write_atomic(thumb_root / f"{k}.jpg", frames[key][1])
         own = [frames[i] for i in idxs]
-        quality = quality_scores([decode_jpeg(jpeg) for _, jpeg in own], flow=False) if job.quality else None
-        out.append(DecodedSegment(index=k, start_s=a, end_s=b, keyframe_s=pts[key], frames=own,
-                                  thumbnail=thumb, quality=quality))
-    return DecodedVideo(info=info, segments=out, frames_decoded=frames_decoded)
+        seg = sent.get(k)
+        if seg is None or (seg.start_s, seg.end_s, seg.frames) != (a, b, own):
+            seg = _segment(job, thumb_root, k, (a, b), own)
+            if emit is not None:
+                emit(seg)
+        out.append(seg)
+    return DecodedVideo(info=info, segments=out, frames_decoded=frames_decoded,
+                        emitted_early=len(sent), segment_count=len(out))
+
+
+def decode_video_to_queue(job: DecodeJob, queue: Any) -> DecodedVideo:
+    """``decode_video`` for a process pool: each segment goes to ``queue`` (a ``multiprocessing``
+    manager queue; ``put`` blocks while it is full, so a slow consumer holds the decoder back) as soon
+    as it is final; returns the ``DecodedVideo`` without its segments (they were sent)."""
+    decoded = decode_video(job, emit=queue.put)
+    return dataclasses.replace(decoded, segments=[])
+
+
+def _segment(job: DecodeJob, thumb_root: Path | None, index: int, bounds: tuple[float, float],
+             own: list[tuple[float, bytes]]) -> DecodedSegment:
+    """A segment from its own frames (sorted by pts, not empty): keyframe nearest its middle,
+    thumbnail, quality scores."""
+    pts = [p for p, _ in own]
+    key = keyframe_index(pts, list(range(len(own))), bounds)
+    thumb = _write_atomic(thumb_root / f"{index}.jpg", own[key][1]) if thumb_root is not None else None
+    quality = quality_scores([decode_jpeg(jpeg) for _, jpeg in own], flow=False) if job.quality else None
+    return DecodedSegment(index=index, start_s=bounds[0], end_s=bounds[1], keyframe_s=pts[key], frames=own,
+                          thumbnail=thumb, quality=quality)
+
+
+class _EarlyShots:
+    """Emits each shot while decoding goes on, once it is final: the cut that ends it is confirmed and a
+    sampled frame at or past that cut arrived (frames come in pts order, so the shot has all its sampled
+    frames). A shot without a sampled frame of its own is left for the end (its frame comes from a
+    second pass), and so is the last shot."""
+
+    def __init__(self, job: DecodeJob, thumb_root: Path | None, emit: Callable[[DecodedSegment], None]):
+        self.job, self.thumb_root, self.emit = job, thumb_root, emit
+        self.sent: dict[int, DecodedSegment] = {}
+        self.index = 0       # index of the shot now open
+        self.start = 0.0     # its start
+        self.cuts_seen = 0   # detector cuts already turned into shot boundaries
+        self.first = 0       # frames[first:] are not in a closed shot yet
+
+    def advance(self, cuts: list[float], frames: list[tuple[float, bytes]]) -> None:
+        latest = frames[-1][0]
+        while self.cuts_seen < len(cuts) and cuts[self.cuts_seen] <= latest:
+            cut = cuts[self.cuts_seen]
+            self.cuts_seen += 1
+            if not self.start < cut:
+                continue  # shots_from_cuts ignores it too
+            end = self.first
+            while end < len(frames) and frames[end][0] < cut:
+                end += 1
+            own = frames[self.first:end]
+            if own:
+                seg = _segment(self.job, self.thumb_root, self.index, (self.start, cut), own)
+                self.sent[self.index] = seg
+                self.emit(seg)
+            self.index, self.start, self.first = self.index + 1, cut, end
 
 
 class _ShotObserver:

@@ -160,9 +160,11 @@ def why_stale(spec: TrainSpec, settings: "Settings") -> str | None:
 
 
 def ensure_tiny_models(settings: "Settings", *, force: bool = False,
-                       only: tuple[str, ...] | None = None) -> dict[str, Any]:
+                       only: tuple[str, ...] | None = None,
+                       progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train every model of ``TRAINERS`` whose file is missing or stale (all of them with ``force``).
 
+    ``progress``, when given, gets a line before and after each model it trains.
     Returns ``{name: {"status": "trained" | "cached", "path": str, "stats": {...}}}`` (a trained
     entry also says ``why``); ``stats`` of a cached model come from its ``<file>.json`` sidecar. Holds a file lock in the
     model directory while checking and training, so concurrent callers train each model once.
@@ -185,9 +187,13 @@ def ensure_tiny_models(settings: "Settings", *, force: bool = False,
                 out[spec.name] = {"status": "cached", "path": str(path), "stats": _read_stats(path)}
                 continue
             log.info("training %s into %s (%s)", spec.name, path, why)
+            if progress is not None:
+                progress(f"training {spec.name} ({why})...")
             t0 = time.monotonic()
             stats = dict(spec.train(path, settings) or {})
             stats.setdefault("seconds", round(time.monotonic() - t0, 2))
+            if progress is not None:
+                progress(f"{spec.name}: trained in {stats['seconds']:.0f}s, version {stats.get('version')}")
             stats.update(revision=spec.revision, inputs=_inputs(spec, settings))
             _write_json_atomic(stats_path(path), stats)
             out[spec.name] = {"status": "trained", "path": str(path), "stats": stats, "why": why}

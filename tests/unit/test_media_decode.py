@@ -542,3 +542,31 @@ def test_pipeline_segments_are_shots_at_the_true_cuts_with_their_own_frames(tmp_
         assert seg.start_s == pytest.approx(a, abs=1.5 / 24) and seg.end_s == pytest.approx(b, abs=1.5 / 24)
         assert seg.frames and all(seg.start_s <= p < seg.end_s for p, _ in seg.frames)  # its own pictures
         assert set(seg.quality) >= {"sharpness", "motion", "temporal_consistency"}
+
+
+def test_pipeline_emits_each_shot_while_decoding_goes_on(tmp_path):
+    """With shot detection, a shot is handed to ``emit`` once its closing cut is confirmed, before the
+    decoder reaches the end of the file; every segment is emitted exactly once and equals the result's."""
+    from loadtest import world
+
+    shots = [world.ShotSpec(shape=s, colour=c, motion="left", background=k, seed=k, duration_s=1.5)
+             for k, (s, c) in enumerate([("circle", "red"), ("star", "blue"), ("square", "green"),
+                                         ("triangle", "white")])]
+    video = world.make_world_video(tmp_path / "w.mp4", shots, fps=24, width=160, height=120)
+    emitted = []
+    out = decode_video(job(video.path, shots=True, sample_fps=1.0, thumb_dir=str(tmp_path / "t")),
+                       emit=emitted.append)
+    got_bounds = [b for s in out.segments for b in (s.start_s, s.end_s)]
+    assert got_bounds == pytest.approx([b for ab in video.bounds for b in ab], abs=1.5 / 24)
+    assert out.emitted_early == 3 and out.segment_count == 4  # all but the last, before the end of the file
+    assert sorted(s.index for s in emitted) == [0, 1, 2, 3] and [s.index for s in emitted[:3]] == [0, 1, 2]
+    by_index = {s.index: s for s in emitted}
+    for seg in out.segments:
+        got = by_index[seg.index]
+        assert (got.start_s, got.end_s, got.keyframe_s, got.frames, got.quality, got.thumbnail) == \
+            (seg.start_s, seg.end_s, seg.keyframe_s, seg.frames, seg.quality, seg.thumbnail)
+    # without emit, the same segments
+    again = decode_video(job(video.path, shots=True, sample_fps=1.0))
+    assert [(s.start_s, s.end_s, s.frames) for s in again.segments] == \
+        [(s.start_s, s.end_s, s.frames) for s in out.segments]
+    assert again.emitted_early == 0

@@ -47,3 +47,22 @@ def test_a_failed_ingest_with_no_progress_yet_makes_a_failed_document():
     state, finished = apply_progress(None, failure)
     doc = build_metadata(state)
     assert finished and doc.status == "failed" and doc.uri == "/etc/passwd" and doc.duration_s is None
+
+
+def test_streamed_segments_wait_for_the_decode_plan_and_its_final_facts():
+    """Decode sends shots before it knows how many there are (segment_count 0); its plan, on the
+    progress topic, says how many and carries the facts refined after the whole decode."""
+    state, finished = apply_progress(None, done(0, count=0))
+    state, finished = apply_progress(state, done(1, count=0))
+    assert not finished  # however many are done, the video is not finished before the plan
+    final = FACTS.model_copy(update={"duration_s": 5.5})
+    plan = ev.SegmentDone(video_id="v", tenant="t", segment_count=3, video=final, trace_id="tr")
+    state, finished = apply_progress(state, plan)
+    assert not finished
+    state, finished = apply_progress(state, done(2, count=0))
+    assert finished
+    assert build_metadata(state).duration_s == 5.5  # the plan's facts, not the segments' probe facts
+    # the plan may also come last
+    state, _ = apply_progress(None, done(0, count=0))
+    state, finished = apply_progress(state, plan.model_copy(update={"segment_count": 1}))
+    assert finished and build_metadata(state).duration_s == 5.5
