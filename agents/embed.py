@@ -91,7 +91,7 @@ async def model_batch(rt: Runtime, task: str, events: list[faust.EventT], run, p
     items = [item for item, _ in pairs]
     try:
         prepared = await rt.in_prep_thread(prepare, items) if prepare is not None else items
-        outputs = await rt.in_model_thread(run, prepared)
+        outputs = await rt.in_model_thread(run, prepared, task=task)
     except Exception as exc:  # a bad frame or a model failure fails these items, not the worker
         err = exc if isinstance(exc, FramebusError) else ModelError(f"{task} failed: {exc!r}")
         await rt.fail_batch(task, registry.FRAMES, pairs, err)

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import faust
 from prometheus_client import Counter, Histogram
 
-from streams.batching import AdaptiveBatcher
+from streams.batching import AdaptiveBatcher, DeadlineThread
 from streams.config import Settings
 from streams.errors import DecodeError, FramebusError
 from topics import codec, registry
@@ -40,6 +40,10 @@ T = TypeVar("T")
 TRACE_HEADER = "framebus-trace-id"
 AGENTS = ("ingest", "decode", "embed", "caption", "moderate", "index", "publish")
 MODEL_AGENTS = ("embed", "caption", "moderate")
+
+#: slack (s) added to a model call's queue time to order the model thread (earliest deadline first):
+#: alerts do not wait behind captioning, and nothing starves
+MODEL_SLACK_S = {"moderate": 0.0, "embed": 0.25, "caption": 0.5}
 
 #: per-batch timings of a model agent (``Runtime.batched_agent``; ``Runtime._timed`` adds to them)
 BATCH_TIMINGS = ("prep_wait_s", "prep_s", "model_wait_s", "model_s", "forward_s")
@@ -99,7 +103,7 @@ class Runtime:
                                       partitions=settings.partitions)
             for spec in registry.ALL
         }
-        self.model_executor = ThreadPoolExecutor(1, thread_name_prefix="model")
+        self.model_executor = DeadlineThread("model")
         # frame decoding and model preprocessing, overlapping the model thread
         self.prep_executor = ThreadPoolExecutor(settings.prep_threads, thread_name_prefix="prep")
         self.io_executor = ThreadPoolExecutor(2, thread_name_prefix="io")
@@ -258,25 +262,29 @@ class Runtime:
             self._manager = multiprocessing.get_context("spawn").Manager()
         return self._manager
 
-    async def in_model_thread(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` in the one model thread (models run one batch at a time)."""
-        return await self._timed(self.model_executor, "model", fn, *args)
+    async def in_model_thread(self, fn: Callable[..., T], *args: Any, task: str | None = None) -> T:
+        """``fn(*args)`` in the one model thread (models run one batch at a time), earliest deadline
+        first: queued time plus the ``task``'s slack (``MODEL_SLACK_S``; moderation first)."""
+        slack = MODEL_SLACK_S.get(task or "", 0.0)
+        return await self._timed(lambda call: self.model_executor.submit(call, slack_s=slack), "model", fn, *args)
 
     async def in_prep_thread(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` in a preprocessing thread: CPU work for the model (frame decode, resize,
         normalise) that overlaps the batch in the model thread."""
-        return await self._timed(self.prep_executor, "prep", fn, *args)
+        return await self._timed(self.prep_executor.submit, "prep", fn, *args)
 
     def _model_busy_s(self) -> float:
         return sum(b.stats.busy_s for b in self.batchers.values())
 
-    async def _timed(self, executor: ThreadPoolExecutor, kind: str, fn: Callable[..., T], *args: Any) -> T:
-        """Run in ``executor``; inside a model agent's batch (``batched_agent``), add to its timings the
-        wait for a thread (``<kind>_wait_s``), the time in it (``<kind>_s``) and, in the model thread,
-        the time inside the model itself (``forward_s``, AdaptiveBatcher busy time)."""
+    async def _timed(self, submit: Callable[[Callable[[], T]], Any], kind: str, fn: Callable[..., T],
+                     *args: Any) -> T:
+        """Run ``fn(*args)`` through ``submit`` (a thread's ``submit(call) -> Future``); inside a model
+        agent's batch (``batched_agent``), add to its timings the wait for the thread
+        (``<kind>_wait_s``), the time in it (``<kind>_s``) and, in the model thread, the time inside the
+        model itself (``forward_s``, AdaptiveBatcher busy time)."""
         times = _BATCH_TIMES.get()
         if times is None:
-            return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+            return await asyncio.wrap_future(submit(lambda: fn(*args)))
         submitted = time.perf_counter()
 
         def call() -> T:
@@ -289,7 +297,7 @@ class Runtime:
                 if kind == "model":
                     times["forward_s"] += self._model_busy_s() - busy
 
-        return await asyncio.get_running_loop().run_in_executor(executor, call)
+        return await asyncio.wrap_future(submit(call))
 
     async def in_io_thread(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.io_executor, fn, *args)
@@ -388,7 +396,7 @@ class Runtime:
             self._manager.shutdown()
         if self._process_pool is not None:
             self._process_pool.shutdown(cancel_futures=True)
-        self.model_executor.shutdown(wait=False, cancel_futures=True)
+        self.model_executor.shutdown(cancel_futures=True)
         self.prep_executor.shutdown(wait=False, cancel_futures=True)
         self.io_executor.shutdown(wait=False, cancel_futures=True)
         if self._store is not None:

@@ -54,3 +54,38 @@ def test_out_of_memory_detection():
         pass
 
     assert is_out_of_memory(OutOfMemoryError("x"))
+
+
+def test_deadline_thread_runs_earliest_deadline_first_and_reports_errors():
+    import threading
+
+    from streams.batching import DeadlineThread
+
+    runner = DeadlineThread("test-model")
+    gate, order = threading.Event(), []
+    try:
+        first = runner.submit(gate.wait, 10)  # occupies the thread while the others queue
+        caption = runner.submit(order.append, "caption", slack_s=0.5)
+        embed = runner.submit(order.append, "embed", slack_s=0.25)
+        moderate = runner.submit(order.append, "moderate", slack_s=0.0)
+        failing = runner.submit(lambda: 1 / 0, slack_s=0.0)
+        gate.set()
+        for fut in (first, caption, embed, moderate):
+            fut.result(timeout=10)
+        assert order == ["moderate", "embed", "caption"]
+        with pytest.raises(ZeroDivisionError):
+            failing.result(timeout=10)
+        # a batch queued long ago goes before a new one with less slack: nothing starves
+        gate.clear()
+        order.clear()
+        blocker = runner.submit(gate.wait, 10)
+        old = runner.submit(order.append, "old caption", slack_s=-1.0)  # as if queued a second earlier
+        new = runner.submit(order.append, "new moderation", slack_s=0.0)
+        gate.set()
+        for fut in (blocker, old, new):
+            fut.result(timeout=10)
+        assert order == ["old caption", "new moderation"]
+    finally:
+        runner.shutdown()
+    with pytest.raises(RuntimeError):
+        runner.submit(print)
