@@ -5,14 +5,17 @@ keeps the parts per segment in a changelog-backed faust table until all have arr
 segment becomes one point (vector plus caption, moderation verdict, quality, times, model versions in
 the payload). Point ids are deterministic (tenant, video, segment, model version), so replays
 overwrite; a replayed result after its segment was written starts a new join that completes when the
-rest is replayed too (at-least-once). Transient store errors are retried with backoff; after that the segment fails its video. Then SegmentDone goes
-to publish, carrying the full segment.
+rest is replayed too (at-least-once). Parts whose segment never completes (another model's batch failed
+and failed the video, a lone replay) are dropped after ``join_ttl_s``, so the table does not grow with
+failures. Transient store errors are retried with backoff; after that the segment fails its video. Then
+SegmentDone goes to publish, carrying the full segment.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 
 import faust
@@ -23,6 +26,7 @@ from indexing.base import SegmentPoint
 from indexing.ids import collection_name
 from models.base import ModelInfo
 from streams.errors import FramebusError, VectorStoreError
+from streams.expiry import ExpiringKeys
 from streams.runtime import Runtime
 from topics import events as ev
 from topics import registry
@@ -44,14 +48,24 @@ class JoinedSegment:
         return next((m for m in self.models if m.task == "embed"), None)
 
 
-def merge(parts: dict, item: ev.SegmentAnalysis) -> dict:
-    """Fold one model result into a segment's parts (pure; a replayed result overwrites itself)."""
-    return {**parts, item.task: item.model_dump(mode="json", by_alias=True, exclude_none=True)}
+SINCE = "_since"  # wall time the segment's first part arrived
+
+
+def merge(parts: dict, item: ev.SegmentAnalysis, now: float | None = None) -> dict:
+    """Fold one model result into a segment's parts (pure but for the clock; a replayed result
+    overwrites itself)."""
+    since = parts.get(SINCE, time.time() if now is None else now)
+    return {**parts, SINCE: since, item.task: item.model_dump(mode="json", by_alias=True, exclude_none=True)}
+
+
+def stale(parts: dict, ttl_s: float, now: float | None = None) -> bool:
+    """Whether a segment's parts have waited more than ``ttl_s`` for the rest."""
+    return parts.get(SINCE, 0.0) < (time.time() if now is None else now) - ttl_s
 
 
 def complete(parts: dict) -> JoinedSegment | None:
     """The joined segment once every task it waits for has a result, else None (pure)."""
-    tasks = next(iter(parts.values()))["tasks"]
+    tasks = next(v for k, v in parts.items() if k != SINCE)["tasks"]
     if not all(t in parts for t in tasks):
         return None
     base = ev.SegmentAnalysis.model_validate(parts[tasks[0]])
@@ -94,6 +108,17 @@ def register(rt: Runtime) -> None:
                                                       value_type=bytes, partitions=s.partitions,
                                                       compacting=True))
 
+    waiting = ExpiringKeys()
+
+    def sweep(partition: int) -> None:
+        for key in waiting.due(partition, s.join_ttl_s):
+            raw = table.get(key)
+            if raw and stale(orjson.loads(raw), s.join_ttl_s):
+                table.pop(key, None)
+                rt.count("index.parts_expired")
+                log.warning("index: dropped the parts of %r: the rest did not come within %.0fs", key,
+                            s.join_ttl_s)
+
     async def write(joined: JoinedSegment, event: faust.EventT) -> None:
         item = joined.analysis
         for attempt in range(RETRIES):
@@ -118,6 +143,7 @@ def register(rt: Runtime) -> None:
     async def index(stream):
         # Per event, not in micro-batches: faust ties each table update to the current event's partition.
         async for event in stream.events():
+            sweep(event.message.partition)
             pairs = await rt.parse_batch("index", registry.ANALYSIS, [event])
             if not pairs:
                 continue
@@ -127,6 +153,8 @@ def register(rt: Runtime) -> None:
             parts = merge(orjson.loads(raw) if raw else {}, item)
             joined = complete(parts)
             if joined is None:
+                if raw is None:
+                    waiting.note(event.message.partition, key)
                 table[key] = orjson.dumps(parts)
                 continue
             table.pop(key, None)

@@ -12,13 +12,12 @@ not published twice, while a new ingest of the same video id starts a new run.
 from __future__ import annotations
 
 import logging
-import time
-from collections import defaultdict, deque
 
 import faust
 import orjson
 
 from streams.errors import FramebusError
+from streams.expiry import ExpiringKeys
 from streams.runtime import Runtime
 from topics import codec, registry
 from topics import events as ev
@@ -69,7 +68,7 @@ def register(rt: Runtime) -> None:
                          changelog_topic=rt.app.topic(f"{s.app_id}-{TABLE}-changelog", key_type=bytes,
                                                       value_type=bytes, partitions=s.partitions,
                                                       compacting=True))
-    closed: defaultdict[int, deque[tuple[float, bytes]]] = defaultdict(deque)  # partition -> (time, key)
+    closed = ExpiringKeys()
 
     async def handle(event: faust.EventT) -> None:
         try:
@@ -93,16 +92,15 @@ def register(rt: Runtime) -> None:
         doc = build_metadata(state)
         await rt.send(registry.METADATA, done.video_id, doc, doc.trace_id)
         table[key] = orjson.dumps({"closed": True, "status": doc.status, "trace_id": doc.trace_id})
-        closed[event.message.partition].append((time.monotonic(), key))
+        closed.note(event.message.partition, key)
         rt.count(f"publish.{doc.status}")
         log.info("publish: %s status=%s segments=%d by %s", done.video_id, doc.status, len(doc.shots),
                  rt.worker_name)
 
     def sweep(partition: int) -> None:
         # Markers are deleted from inside stream iteration of their own partition, as faust requires.
-        horizon, markers = time.monotonic() - s.closed_ttl_s, closed[partition]
-        while markers and markers[0][0] < horizon:
-            table.pop(markers.popleft()[1], None)
+        for key in closed.due(partition, s.closed_ttl_s):
+            table.pop(key, None)
 
     @rt.app.agent(rt.topic(registry.PROGRESS), name="framebus.publish", concurrency=1)
     async def publish(stream):

@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     app_id: str = Field("framebus", description="consumer group / faust app id")
     session_timeout_s: float = Field(10.0, gt=0, description="consumer group session timeout")
     closed_ttl_s: float = Field(3600.0, ge=0, description="how long publish remembers finished videos")
+    join_ttl_s: float = Field(3600.0, ge=0, description="how long index keeps a segment's results while it "
+                                                       "waits for the rest")
     stream_buffer: int = Field(256, ge=1, description="bound of each agent's in-process event buffer")
     # Kafka security, passed through to every client (aiokafka and faust).
     security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL
