@@ -78,11 +78,12 @@ def _train_moderator(out_path: Path, settings: "Settings") -> dict[str, Any]:
 
 
 TRAINERS: list[TrainSpec] = [
-    TrainSpec("tiny-clip", _tiny_clip_filename(), _train_clip),
+    # revision 2: 4 frames per shot over the whole shot, 1200 steps
+    TrainSpec("tiny-clip", _tiny_clip_filename(), _train_clip, revision=2),
     # a save_pretrained directory; its marker file is what ensure_tiny_models checks
     TrainSpec("tiny-captioner", "tiny-captioner/model.safetensors", _train_captioner),
     # after tiny-clip: the head is trained on the (trained) tiny CLIP's image embeddings
-    TrainSpec("tiny-moderator", "tiny-moderator.pt", _train_moderator, depends=("tiny-clip",)),
+    TrainSpec("tiny-moderator", "tiny-moderator.pt", _train_moderator, depends=("tiny-clip",), revision=2),
 ]
 
 

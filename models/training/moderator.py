@@ -22,7 +22,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 DEFAULT_THREADS = 2
-FRAMES_PER_SHOT = 2
+#: frames per shot, evenly over it (as the tiny CLIP is trained): late points of an object's path too
+FRAMES_PER_SHOT = 4
 VALIDATION_SHARE = 0.2
 DEFAULT_L2 = 1e-3
 
