@@ -109,7 +109,7 @@ def train_tiny_models(settings) -> None:
         console.print(f"tiny models: trained, cached in {settings.model_cache_dir}")
         return
     console.print(f"training the tiny models on the synthetic world ({', '.join(todo)}) into "
-                  f"{settings.model_cache_dir}: first run only, a few minutes on 2 CPU cores...")
+                  f"{settings.model_cache_dir}: first run only, about 6-7 minutes on 2 CPU cores...")
     started = time.monotonic()
     ensure_tiny_models(settings, progress=lambda line: console.print(f"  {line}"))
     console.print(f"trained in {time.monotonic() - started:.0f}s")
