@@ -152,16 +152,31 @@ def run_demo(workdir: Path | None = None, *, keep: bool = False) -> int:
         docs = asyncio.run(alerts.around(ingest(settings, requests, wait=True, timeout_s=240)))
         console.print(f"ingested {len(docs)}/{len(requests)} videos through Kafka in {time.monotonic() - t0:.1f}s")
         print_metadata_table([docs[r.video_id] for r in requests if r.video_id in docs])
+        truth = {name: shots for name, shots in DEMO_VIDEOS}
+        right = {"captions": 0, "verdicts": 0, "shots": 0}
         for r in requests:
             doc = docs.get(r.video_id)
             for shot in doc.shots if doc else []:
-                flag = f"  [red]{shot.moderation.action}: {', '.join(shot.moderation.flagged)}[/]" \
-                    if shot.moderation and shot.moderation.flagged else ""
+                flagged = bool(shot.moderation and shot.moderation.flagged)
+                flag = f"  [red]{shot.moderation.action}: {', '.join(shot.moderation.flagged)}[/]" if flagged else ""
                 caption = f' "{shot.caption}"' if shot.caption else ""
                 quality = ", ".join(f"{k} {v:.2f}" for k, v in (shot.quality or {}).items()
                                     if k in ("sharpness_norm", "motion", "temporal_consistency"))
+                known = truth.get(doc.video_id, [])
+                check = ""
+                if shot.index < len(known) and len(doc.shots) == len(known):  # the truth, to compare with
+                    shape, colour, motion = known[shot.index]
+                    unsafe = shape == "star"
+                    right["shots"] += 1
+                    right["captions"] += shot.caption == f"a {colour} {shape} moving {motion}"
+                    right["verdicts"] += flagged == unsafe
+                    check = f"  (truth: a {colour} {shape} moving {motion}, {'unsafe' if unsafe else 'safe'})"
                 console.print(f"  {doc.video_id} shot {shot.index} {shot.start_s:5.2f}-{shot.end_s:5.2f}s"
-                              f"{escape(caption)}{flag}  {escape('[' + quality + ']')}")
+                              f"{escape(caption)}{flag}  {escape('[' + quality + ']')}{check}")
+        if right["shots"]:
+            console.print(f"against the truth: {right['captions']}/{right['shots']} captions exactly right, "
+                          f"{right['verdicts']}/{right['shots']} moderation verdicts right (tiny models trained "
+                          f"here; `framebus models eval` measures them on held-out videos)")
         if "moderate" in tasks:
             console.print(f"moderation feed (framebus.moderation): {len(alerts.alerts)} alerts")
         for a in alerts.alerts:
