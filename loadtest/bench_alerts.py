@@ -41,7 +41,6 @@ import numpy as np
 from models.training import CHECKOUT_MODEL_DIR
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL_DIR = CHECKOUT_MODEL_DIR
 
 
 # --------------------------------------------------------------------------------------------------
@@ -289,7 +288,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="seconds between ingest requests (default 2; 0 = all at once, a burst)")
     p.add_argument("--tasks", default="embed,caption,moderate",
                    help="FRAMEBUS_TASKS of the stack (default embed,caption,moderate; must include moderate)")
-    p.add_argument("--model-dir", default=os.environ.get("FRAMEBUS_MODEL_DIR", str(DEFAULT_MODEL_DIR)))
+    p.add_argument("--model-dir", default=os.environ.get("FRAMEBUS_MODEL_DIR", str(CHECKOUT_MODEL_DIR)))
     p.add_argument("--timeout", type=float, default=150.0, help="seconds to wait for results after the first send")
     p.add_argument("--workdir", default=None, help="keep videos, data and the stack's log here")
     p.add_argument("--json", default=None, help="also write the results as JSON to this path")

@@ -52,7 +52,6 @@ from models.training import CHECKOUT_MODEL_DIR
 from streams.demo import free_port, start_process, stop_stack, train_tiny_models
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL_DIR = CHECKOUT_MODEL_DIR
 BATCH_LINE = re.compile(r"^(\S+ \S+) .*batch agent=(\w+) items=(\d+) handler_s=([\d.]+)((?: \w+=[\d.]+)*)")
 
 
@@ -483,7 +482,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "default. 1 by default: on 2 shared cores more threads spin against the broker")
     p.add_argument("--in-flight", type=int, default=None,
                    help="FRAMEBUS_MODEL_BATCHES_IN_FLIGHT of the worker (default: the setting's default)")
-    p.add_argument("--model-dir", default=os.environ.get("FRAMEBUS_MODEL_DIR", str(DEFAULT_MODEL_DIR)))
+    p.add_argument("--model-dir", default=os.environ.get("FRAMEBUS_MODEL_DIR", str(CHECKOUT_MODEL_DIR)))
     p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for one setting's results")
     p.add_argument("--workdir", default=None, help="keep clips, worker logs and broker log here")
     p.add_argument("--json", default=None, help="also write the results as JSON to this path")

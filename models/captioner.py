@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from models.base import ModelInfo
+from models.common import check_image, feed_file, looks_like_missing_weights
 from streams.errors import ModelError, ModelNotAvailable
 
 DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
@@ -136,15 +137,13 @@ def weights_missing_message(name: str, *, cache_dir: Path | None, cause: str = "
     return "\n".join(lines)
 
 
+_MISSING_MARKERS = ("LocalEntryNotFound", "OfflineModeIsEnabled", "offline", "couldn't connect", "Connection",
+                    "Timeout", "cannot find the requested files", "not a valid model identifier", "No such file",
+                    "does not appear to have a file", "Failed to download", "Can't load")
+
+
 def _is_missing_weights(exc: BaseException) -> bool:
-    text = f"{type(exc).__name__}: {exc}"
-    cause = exc.__cause__ or exc.__context__
-    if cause is not None:
-        text += f" {type(cause).__name__}: {cause}"
-    markers = ("LocalEntryNotFound", "OfflineModeIsEnabled", "offline", "couldn't connect", "Connection", "Timeout",
-               "cannot find the requested files", "not a valid model identifier", "No such file",
-               "does not appear to have a file", "Failed to download", "Can't load")
-    return isinstance(exc, (OSError, ConnectionError, TimeoutError)) or any(m in text for m in markers)
+    return looks_like_missing_weights(exc, (OSError, ConnectionError, TimeoutError), _MISSING_MARKERS)
 
 
 #: the files of a ``save_pretrained`` directory that define the tiny captioner (and its version);
@@ -160,24 +159,8 @@ def _dir_digest(path: Path) -> str:
         if not f.is_file():
             continue
         h.update(name.encode())
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
+        feed_file(h, f)
     return h.hexdigest()
-
-
-def check_image(image: np.ndarray) -> np.ndarray:
-    """``image`` as a contiguous, writable ``HxWx3`` uint8 array (torch will not wrap read-only memory
-    such as decoded JPEG buffers without a warning), or ``ModelError`` ``models.bad_input``."""
-    arr = np.asarray(image)
-    if arr.ndim == 2:
-        arr = np.stack([arr] * 3, axis=-1)
-    if arr.ndim != 3 or arr.shape[2] not in (3, 4) or arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ModelError(f"expected an RGB image HxWx3, got shape {arr.shape}", code="models.bad_input")
-    if arr.dtype != np.uint8:
-        raise ModelError(f"expected uint8 pixels, got {arr.dtype}", code="models.bad_input")
-    arr = arr[..., :3]
-    return arr if arr.flags.c_contiguous and arr.flags.writeable else np.array(arr, order="C")
 
 
 # --- the captioner -------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ from rich.table import Table
 from streams.cliutil import ConfigOpt, DataOpt, console, err_console, fail, settings_or_exit
 
 models_app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-_settings = settings_or_exit
 
 
 def _fmt(v: Any) -> str:
@@ -30,7 +29,7 @@ def train(force: Annotated[bool, typer.Option("--force", help="retrain even if t
     from models.training import TRAINERS, ensure_tiny_models, missing_models
     from streams.errors import FramebusError
 
-    settings = _settings(config, data_dir=data_dir)
+    settings = settings_or_exit(config, data_dir=data_dir)
     todo = [t.name for t in TRAINERS] if force else missing_models(settings)
     if todo:
         err_console.print(f"training {', '.join(todo)} into {settings.model_cache_dir} (a few minutes on CPU)...")
@@ -61,7 +60,7 @@ def eval_(data_dir: DataOpt = None, config: ConfigOpt = None,
     from models.training.evaluate import evaluate
     from streams.errors import FramebusError
 
-    settings = _settings(config, data_dir=data_dir, models=models, device=device)
+    settings = settings_or_exit(config, data_dir=data_dir, models=models, device=device)
     if settings.models == "tiny" and missing_models(settings) and not json_out:
         err_console.print(f"[yellow]note:[/] not trained yet ({', '.join(missing_models(settings))}): evaluating "
                           "the untrained seeded init; run `framebus models train` first")

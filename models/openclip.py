@@ -18,6 +18,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from models.base import ModelInfo
+from models.common import check_image, file_digest, looks_like_missing_weights
 from streams.errors import ModelError, ModelNotAvailable
 
 # --- the tiny profile ----------------------------------------------------------------------------
@@ -108,14 +109,6 @@ def _state_dict_digest(model) -> str:
     return h.hexdigest()
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def weights_missing_message(arch: str, tag: str, *, cache_dir: Path | None, checkpoint: Path | None,
                             cause: str = "") -> str:
     """The ``models.weights_missing`` text: what is missing, how to provide it, how to run offline."""
@@ -144,14 +137,12 @@ def weights_missing_message(arch: str, tag: str, *, cache_dir: Path | None, chec
     return "\n".join(lines)
 
 
+_MISSING_MARKERS = ("Failed to download", "LocalEntryNotFound", "OfflineModeIsEnabled", "Connection", "Timeout",
+                    "offline", "hub is unreachable", "cannot find the requested files", "No such file")
+
+
 def _is_missing_weights(exc: BaseException) -> bool:
-    text = f"{type(exc).__name__}: {exc}"
-    cause = exc.__cause__ or exc.__context__
-    if cause is not None:
-        text += f" {type(cause).__name__}: {cause}"
-    markers = ("Failed to download", "LocalEntryNotFound", "OfflineModeIsEnabled", "Connection", "Timeout",
-               "offline", "hub is unreachable", "cannot find the requested files", "No such file")
-    return isinstance(exc, (FileNotFoundError, ConnectionError, TimeoutError)) or any(m in text for m in markers)
+    return looks_like_missing_weights(exc, (FileNotFoundError, ConnectionError, TimeoutError), _MISSING_MARKERS)
 
 
 class OpenClipEmbedder:
@@ -199,7 +190,7 @@ class OpenClipEmbedder:
                 raise ModelNotAvailable(weights_missing_message(arch, tag, cache_dir=cache, checkpoint=ckpt,
                                                                 cause=str(e).splitlines()[0][:300])) from e
             raise ModelError(f"cannot load open_clip model {arch} / {source}: {type(e).__name__}: {e}") from e
-        version = f"{arch}/{tag}" if source == tag else f"{arch}/{_file_digest(Path(source))[:12]}"
+        version = f"{arch}/{tag}" if source == tag else f"{arch}/{file_digest(Path(source))[:12]}"
         info = ModelInfo(name=f"open_clip/{arch}", version=version, task="embed")
         return cls(model, preprocess, tokenizer, info, device=dev, batch_size=batch_size)
 
@@ -227,7 +218,7 @@ class OpenClipEmbedder:
             where = f" from {ckpt}" if use_ckpt else ""
             raise ModelError(f"cannot build the tiny model{where} (checkpoint must match models.openclip."
                              f"TINY_CONFIG): {type(e).__name__}: {e}") from e
-        digest = _file_digest(ckpt) if use_ckpt else _tiny_init_digest(model)
+        digest = file_digest(ckpt) if use_ckpt else _tiny_init_digest(model)
         model = model.to(dev)
         info = ModelInfo(name=TINY_NAME, version=digest[:12], task="embed")
         return cls(model, preprocess, tokenizer, info, device=dev, batch_size=batch_size)
@@ -243,14 +234,7 @@ class OpenClipEmbedder:
     def _to_pil(self, image: np.ndarray):
         from PIL import Image
 
-        arr = np.asarray(image)
-        if arr.ndim == 2:
-            arr = np.stack([arr] * 3, axis=-1)
-        if arr.ndim != 3 or arr.shape[2] not in (3, 4) or arr.shape[0] == 0 or arr.shape[1] == 0:
-            raise ModelError(f"expected an RGB image HxWx3, got shape {arr.shape}", code="models.bad_input")
-        if arr.dtype != np.uint8:
-            raise ModelError(f"expected uint8 pixels, got {arr.dtype}", code="models.bad_input")
-        return Image.fromarray(np.ascontiguousarray(arr[..., :3]), mode="RGB")
+        return Image.fromarray(check_image(image), mode="RGB")
 
     def prepare_images(self, images: list[np.ndarray]):
         """PIL resize + centre crop + normalise, on the CPU: a ``(n, 3, S, S)`` float tensor (pinned

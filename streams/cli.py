@@ -25,7 +25,6 @@ BrokerOpt = Annotated[Optional[str], typer.Option("--broker", help="external Kaf
 ModelsOpt = Annotated[Optional[str], typer.Option("--models", help="model profile: default or tiny")]
 
 
-_settings, _fail = settings_or_exit, fail
 
 
 @app.command()
@@ -37,12 +36,12 @@ def up(config: ConfigOpt = None, broker: BrokerOpt = None,
     """Run everything on this machine: broker (embedded unless --broker), all agents, store, HTTP API."""
     from streams.app import up as run_up
 
-    settings = _settings(config, broker=broker, embedded_broker=embedded_broker, http=http, data_dir=data_dir,
+    settings = settings_or_exit(config, broker=broker, embedded_broker=embedded_broker, http=http, data_dir=data_dir,
                          models=models)
     try:
         run_up(settings, loglevel=log_level)
     except FramebusError as err:
-        _fail(err)
+        fail(err)
 
 
 @app.command()
@@ -54,11 +53,11 @@ def worker(agents: Annotated[str, typer.Option(help="comma-separated: ingest,dec
     """Run chosen agents against a broker (scale-out: more workers join the same consumer group)."""
     from streams.app import parse_agents, worker as run_worker
 
-    settings = _settings(config, broker=broker, data_dir=data_dir, models=models)
+    settings = settings_or_exit(config, broker=broker, data_dir=data_dir, models=models)
     try:
         run_worker(settings, parse_agents(agents, settings), name=name, loglevel=log_level)
     except FramebusError as err:
-        _fail(err)
+        fail(err)
 
 
 @app.command()
@@ -72,7 +71,7 @@ def ingest(paths: Annotated[list[Path], typer.Argument(help="local video files")
     from streams.client import ingest as client_ingest, video_id_for
     from topics.events import IngestRequest
 
-    settings = _settings(config, broker=broker)
+    settings = settings_or_exit(config, broker=broker)
     requests = [IngestRequest(video_id=video_id_for(p), uri=str(p.resolve()), tenant=tenant) for p in paths]
     docs = asyncio.run(client_ingest(settings, requests, wait=wait, timeout_s=timeout))
     if not wait:
@@ -120,7 +119,7 @@ def search(query: Annotated[Optional[str], typer.Argument(help="what to look for
     if moderation not in (None, "flagged", "clean"):
         err_console.print("--moderation takes flagged or clean")
         raise typer.Exit(2)
-    settings = _settings(config, data_dir=data_dir, models=models, http=api)
+    settings = settings_or_exit(config, data_dir=data_dir, models=models, http=api)
     params = {"tenant": tenant, "limit": limit, "flagged": {"flagged": True, "clean": False}.get(moderation),
               "start_s": start, "end_s": end}
     params = {k: v for k, v in params.items() if v is not None}
@@ -157,7 +156,7 @@ def _search_local(settings: Settings, query: str | None, image: Path | None, par
         finally:
             store.close()
     except FramebusError as err:
-        _fail(err)
+        fail(err)
         raise
 
 
@@ -193,7 +192,7 @@ def topics_list(config: ConfigOpt = None) -> None:
     """Every topic framebus uses, with its key and partitions."""
     from topics.registry import ALL
 
-    settings = _settings(config)
+    settings = settings_or_exit(config)
     table = Table("topic", "key", "value", "public", "partitions")
     for spec in ALL:
         table.add_row(settings.topic(spec.name), spec.key, spec.model.__name__, "yes" if spec.public else "",
@@ -206,7 +205,7 @@ def topics_create(config: ConfigOpt = None, broker: BrokerOpt = None) -> None:
     """Create every topic on the broker with the configured partitions (idempotent)."""
     from streams.broker import ensure_topics
 
-    settings = _settings(config, broker=broker)
+    settings = settings_or_exit(config, broker=broker)
     for name, n in sorted(asyncio.run(ensure_topics(settings)).items()):
         console.print(f"{name}  partitions={n}")
 

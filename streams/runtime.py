@@ -334,12 +334,10 @@ class Runtime:
         With the tiny profile, first trains the tiny models that are missing or stale (``train_tiny``).
         """
         if self.settings.models == "tiny" and self.settings.train_tiny and set(agents) & set(MODEL_AGENTS):
-            from models.training import ensure_tiny_models, missing_models
+            from models.training import ensure_tiny_models
 
-            if todo := missing_models(self.settings):
-                log.warning("tiny models not trained yet (%s): training them into %s, once (a few minutes on "
-                            "CPU)", ", ".join(todo), self.settings.model_cache_dir)
-            ensure_tiny_models(self.settings)
+            # says which model it trains and why (missing, stale), and how long it took
+            ensure_tiny_models(self.settings, progress=lambda line: log.warning("tiny models: %s", line))
         for agent, attr in (("embed", "embedder"), ("caption", "captioner"), ("moderate", "moderator")):
             if agent in agents:
                 started = time.monotonic()

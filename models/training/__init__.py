@@ -87,6 +87,23 @@ TRAINERS: list[TrainSpec] = [
 ]
 
 
+@contextlib.contextmanager
+def deterministic_torch(threads: int) -> Iterator[None]:
+    """Inside: ``threads`` torch intra-op threads (the result depends on it) and
+    ``torch.use_deterministic_algorithms``; both restored on the way out. What every trainer runs in."""
+    import torch
+
+    prev_threads = torch.get_num_threads()
+    prev_det = torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(max(1, int(threads)))
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev_det)
+        torch.set_num_threads(prev_threads)
+
+
 def stats_path(model_path: Path) -> Path:
     """Where the training stats of ``model_path`` are kept (``<file>.json``)."""
     return model_path.with_name(model_path.name + ".json")
@@ -128,13 +145,9 @@ def model_version(path: Path) -> str:
     version = _read_stats(path).get("version")
     if isinstance(version, str) and version:
         return version
-    import hashlib
+    from models.common import file_digest
 
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:12]
+    return file_digest(path)[:12]
 
 
 def _inputs(spec: TrainSpec, settings: "Settings") -> dict[str, str]:

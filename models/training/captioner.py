@@ -33,6 +33,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from models.training import deterministic_torch
+
 DEFAULT_EPOCHS = 30
 DEFAULT_BATCH = 32
 DEFAULT_LR = 1e-3
@@ -57,7 +59,7 @@ def pixel_values(image_processor, frames: Sequence[np.ndarray], chunk: int = 256
     """Frames -> ``(n, 3, H, W)`` float32 tensor, as the captioner preprocesses them."""
     import torch
 
-    from models.captioner import check_image
+    from models.common import check_image
 
     parts = [image_processor(images=[check_image(f) for f in frames[i:i + chunk]], return_tensors="pt")["pixel_values"]
              for i in range(0, len(frames), chunk)]
@@ -126,11 +128,7 @@ def train_tiny_captioner(out_dir: Path | str | None, *, seed: int = 0, epochs: i
 
     t0 = time.monotonic()
     dev = torch.device(resolve_device(device))
-    prev_threads = torch.get_num_threads()
-    prev_det = torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(max(1, int(threads)))
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
+    with deterministic_torch(threads):
         with torch.random.fork_rng(devices=[]):
             train, _ = split(world_seed)
             if max_shots is not None:
@@ -204,9 +202,6 @@ def train_tiny_captioner(out_dir: Path | str | None, *, seed: int = 0, epochs: i
                         f"({time.monotonic() - t0:.1f}s)")
             model = model.eval().to("cpu")
             state_digest = _state_dict_digest(model)
-    finally:
-        torch.use_deterministic_algorithms(prev_det)
-        torch.set_num_threads(prev_threads)
 
     tail = losses[-10:] if losses else [float("nan")]
     stats: dict[str, Any] = {

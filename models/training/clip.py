@@ -42,6 +42,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from models.training import deterministic_torch
+
 #: default number of optimisation steps (about 4-5 min on one idle CPU core, data included)
 DEFAULT_STEPS = 1200
 DEFAULT_BATCH = 32
@@ -206,11 +208,7 @@ def train_tiny_clip(out_path: Path | str | None, *, seed: int = 0, steps: int = 
 
     t0 = time.monotonic()
     dev = torch.device(resolve_device(device))
-    prev_threads = torch.get_num_threads()
-    prev_det = torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(max(1, int(threads)))
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
+    with deterministic_torch(threads):
         with torch.random.fork_rng(devices=[]):
             model, preprocess, tokenizer = _build_model()
             torch.manual_seed(int(seed))
@@ -275,9 +273,6 @@ def train_tiny_clip(out_path: Path | str | None, *, seed: int = 0, steps: int = 
             state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
             state_digest = _state_dict_digest(model)
             logit_scale = float(model.logit_scale.detach().exp())
-    finally:
-        torch.use_deterministic_algorithms(prev_det)
-        torch.set_num_threads(prev_threads)
 
     sha = None
     if out_path is not None:

@@ -21,6 +21,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from models.training import deterministic_torch
+
 DEFAULT_THREADS = 2
 #: frames per shot, evenly over it (as the tiny CLIP is trained): late points of an object's path too
 FRAMES_PER_SHOT = 4
@@ -111,18 +113,13 @@ def train_tiny_moderator(out_path: Path | str | None, embedder: Any, *, seed: in
     """
     import hashlib
 
-    import torch
 
     from loadtest.world import MODERATION_CATEGORIES, split, training_pairs
     from models.moderator import save_head
 
     t0 = time.monotonic()
     categories = list(MODERATION_CATEGORIES)
-    prev_threads = torch.get_num_threads()
-    prev_det = torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(max(1, int(threads)))
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
+    with deterministic_torch(threads):
         train, _ = split(world_seed)
         if max_shots is not None:
             train = train[:max_shots]
@@ -151,9 +148,6 @@ def train_tiny_moderator(out_path: Path | str | None, embedder: Any, *, seed: in
             fit_m[c] = precision_recall(scores[:n_fit, j], y[:n_fit, j], thresholds[c])
             if log is not None:
                 log(f"{c}: threshold {thresholds[c]:.4f} validation {val_m[c]}")
-    finally:
-        torch.use_deterministic_algorithms(prev_det)
-        torch.set_num_threads(prev_threads)
 
     stats: dict[str, Any] = {
         "model": "tiny-moderator",

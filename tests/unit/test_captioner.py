@@ -3,10 +3,6 @@ clear failure when its pretrained weights are not available. Everything runs off
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +12,7 @@ from models.base import Captioner, ModelInfo
 from models.registry import backends, load_captioner
 from streams.config import Settings
 from streams.errors import ModelError, ModelNotAvailable
+from tests.offline import load_default_offline
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -85,13 +82,14 @@ def test_trained_captioner_names_shape_and_colour(trained, heldout_keyframes):
 
 def test_trained_directory_is_complete_and_batching_is_stable(trained, heldout_keyframes):
     from models.captioner import TINY_DIR, TransformersCaptioner
+    from models.training import LOCK_NAME
 
     settings, _ = trained
     d = settings.model_cache_dir / TINY_DIR
     for name in ("config.json", "generation_config.json", "model.safetensors", "preprocessor_config.json",
                  "tokenizer.json", "tokenizer_config.json"):
         assert (d / name).is_file(), name
-    assert not [p for p in d.parent.iterdir() if p.name.endswith(".tmp")]  # no temporary leftovers
+    assert not [p for p in d.parent.iterdir() if p.name.startswith(".") and p.name != LOCK_NAME]  # no leftovers
     frames = heldout_keyframes[0][:12]
     one = TransformersCaptioner.tiny(d, device="cpu", batch_size=1).caption(frames)
     many = TransformersCaptioner.tiny(d, device="cpu", batch_size=64).caption(frames)
@@ -127,32 +125,10 @@ def test_registry_has_captioner_backends():
     assert get_profile("tiny").captioner.backend == "tiny"
 
 
-_LOAD_DEFAULT = r"""
-import json, sys
-from models.registry import load_captioner
-from streams.config import Settings
-from streams.errors import FramebusError
-
-try:
-    load_captioner(Settings(models="default", device="cpu", data_dir=sys.argv[1]))
-except FramebusError as e:
-    print(json.dumps({"type": type(e).__name__, "code": e.code, "message": e.message, "transient": e.transient}))
-else:
-    print(json.dumps({"type": None}))
-"""
-
-
 def test_default_profile_offline_raises_model_not_available(tmp_path):
     from models.profiles import DEFAULT_CAPTIONER_NAME
 
-    hf_home = tmp_path / "empty-hf-home"
-    hf_home.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FRAMEBUS_", "HF_", "HUGGINGFACE_"))}
-    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(hf_home))
-    proc = subprocess.run([sys.executable, "-c", _LOAD_DEFAULT, str(tmp_path / "data")], capture_output=True,
-                          text=True, cwd=REPO, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = load_default_offline("load_captioner", tmp_path / "data")
     assert out["type"] == ModelNotAvailable.__name__
     assert out["code"] == "models.weights_missing" == ModelNotAvailable.code
     assert out["transient"] is False

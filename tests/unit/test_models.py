@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -17,6 +16,7 @@ from models.profiles import PROFILES, TASKS, get_profile
 from models.registry import backends, load_embedder
 from streams.config import Settings
 from streams.errors import ModelError, ModelNotAvailable
+from tests.offline import clean_env, load_default_offline
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -120,15 +120,9 @@ print(json.dumps({"version": e.info.version, "images": e.embed_images(images()).
 """
 
 
-def _subprocess_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FRAMEBUS_", "HF_", "HUGGINGFACE_"))}
-    env.update(extra)
-    return env
-
-
 def _dump_tiny(data_dir: Path) -> dict:
     proc = subprocess.run([sys.executable, "-c", _DUMP, str(data_dir), str(REPO)], capture_output=True, text=True,
-                          cwd=REPO, env=_subprocess_env(), timeout=300)
+                          cwd=REPO, env=clean_env(), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -170,28 +164,8 @@ def test_tiny_checkpoint_that_does_not_match_is_a_model_error(tmp_path):
     assert err.value.code == "models.failed" and "tiny-clip.pt" in err.value.message
 
 
-_LOAD_DEFAULT = r"""
-import json, sys
-from models.registry import load_embedder
-from streams.config import Settings
-from streams.errors import FramebusError
-try:
-    load_embedder(Settings(models="default", device="cpu", data_dir=sys.argv[1]))
-except FramebusError as e:
-    print(json.dumps({"type": type(e).__name__, "code": e.code, "message": e.message, "transient": e.transient}))
-else:
-    print(json.dumps({"type": None}))
-"""
-
-
 def test_default_profile_offline_raises_model_not_available(tmp_path):
-    hf_home = tmp_path / "empty-hf-home"
-    hf_home.mkdir()
-    env = _subprocess_env(HF_HUB_OFFLINE="1", HF_HOME=str(hf_home))
-    proc = subprocess.run([sys.executable, "-c", _LOAD_DEFAULT, str(tmp_path / "data")], capture_output=True,
-                          text=True, cwd=REPO, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = load_default_offline("load_embedder", tmp_path / "data")
     assert out["type"] == ModelNotAvailable.__name__
     assert out["code"] == "models.weights_missing" == ModelNotAvailable.code
     assert out["transient"] is False

@@ -1,0 +1,50 @@
+"""Helpers every model backend shares: input checks, file digests (model versions), telling a
+missing-weights failure from another one. Cheap to import (no torch)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from streams.errors import ModelError
+
+
+def check_image(image: np.ndarray) -> np.ndarray:
+    """``image`` as a contiguous, writable ``HxWx3`` uint8 array (torch will not wrap read-only memory
+    such as decoded JPEG buffers without a warning), or ``ModelError`` ``models.bad_input``."""
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        arr = np.stack([arr] * 3, axis=-1)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4) or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ModelError(f"expected an RGB image HxWx3, got shape {arr.shape}", code="models.bad_input")
+    if arr.dtype != np.uint8:
+        raise ModelError(f"expected uint8 pixels, got {arr.dtype}", code="models.bad_input")
+    arr = arr[..., :3]
+    return arr if arr.flags.c_contiguous and arr.flags.writeable else np.array(arr, order="C")
+
+
+def feed_file(h: Any, path: Path) -> Any:
+    """Feed ``path``'s bytes into hash ``h`` (1 MiB at a time); returns ``h``."""
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h
+
+
+def file_digest(path: Path) -> str:
+    """sha256 hex digest of a file (a checkpoint's version is its first 12 characters)."""
+    return feed_file(hashlib.sha256(), Path(path)).hexdigest()
+
+
+def looks_like_missing_weights(exc: BaseException, kinds: tuple[type[BaseException], ...],
+                               markers: tuple[str, ...]) -> bool:
+    """Whether loading failed because weights are not there and could not be fetched: ``exc`` is one of
+    ``kinds``, or its text (or its cause's) contains one of ``markers``."""
+    text = f"{type(exc).__name__}: {exc}"
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None:
+        text += f" {type(cause).__name__}: {cause}"
+    return isinstance(exc, kinds) or any(m in text for m in markers)
