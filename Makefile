@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -c constraints.txt -e ".[test]"
-	$(BIN)/python -m models._torchvision_compat install
+	$(BIN)/python -m framebus.models._torchvision_compat install
 	$(BIN)/python -c "import torchvision, open_clip"
 	touch $(STAMP)
 
@@ -34,7 +34,7 @@ test-unit: $(STAMP)
 	$(BIN)/python -m pytest -ra tests/unit
 
 bench: $(STAMP)
-	$(BIN)/python -m loadtest.bench_decode
+	$(BIN)/python -m framebus.loadtest.bench_decode
 
 lock: $(STAMP)
 	$(BIN)/pip freeze --exclude-editable | sed 's/+cpu//' > constraints.txt

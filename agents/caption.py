@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import faust
 
-from agents.embed import analysis, keyframes, model_batch
-from streams.runtime import Runtime
-from topics import registry
+from framebus.agents.embed import analysis, keyframes, model_batch
+from framebus.agents.base import Runtime
+from framebus.topics import registry
 
 TASK = "caption"
 

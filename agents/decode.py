@@ -16,11 +16,11 @@ from pathlib import Path
 
 import faust
 
-from agents.media.pipeline import DecodeJob, DecodedSegment, decode_video_to_queue
-from streams.errors import FramebusError
-from streams.runtime import Runtime
-from topics import codec, registry
-from topics import events as ev
+from framebus.agents.media.pipeline import DecodeJob, DecodedSegment, decode_video_to_queue
+from framebus.topics.errors import FramebusError
+from framebus.agents.base import Runtime
+from framebus.topics import codec, registry
+from framebus.topics import events as ev
 
 log = logging.getLogger("framebus.agents.decode")
 

@@ -14,11 +14,11 @@ from urllib.request import url2pathname
 import faust
 import numpy as np
 
-from agents.media.frames import decode_jpeg
-from streams.errors import FramebusError, ModelError
-from streams.runtime import Runtime
-from topics import registry
-from topics import events as ev
+from framebus.topics.frames import decode_jpeg
+from framebus.topics.errors import FramebusError, ModelError
+from framebus.agents.base import Runtime
+from framebus.topics import registry
+from framebus.topics import events as ev
 
 log = logging.getLogger("framebus.agents.embed")
 TASK = "embed"

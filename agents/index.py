@@ -22,14 +22,14 @@ import faust
 import numpy as np
 import orjson
 
-from indexing.base import SegmentPoint
-from indexing.ids import collection_name
-from models.base import ModelInfo
-from streams.errors import FramebusError, VectorStoreError
-from streams.expiry import ExpiringKeys
-from streams.runtime import Runtime
-from topics import events as ev
-from topics import registry
+from framebus.indexing.base import SegmentPoint
+from framebus.indexing.ids import collection_name
+from framebus.models.base import ModelInfo
+from framebus.topics.errors import FramebusError, VectorStoreError
+from framebus.agents.expiry import ExpiringKeys
+from framebus.agents.base import Runtime
+from framebus.topics import events as ev
+from framebus.topics import registry
 
 log = logging.getLogger("framebus.agents.index")
 RETRIES = 3

@@ -11,12 +11,12 @@ import logging
 import faust
 import orjson
 
-from agents.media.probe import Limits, probe
-from agents.media.uri import resolve_uri
-from streams.errors import FramebusError
-from streams.runtime import Runtime
-from topics import codec, registry
-from topics import events as ev
+from framebus.agents.media.probe import Limits, probe
+from framebus.agents.media.uri import resolve_uri
+from framebus.topics.errors import FramebusError
+from framebus.agents.base import Runtime
+from framebus.topics import codec, registry
+from framebus.topics import events as ev
 
 log = logging.getLogger("framebus.agents.ingest")
 

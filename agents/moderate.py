@@ -10,28 +10,28 @@ as a SegmentAnalysis for the metadata document and the vector payload.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import faust
 import numpy as np
 
-from agents.embed import analysis, model_batch, prepare_segments
-from streams.config import Settings
-from streams.runtime import Runtime
-from topics import events as ev
-from topics import registry
+from framebus.agents.embed import analysis, model_batch, prepare_segments
+from framebus.agents.base import Runtime
+from framebus.topics import events as ev
+from framebus.topics import registry
 
 log = logging.getLogger("framebus.agents.moderate")
 TASK = "moderate"
 ACTION_RANK = {"allow": 0, "flag": 1, "review": 2, "blur": 3, "block": 4}
 
 
-def policy(settings: Settings, moderator, category: str) -> tuple[float, str]:
+def policy(settings: Any, moderator, category: str) -> tuple[float, str]:
     rule = settings.moderation_policy.get(category) or {}
     threshold = float(rule.get("threshold", moderator.thresholds.get(category, settings.moderation_threshold)))
     return threshold, str(rule.get("action", settings.moderation_action))
 
 
-def verdict(settings: Settings, moderator, frame_scores: list[dict[str, float]]) -> ev.ModerationVerdict:
+def verdict(settings: Any, moderator, frame_scores: list[dict[str, float]]) -> ev.ModerationVerdict:
     """A segment's verdict from its frames' scores: the maximum per category, against the policy."""
     scores = {c: round(float(max(s[c] for s in frame_scores)), 4) for c in moderator.categories}
     flagged, action = [], "allow"

@@ -16,11 +16,11 @@ import logging
 import faust
 import orjson
 
-from streams.errors import FramebusError
-from streams.expiry import ExpiringKeys
-from streams.runtime import Runtime
-from topics import codec, registry
-from topics import events as ev
+from framebus.topics.errors import FramebusError
+from framebus.agents.expiry import ExpiringKeys
+from framebus.agents.base import Runtime
+from framebus.topics import codec, registry
+from framebus.topics import events as ev
 
 log = logging.getLogger("framebus.agents.publish")
 TABLE = "publish-progress"

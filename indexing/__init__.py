@@ -2,32 +2,26 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from pathlib import Path
 
-from indexing.base import SegmentHit, SegmentPoint, VectorStore, VideoHit
-from indexing.ids import collection_name, point_id
-
-if TYPE_CHECKING:
-    from streams.config import Settings
+from framebus.indexing.base import SegmentHit, SegmentPoint, VectorStore, VideoHit
+from framebus.indexing.ids import collection_name, point_id
+from framebus.topics.errors import VectorStoreError
 
 __all__ = ["SegmentHit", "SegmentPoint", "VectorStore", "VideoHit", "collection_name", "open_store", "point_id"]
 
 
-def open_store(settings: "Settings") -> VectorStore:
-    """The store ``settings.vector_backend`` names: ``qdrant`` (server at ``qdrant_url`` if set, else
-    embedded at ``<data_dir>/qdrant``) or ``faiss`` (in memory)."""
-    from streams.errors import VectorStoreError
+def open_store(backend: str, *, url: str | None = None, path: Path | None = None) -> VectorStore:
+    """The store ``backend`` names: ``qdrant`` (the server at ``url`` if given, else embedded on disk at
+    ``path``) or ``faiss`` (in memory). Raises ``VectorStoreError`` ``index.unknown_backend`` otherwise."""
+    name = (backend or "").strip().lower()
+    if name == "qdrant":
+        from framebus.indexing.qdrant import QdrantStore
 
-    backend = (settings.vector_backend or "").strip().lower()
-    if backend == "qdrant":
-        from indexing.qdrant import QdrantStore
-
-        if settings.qdrant_url:
-            return QdrantStore(url=settings.qdrant_url)
-        return QdrantStore(path=settings.qdrant_path)
-    if backend == "faiss":
-        from indexing.faiss_store import FaissStore
+        return QdrantStore(url=url) if url else QdrantStore(path=path)
+    if name == "faiss":
+        from framebus.indexing.faiss_store import FaissStore
 
         return FaissStore()
-    raise VectorStoreError(f"unknown vector backend {settings.vector_backend!r}; use 'qdrant' or 'faiss'",
+    raise VectorStoreError(f"unknown vector backend {backend!r}; use 'qdrant' or 'faiss'",
                            code="index.unknown_backend", transient=False)

@@ -7,7 +7,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from streams.errors import VectorStoreError
+from framebus.topics.errors import VectorStoreError
 
 
 @dataclass
@@ -30,7 +30,7 @@ class SegmentPoint:
     @property
     def id(self) -> str:
         """The store id: deterministic per (tenant, video, segment, model version)."""
-        from indexing.ids import point_id
+        from framebus.indexing.ids import point_id
 
         return point_id(self.video_id, self.segment_index, self.model_version, tenant=self.tenant)
 

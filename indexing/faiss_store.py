@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from indexing.base import (SegmentFilter, SegmentPoint, VideoHit, as_query_vector, dim_mismatch, hit_from_payload,
+from framebus.indexing.base import (SegmentFilter, SegmentPoint, VideoHit, as_query_vector, dim_mismatch, hit_from_payload,
                            points_matrix, require_tenant)
-from indexing.ids import point_id_int64
-from streams.errors import FramebusError, VectorStoreError
+from framebus.indexing.ids import point_id_int64
+from framebus.topics.errors import FramebusError, VectorStoreError
 
 
 def _normalise(mat: np.ndarray) -> np.ndarray:

@@ -5,8 +5,15 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
+from typing import Protocol
 
-from models.base import ModelInfo
+
+class ModelIdentity(Protocol):
+    """What names a collection: a model's name and version (``framebus.models.base.ModelInfo`` is one)."""
+
+    name: str
+    version: str
+
 
 # Fixed forever: changing it changes every point id (re-index from scratch).
 POINT_NAMESPACE = uuid.UUID("6f1c3e52-9a0d-5b7e-8c41-2d9f0a7b3e15")
@@ -45,7 +52,7 @@ def _version_part(version: str) -> str:
     return f"{v[:23].rstrip('_')}_{hashlib.sha256(version.encode()).hexdigest()[:8]}"
 
 
-def collection_name(prefix: str, model: ModelInfo) -> str:
+def collection_name(prefix: str, model: ModelIdentity) -> str:
     """``<prefix>_<model name>_<version>``, lowercase, ``[a-z0-9_]`` only.
 
     The version part is the version itself when it is already short and safe (the tiny model's

@@ -13,9 +13,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from indexing.base import (SegmentFilter, SegmentPoint, VideoHit, as_query_vector, dim_mismatch, hit_from_payload,
+from framebus.indexing.base import (SegmentFilter, SegmentPoint, VideoHit, as_query_vector, dim_mismatch, hit_from_payload,
                            points_matrix, require_tenant)
-from streams.errors import FramebusError, VectorStoreError
+from framebus.topics.errors import FramebusError, VectorStoreError
 
 _UPSERT_CHUNK = 256
 

@@ -7,7 +7,7 @@ import time
 
 
 async def assign_partitions(consumer, topics: list[str], *, at_end: bool, wait_s: float = 10.0) -> list:
-    """Assign every partition of ``topics`` to a started ``AIOKafkaConsumer`` (no group), waiting up to
+    """Assign every partition of ``framebus.topics`` to a started ``AIOKafkaConsumer`` (no group), waiting up to
     ``wait_s`` for each topic's metadata, and seek to the end (only what comes next) or the beginning."""
     from aiokafka import TopicPartition
 

@@ -1,7 +1,7 @@
 """Ingest-to-alert latency of moderation, end to end through Kafka.
 
-Starts the whole stack (``framebus up`` with the ``tiny`` models, as ``streams.demo`` does), renders
-``--videos`` world clips (``loadtest.world``: 2-4 shots each, some showing the unsafe shape, a star),
+Starts the whole stack (``framebus up`` with the ``tiny`` models, as ``framebus.streams.demo`` does), renders
+``--videos`` world clips (``framebus.models.world``: 2-4 shots each, some showing the unsafe shape, a star),
 publishes one ingest request every ``--interval`` seconds (each send timestamped), and reads
 ``framebus.moderation`` and ``framebus.metadata`` meanwhile. For every unsafe shot the first alert
 that falls on it counts:
@@ -16,7 +16,7 @@ false alert on the shot it overlaps most. The first alert's time is also split b
 producers' create timestamps of the internal events (DecodeTask, the segment's SegmentFrames, the
 alert). Percentiles are over few samples (one per unsafe shot): p95 is close to the maximum.
 
-    python -m loadtest.bench_alerts [--videos K] [--interval S] [--json PATH]
+    python -m framebus.loadtest.bench_alerts [--videos K] [--interval S] [--json PATH]
 
 Uses the tiny models in ``FRAMEBUS_MODEL_DIR`` (default: the checkout's ``framebus-data/models``, which
 ``make demo`` and ``make test`` fill); trains them first when missing or stale (minutes, once).
@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from models.training import CHECKOUT_MODEL_DIR
+from framebus.models.training import CHECKOUT_MODEL_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,7 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 def plan_videos(k: int, seed: int = 7, shot_s: float = 2.0) -> list[list]:
     """``k`` shot lists of 2-4 shots of ``shot_s`` seconds. Every other video gets one or two unsafe shots
     (a star); the others none, so both the alerted and the clean case are covered."""
-    from loadtest.world import SHAPES, UNSAFE_SHAPE, sample_shots
+    from framebus.models.world import SHAPES, UNSAFE_SHAPE, sample_shots
 
     rng = np.random.default_rng(seed)
     safe_shapes = [s for s in SHAPES if s != UNSAFE_SHAPE]
@@ -85,7 +85,7 @@ class Video:
 
 
 def make_videos(media: Path, k: int, run: str, shot_s: float = 2.0) -> list[Video]:
-    from loadtest.world import make_world_video
+    from framebus.models.world import make_world_video
 
     out = []
     for v, shots in enumerate(plan_videos(k, shot_s=shot_s)):
@@ -122,10 +122,10 @@ async def run_ingest(settings, videos: list[Video], interval_s: float, timeout_s
     metadata (plus a short drain) or the timeout; returns the alerts with their receipt times."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-    from loadtest._kafka import assign_partitions
-    from streams.runtime import TRACE_HEADER
-    from topics import codec, registry
-    from topics import events as ev
+    from framebus.loadtest._kafka import assign_partitions
+    from framebus.streams.runtime import TRACE_HEADER
+    from framebus.topics import codec, registry
+    from framebus.topics import events as ev
 
     by_id = {v.video_id: v for v in videos}
     topics = [settings.topic(spec.name) for spec in (registry.MODERATION, registry.METADATA, registry.DECODE,
@@ -280,7 +280,7 @@ def report(res: dict[str, Any]) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m loadtest.bench_alerts", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m framebus.loadtest.bench_alerts", description=__doc__.split("\n\n")[0])
     p.add_argument("--videos", type=int, default=16, help="world videos to ingest (default 16)")
     p.add_argument("--shot-s", type=float, default=2.0,
                    help="length of every shot (default 2): longer videos show what streaming out of decode buys")
@@ -303,8 +303,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
-    from streams.config import load_settings
-    from streams.demo import free_port, start_stack, stop_stack, train_tiny_models
+    from framebus.streams.config import load_settings
+    from framebus.streams.demo import free_port, start_stack, stop_stack, train_tiny_models
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="framebus-bench-alerts-")).resolve()
     media = work / "media"

@@ -5,7 +5,7 @@ efficiency = items/s through the embed agent while SegmentFrames events stream i
 
 The aim is >= 0.9. What the benchmark does, for each ``(batch size, wait)`` setting:
 
-* **baseline** (in this process, nothing else of ours running): ``agents.embed.embed_segments`` (JPEG
+* **baseline** (in this process, nothing else of ours running): ``framebus.agents.embed.embed_segments`` (JPEG
   decode + preprocessing + the model's forward + per-segment mean: the work the agent does per batch,
   here serial in one thread) on full batches of ``batch_size`` segments; best of ``--repeat`` runs.
   ``model-only`` is the same with only the time inside the forward (``AdaptiveBatcher`` busy time).
@@ -15,7 +15,7 @@ The aim is >= 0.9. What the benchmark does, for each ``(batch size, wait)`` sett
   at a steady rate (``--rate-x`` times the baseline, so the agent is saturated) and reads
   ``framebus.internal.analysis``; items/s = items after the first batch / (last - end of first
   batch), on the records' create timestamps (set by the worker's producer when it sends each result).
-  The worker runs with ``--log-level debug`` and logs one line per micro-batch (``streams.runtime``:
+  The worker runs with ``--log-level debug`` and logs one line per micro-batch (``framebus.streams.runtime``:
   items, handler, prep, model-thread and forward seconds): batch sizes, and where the time went, come
   from there. The agent overlaps a batch's prep (in a prep thread) with the previous batch's forward
   (in the model thread); the baseline does not, which is the point of the comparison.
@@ -24,7 +24,7 @@ Caveat, printed with the results: on a small machine the broker, the producer/co
 and the worker share the cores; the CPU seconds each used during the streaming window are reported,
 together with the share of the machine other processes took. The baseline has no such competition.
 
-    python -m loadtest.bench_batching [--segments N] [--batch-sizes 8,32] [--waits 0.05] [--json PATH]
+    python -m framebus.loadtest.bench_batching [--segments N] [--batch-sizes 8,32] [--waits 0.05] [--json PATH]
 
 Uses the tiny models in ``FRAMEBUS_MODEL_DIR`` (default: the checkout's ``framebus-data/models``, which
 ``make demo`` and ``make test`` fill); trains them first when missing or stale (minutes, once).
@@ -48,8 +48,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from models.training import CHECKOUT_MODEL_DIR
-from streams.demo import free_port, start_process, stop_stack, train_tiny_models
+from framebus.models.training import CHECKOUT_MODEL_DIR
+from framebus.streams.demo import free_port, start_process, stop_stack, train_tiny_models
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH_LINE = re.compile(r"^(\S+ \S+) .*batch agent=(\w+) items=(\d+) handler_s=([\d.]+)((?: \w+=[\d.]+)*)")
@@ -139,9 +139,9 @@ class CpuWindow:
 
 def make_source_segments(workdir: Path, settings, *, videos: int = 2, shots_per_video: int = 6) -> list:
     """Render ``videos`` world clips, decode them like the decode agent, return their SegmentFrames."""
-    from agents.media.pipeline import DecodeJob, decode_video
-    from loadtest.world import make_world_video, sample_shots
-    from topics import events as ev
+    from framebus.agents.media.pipeline import DecodeJob, decode_video
+    from framebus.models.world import make_world_video, sample_shots
+    from framebus.topics import events as ev
 
     out = []
     for v in range(videos):
@@ -180,8 +180,8 @@ def replicate(sources: list, n: int) -> list:
 
 def baseline_runs(embedder, items: list, batch_size: int, repeat: int) -> list[dict[str, float]]:
     """``repeat`` timed runs of ``embed_segments`` over ``items`` in full batches (after one warm-up batch)."""
-    from agents.embed import embed_segments
-    from streams.batching import AdaptiveBatcher
+    from framebus.agents.embed import embed_segments
+    from framebus.streams.batching import AdaptiveBatcher
 
     n = max(batch_size, len(items) // batch_size * batch_size)
     items = (items * (n // len(items) + 1))[:n]
@@ -226,7 +226,7 @@ class Setting:
 
 def start_worker(env: dict[str, str], broker: str, log_path: Path, timeout_s: float = 180.0) -> subprocess.Popen:
     """``framebus worker --agents embed`` with debug logging; returns after its ready line."""
-    return start_process([sys.executable, "-m", "streams.cli", "worker", "--agents", "embed", "--broker", broker,
+    return start_process([sys.executable, "-m", "framebus.streams.cli", "worker", "--agents", "embed", "--broker", broker,
                           "--name", "bench-embed", "--log-level", "debug"],
                          env, "framebus worker ready", log_path, timeout_s=timeout_s, cwd=str(REPO))
 
@@ -237,8 +237,8 @@ async def stream_items(settings, payloads: list[tuple[bytes, bytes]], rate: floa
     analysis topic; returns per-result (create timestamp, receipt time) and the producer's timing."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-    from loadtest._kafka import assign_partitions
-    from topics import registry
+    from framebus.loadtest._kafka import assign_partitions
+    from framebus.topics import registry
 
     frames_topic = settings.topic(registry.FRAMES.name)
     analysis_topic = settings.topic(registry.ANALYSIS.name)
@@ -299,7 +299,7 @@ async def stream_items(settings, payloads: list[tuple[bytes, bytes]], rate: floa
 
 
 def parse_batches(log_path: Path, agent: str = "embed") -> list[dict[str, float]]:
-    """Per micro-batch, from the worker's debug lines (``streams.runtime``): ``items``, ``handler_s``,
+    """Per micro-batch, from the worker's debug lines (``framebus.streams.runtime``): ``items``, ``handler_s``,
     the ``BATCH_TIMINGS`` (``prep_s``, ``model_s``, ``forward_s``, waits) and ``at`` (logged at)."""
     from datetime import datetime
 
@@ -355,9 +355,9 @@ def run_setting(idx: int, setting: Setting, *, broker: str, base_env: dict[str, 
                 payload_items: list, embedder, baseline_items: int, repeat: int, rate_x: float,
                 broker_pid: int | None, timeout_s: float) -> dict[str, Any]:
     """Start the worker; measure the baseline now (same machine load, worker idle); then stream."""
-    from streams.broker import ensure_topics
-    from streams.config import load_settings
-    from topics import codec
+    from framebus.streams.broker import ensure_topics
+    from framebus.streams.config import load_settings
+    from framebus.topics import codec
 
     prefix = f"bench{idx}-{os.getpid()}."
     env = {**base_env, "FRAMEBUS_TOPIC_PREFIX": prefix, "FRAMEBUS_EMBED_BATCH_SIZE": str(setting.batch_size),
@@ -469,7 +469,7 @@ CPU s              CPU seconds during the streaming window: the worker, the brok
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m loadtest.bench_batching", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m framebus.loadtest.bench_batching", description=__doc__.split("\n\n")[0])
     p.add_argument("--segments", type=int, default=1024, help="segments streamed per setting (default 1024)")
     p.add_argument("--batch-sizes", default="8,32", help="FRAMEBUS_EMBED_BATCH_SIZE values (default 8,32)")
     p.add_argument("--waits", default="0.05", help="FRAMEBUS_EMBED_BATCH_WAIT_S values (default 0.05)")
@@ -499,9 +499,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     if args.torch_threads:
         os.environ["OMP_NUM_THREADS"] = str(args.torch_threads)  # before torch is imported
-    from models.registry import load_embedder
-    from streams.broker import EmbeddedBroker
-    from streams.config import load_settings
+    from framebus.models.registry import load_embedder
+    from framebus.streams.broker import EmbeddedBroker
+    from framebus.streams.config import load_settings
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="framebus-bench-batching-")).resolve()
     workdir.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """Decode throughput: raw FFmpeg (PyAV) decode vs the framebus samplers.
 
-    python -m loadtest.bench_decode [--dir DIR] [--seconds 10] [--repeat 3] [--short-side 224]
+    python -m framebus.loadtest.bench_decode [--dir DIR] [--seconds 10] [--repeat 3] [--short-side 224]
 
 Generates a few 640x360 clips (H.264, HEVC, VP9) unless they already exist in ``--dir``, then for
 each measures, in source frames per second of wall time (how fast the video is *covered*):
@@ -26,10 +26,10 @@ from typing import Callable
 
 import av
 
-from agents.media.decoders import DecordDecoder, PyAVDecoder
-from agents.media.pipeline import DecodeJob, decode_video
-from agents.media.probe import probe
-from loadtest.videos import default_suffix, make_clip
+from framebus.agents.media.decoders import DecordDecoder, PyAVDecoder
+from framebus.agents.media.pipeline import DecodeJob, decode_video
+from framebus.agents.media.probe import probe
+from framebus.loadtest.videos import default_suffix, make_clip
 
 CLIPS = [("h264", 640, 360, 30.0), ("hevc", 640, 360, 30.0), ("vp9", 640, 360, 30.0)]
 

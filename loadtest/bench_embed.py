@@ -1,6 +1,6 @@
 """Embedding throughput: the raw open_clip forward vs the framebus ``Embedder.embed_images`` path.
 
-    python -m loadtest.bench_embed [--device auto|cpu|cuda] [--arch tiny|ViT-B-32[,...]]
+    python -m framebus.loadtest.bench_embed [--device auto|cpu|cuda] [--arch tiny|ViT-B-32[,...]]
                                    [--batch-sizes 1,8,32,128] [--images 256] [--precision fp32|bf16|both]
                                    [--repeat 3] [--warmup 1] [--threads 8] [--json PATH]
 
@@ -72,7 +72,7 @@ def build_embedder(arch: str, device: str, batch_size: int = 64):
     """The framebus embedder for ``arch`` through ``OpenClipEmbedder``'s own constructors (no
     settings): ``tiny`` -> ``OpenClipEmbedder.tiny``, anything else -> ``OpenClipEmbedder.pretrained``
     with ``pretrained=None`` (random init, nothing downloaded)."""
-    from models.openclip import OpenClipEmbedder, _quiet_random_init_warning
+    from framebus.models.openclip import OpenClipEmbedder, _quiet_random_init_warning
 
     if arch == "tiny":
         return OpenClipEmbedder.tiny(device=device, batch_size=batch_size)
@@ -245,7 +245,7 @@ def environment(device: str) -> dict[str, Any]:
     except Exception as e:  # noqa: BLE001 - report, don't fail
         env["torchvision"] = f"import failed: {type(e).__name__}: {e}"
     try:
-        from models._torchvision_compat import _applied, extension_loads
+        from framebus.models._torchvision_compat import _applied, extension_loads
 
         env["tv_extension_loads"] = extension_loads()
         env["tv_compat_shim_applied"] = bool(_applied)
@@ -270,7 +270,7 @@ def settings_free_check() -> dict[str, Any]:
     picks, whether it autocasts, and in which dtype ``encode_image`` then really computes."""
     import torch
 
-    from models.openclip import OpenClipEmbedder
+    from framebus.models.openclip import OpenClipEmbedder
 
     emb = OpenClipEmbedder.tiny()
     ctx = emb._autocast()
@@ -285,17 +285,17 @@ def settings_free_check() -> dict[str, Any]:
 
 
 def jpeg_decode_ms(n: int = 64, repeat: int = 3, quality: int = 85) -> tuple[float, str]:
-    """Per-frame cost of the embed agent's own JPEG decode (``agents.media.frames.decode_jpeg``), which
+    """Per-frame cost of the embed agent's own JPEG decode (``framebus.topics.frames.decode_jpeg``), which
     runs in the same model thread right before ``embed_images`` (not part of (b)). Where
-    ``agents.media`` cannot be imported (its package imports PyAV), the same Pillow calls are timed."""
+    ``framebus.agents.media`` cannot be imported (its package imports PyAV), the same Pillow calls are timed."""
     import io
 
     import torch
     from PIL import Image
 
     try:
-        from agents.media.frames import decode_jpeg
-        what = "agents.media.frames.decode_jpeg"
+        from framebus.topics.frames import decode_jpeg
+        what = "framebus.topics.frames.decode_jpeg"
     except ImportError as e:
         def decode_jpeg(data: bytes) -> np.ndarray:  # decode_jpeg's body
             with Image.open(io.BytesIO(data)) as im:
@@ -450,7 +450,7 @@ LEGEND = """\
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m loadtest.bench_embed", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m framebus.loadtest.bench_embed", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
     p.add_argument("--arch", default="tiny", help="tiny or an open_clip architecture (ViT-B-32); comma list ok")
     p.add_argument("--batch-sizes", default="1,8,32,128", help="comma list (default 1,8,32,128)")
@@ -475,7 +475,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from models.openclip import resolve_device
+    from framebus.models.openclip import resolve_device
 
     device = resolve_device(args.device)
     if args.torch_threads:

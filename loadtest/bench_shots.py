@@ -1,17 +1,17 @@
 """Shot detection: framebus (``small_frames`` + ``ShotDetector``) vs PySceneDetect's
 ``ContentDetector`` (default settings), on generated videos with known cuts.
 
-    python -m loadtest.bench_shots [--videos 10] [--codecs h264,hevc,vp9,mpeg4]
+    python -m framebus.loadtest.bench_shots [--videos 10] [--codecs h264,hevc,vp9,mpeg4]
                                    [--seed 0] [--holdout-seed 7] [--repeat 3] [--dir DIR]
 
-Two sets of ``--videos`` clips each (``loadtest.cuts.make_cut_set``: 320x180 .. 640x360, 24-30 fps,
+Two sets of ``--videos`` clips each (``framebus.loadtest.cuts.make_cut_set``: 320x180 .. 640x360, 24-30 fps,
 10-18 s, the codecs in turn, fast pans, fast objects, fades and single-frame flashes inside
 shots) are generated: ``dev`` (``--seed``; the one the detector was tuned on) and ``holdout``
 (``--holdout-seed``; never looked at while tuning). Every method runs end to end from the file
 (open, decode, detect) on the same files in the same run, ``--repeat`` times in turn; the best
 time of each is kept. Methods:
 
-* ``framebus``: ``agents.media.shots.detect_file`` (PyAV threads AUTO, swscale to 64x36 with
+* ``framebus``: ``framebus.agents.media.shots.detect_file`` (PyAV threads AUTO, swscale to 64x36 with
   area averaging, decoding prefetched in a thread as PySceneDetect does, ``ShotDetector``
   defaults);
 * ``psd-opencv``: ``scenedetect.detect(path, ContentDetector())`` (its default backend);
@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from loadtest.cuts import DEFAULT_CODECS, CutVideo, make_cut_set
+from framebus.loadtest.cuts import DEFAULT_CODECS, CutVideo, make_cut_set
 
 TOLERANCES = (0, 1, 2)
 
@@ -118,7 +118,7 @@ def match(detected: list[float], truth: list[float], fps: float, tol_frames: int
 
 
 def run_framebus(path: Path) -> list[float]:
-    from agents.media.shots import detect_file
+    from framebus.agents.media.shots import detect_file
 
     return detect_file(path).cuts
 

@@ -52,7 +52,7 @@ from typing import Iterator, Sequence
 import av
 import numpy as np
 
-from loadtest.videos import CODECS, _encode, _frame_from_rgb, _open_stream, default_suffix
+from framebus.loadtest.videos import CODECS, encode_frames, frame_from_rgb, open_stream, default_suffix
 
 KINDS = ("gradient", "bounce", "pan", "fast_pan", "fast_shape", "stripes", "field")
 HARD_KINDS = ("fast_pan", "fast_shape")
@@ -378,8 +378,8 @@ def make_cut_video(path: str | os.PathLike, codec: str = "h264", width: int = 32
     plan = plan_shots(n, fps, seed, min_shot_s, max_shot_s, same_scene_p, grain)
     opts = {**ENCODE_OPTIONS.get(codec, {}), **(options or {})}
     with av.open(str(path), "w") as out:
-        stream = _open_stream(out, codec, width, height, fps, None, opts)
-        _encode(out, stream, (_frame_from_rgb(img)
+        stream = open_stream(out, codec, width, height, fps, None, opts)
+        encode_frames(out, stream, (frame_from_rgb(img)
                               for img in render_frames(plan, width, height, fps, seed)))
     return CutVideo(path=path, codec=codec, width=width, height=height, fps=fps, n_frames=n,
                     seed=seed, cuts_s=cut_times(plan, fps), cut_frames=cut_frames(plan), shots=plan)

@@ -25,22 +25,7 @@ from typing import Iterable, Sequence
 import av
 import numpy as np
 
-# codec key -> (encoder, default pix_fmt, default container suffix, encoder options)
-CODECS: dict[str, tuple[str, str, str, dict[str, str]]] = {
-    "h264": ("libx264", "yuv420p", ".mp4", {"preset": "veryfast", "crf": "18"}),
-    "hevc": ("libx265", "yuv420p", ".mp4", {"preset": "ultrafast", "crf": "18",
-                                           "x265-params": "log-level=error"}),
-    "hevc10": ("libx265", "yuv420p10le", ".mp4", {"preset": "ultrafast", "crf": "18",
-                                                 "x265-params": "log-level=error"}),
-    "vp9": ("libvpx-vp9", "yuv420p", ".webm", {"deadline": "realtime", "cpu-used": "8",
-                                               "crf": "20", "b": "0"}),
-    "av1": ("libsvtav1", "yuv420p", ".mkv", {"preset": "12", "crf": "25"}),
-    "mpeg4": ("mpeg4", "yuv420p", ".mp4", {"qscale": "2"}),
-    "mjpeg": ("mjpeg", "yuvj420p", ".avi", {"q:v": "2"}),
-    "prores": ("prores_ks", "yuv422p10le", ".mov", {"profile": "2"}),
-    "prores4444": ("prores_ks", "yuv444p10le", ".mov", {"profile": "4"}),
-    "ffv1": ("ffv1", "yuv420p", ".mkv", {}),
-}
+from framebus.models.world.encode import CODECS, encode_frames, frame_from_rgb, open_stream
 
 PATTERNS = ("counter", "ball", "squares", "waves", "noise", "mixed", "asym", "bars", "gradient")
 
@@ -152,47 +137,6 @@ def read_counter(rgb: np.ndarray) -> int:
 # ------------------------------------------------------------------------------------------------
 
 
-def _odd_safe_pix_fmt(codec: str, pix_fmt: str, width: int, height: int) -> str:
-    if width % 2 == 0 and height % 2 == 0:
-        return pix_fmt
-    # x264/x265 refuse odd sizes with 4:2:0 chroma; 4:4:4 has no such constraint.
-    if codec == "h264" and pix_fmt == "yuv420p":
-        return "yuv444p"
-    if codec in ("hevc", "hevc10") and pix_fmt.startswith("yuv420p"):
-        return pix_fmt.replace("420", "444")
-    return pix_fmt
-
-
-def _open_stream(out, codec: str, width: int, height: int, fps: float, pix_fmt: str | None,
-                 options: dict[str, str] | None = None, time_base: Fraction | None = None):
-    encoder, default_pix, _, opts = CODECS[codec]
-    opts = {**opts, **(options or {})}
-    rate = Fraction(fps).limit_denominator(1001)
-    stream = out.add_stream(encoder, rate=rate, options=opts)
-    stream.width = width
-    stream.height = height
-    stream.pix_fmt = _odd_safe_pix_fmt(codec, pix_fmt or default_pix, width, height)
-    if time_base is not None:
-        stream.codec_context.time_base = time_base
-        stream.time_base = time_base
-    return stream
-
-
-def _frame_from_rgb(img: np.ndarray) -> av.VideoFrame:
-    return av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
-
-
-def _encode(out, stream, frames: Iterable[av.VideoFrame]) -> int:
-    n = 0
-    for fr in frames:
-        for pkt in stream.encode(fr):
-            out.mux(pkt)
-        n += 1
-    for pkt in stream.encode(None):
-        out.mux(pkt)
-    return n
-
-
 def make_clip(path: str | os.PathLike, codec: str = "h264", width: int = 64, height: int = 48,
               fps: float = 24.0, duration_s: float = 1.0, pattern: str = "counter", *,
               pix_fmt: str | None = None, options: dict[str, str] | None = None,
@@ -207,13 +151,13 @@ def make_clip(path: str | os.PathLike, codec: str = "h264", width: int = 64, hei
     path = Path(path)
     n = max(1, int(round(fps * duration_s)))
     with av.open(str(path), "w", options=container_options or {}) as out:
-        stream = _open_stream(out, codec, width, height, fps, pix_fmt, options)
+        stream = open_stream(out, codec, width, height, fps, pix_fmt, options)
         astream = None
         if audio_s:
             astream = out.add_stream("pcm_s16le" if path.suffix in (".mkv", ".mov", ".avi") else "aac",
                                      rate=8000)
             astream.layout = "mono"
-        _encode(out, stream, (_frame_from_rgb(render(pattern, i, width, height, fps, seed))
+        encode_frames(out, stream, (frame_from_rgb(render(pattern, i, width, height, fps, seed))
                               for i in range(n)))
         if astream is not None:
             _encode_tone(out, astream, audio_s)
@@ -258,11 +202,11 @@ def make_rotated_clip(path: str | os.PathLike, rotation: int = 90, width: int = 
     coded_w, coded_h = (height, width) if k % 2 else (width, height)
     n = max(1, int(round(fps * duration_s)))
     with av.open(str(path), "w") as out:
-        stream = _open_stream(out, codec, coded_w, coded_h, fps, None)
+        stream = open_stream(out, codec, coded_w, coded_h, fps, None)
         if not hasattr(stream, "set_display_rotation"):  # pragma: no cover - PyAV < 15
             raise RuntimeError("this PyAV cannot write a display matrix")
         stream.set_display_rotation(-rotation)  # PyAV takes counter-clockwise degrees
-        _encode(out, stream, (_frame_from_rgb(np.rot90(render(pattern, i, width, height, fps), k))
+        encode_frames(out, stream, (frame_from_rgb(np.rot90(render(pattern, i, width, height, fps), k))
                               for i in range(n)))
     return path
 
@@ -283,16 +227,16 @@ def make_vfr_clip(path: str | os.PathLike, pts_s: Sequence[float], width: int = 
     with av.open(str(path), "w") as out:
         # no B-frames: reordered VFR timestamps make muxers derive odd durations (mp4 stts)
         opts = {"bf": "0"} if codec in ("h264", "hevc", "hevc10") else None
-        stream = _open_stream(out, codec, width, height, nominal, None, opts, time_base=time_base)
+        stream = open_stream(out, codec, width, height, nominal, None, opts, time_base=time_base)
 
         def frames():
             for i, tk in enumerate(ticks):
-                fr = _frame_from_rgb(render(pattern, i, width, height, nominal))
+                fr = frame_from_rgb(render(pattern, i, width, height, nominal))
                 fr.pts = tk
                 fr.time_base = time_base
                 yield fr
 
-        _encode(out, stream, frames())
+        encode_frames(out, stream, frames())
     return path
 
 
@@ -346,7 +290,7 @@ def make_color_bars_clip(path: str | os.PathLike, colors: Sequence[tuple[int, in
     with av.open(str(path), "w") as out:
         lossless = {"h264": {"qp": "0", "preset": "ultrafast"},
                     "hevc": {"x265-params": "lossless=1:log-level=error", "preset": "ultrafast"}}[codec]
-        stream = _open_stream(out, codec, width, height, fps, "yuv444p", lossless)
+        stream = open_stream(out, codec, width, height, fps, "yuv444p", lossless)
         cc = stream.codec_context
         if tagged:
             cc.colorspace = spc
@@ -362,7 +306,7 @@ def make_color_bars_clip(path: str | os.PathLike, colors: Sequence[tuple[int, in
                     fr.color_range = 2 if full_range else 1
                 yield fr
 
-        _encode(out, stream, frames())
+        encode_frames(out, stream, frames())
     return path
 
 

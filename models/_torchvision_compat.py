@@ -12,7 +12,7 @@ with ``RuntimeError: operator torchvision::nms does not exist`` -- which takes
 ``NotImplementedError``. It is inert (changes nothing) whenever ``_C.so``
 loads, i.e. on any install whose torch and torchvision builds match.
 
-Enable it for an interpreter with ``python -m models._torchvision_compat
+Enable it for an interpreter with ``python -m framebus.models._torchvision_compat
 install`` (writes a one-line ``.pth`` hook, only when needed); inspect it with
 ``status``; remove it with ``uninstall``. The hook imports nothing heavy at
 start-up: torch is imported only once torchvision itself is being imported.
@@ -37,7 +37,7 @@ PTH_NAME = "framebus_torchvision_compat.pth"
 ENV_DISABLE = "FRAMEBUS_TORCHVISION_COMPAT"
 # Attribute carried by our meta-path finder. Checked by value rather than by
 # class so that a copy of this module loaded by the ``.pth`` line and a copy
-# imported as ``models._torchvision_compat`` never install two hooks.
+# imported as ``framebus.models._torchvision_compat`` never install two hooks.
 _HOOK_MARKER = "_framebus_torchvision_compat_hook"
 
 # Operator schemas exactly as torchvision 0.28's C++ extension defines them
@@ -450,7 +450,7 @@ def _find_spec_from_pth(stub, fullname, path=None, target=None):
 
 
 # --------------------------------------------------------------------------
-# Command line: python -m models._torchvision_compat [status|install|uninstall]
+# Command line: python -m framebus.models._torchvision_compat [status|install|uninstall]
 # --------------------------------------------------------------------------
 
 
@@ -464,7 +464,7 @@ def site_packages() -> str:
 # (this module is not even compiled until torchvision is imported): a stub
 # finder that, when ``torchvision`` is first looked up, loads this file by
 # absolute path under a private name (the generic top-level package name
-# ``models`` is never imported, or shadowed, at start-up) and hands over to
+# ``framebus.models`` is never imported, or shadowed, at start-up) and hands over to
 # _find_spec_from_pth, which swaps in the real _Finder. Every error is swallowed: a moved or deleted checkout
 # must never break start-up, it just leaves torchvision as it was.
 _PTH_CODE = """\
@@ -553,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python -m models._torchvision_compat",
+        prog="python -m framebus.models._torchvision_compat",
         description="Keep torchvision importable when its compiled extension does not load.",
     )
     parser.add_argument("command", nargs="?", default="status", choices=("status", "install", "uninstall"))

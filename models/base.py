@@ -7,9 +7,27 @@ Importing this module is cheap (no torch, no open_clip): the indexer and the sea
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+
+class ModelSettings(Protocol):
+    """What the model layer reads of the engine's configuration. The runtime's
+    ``framebus.streams.config.Settings`` is one; the model layer never imports it."""
+
+    #: the model profile (``default``, ``tiny``)
+    models: str
+    #: ``auto``, ``cpu``, ``cuda``, ``cuda:N``
+    device: str
+    #: the tiny models' training seed (``0``: the shipped weights)
+    train_seed: int
+
+    @property
+    def model_cache_dir(self) -> Path: ...
+
+    def model_copy(self, *, update: dict[str, Any]) -> "ModelSettings": ...
 
 
 @dataclass(frozen=True)

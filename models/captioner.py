@@ -11,7 +11,7 @@ offline ``tiny`` captioner.
   cross-attention) built from configs, with a word-level tokenizer (``tokenizers``) wrapped as a
   ``PreTrainedTokenizerFast``. Everything is offline: the trained model is read from
   ``<data_dir>/models/tiny-captioner/`` (a ``save_pretrained`` directory holding model, tokenizer
-  and image processor, written by ``models.training.captioner.train_tiny_captioner``); without it,
+  and image processor, written by ``framebus.models.training.captioner.train_tiny_captioner``); without it,
   a seeded random init (captions are words of the vocabulary, not descriptions).
 
 Decoding is greedy (deterministic). Nothing here imports torch or transformers at module import time.
@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from models.base import ModelInfo
-from models.common import check_image, feed_file, looks_like_missing_weights
-from streams.errors import ModelError, ModelNotAvailable
+from framebus.models.base import ModelInfo
+from framebus.models.common import check_image, feed_file, looks_like_missing_weights
+from framebus.topics.errors import ModelError, ModelNotAvailable
 
 DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
 DEFAULT_MAX_NEW_TOKENS = 30
@@ -200,7 +200,7 @@ class TransformersCaptioner:
         as ``VisionEncoderDecoderModel`` + ``AutoImageProcessor`` + ``AutoTokenizer``. Missing weights
         raise ``ModelNotAvailable`` (``models.weights_missing``).
         """
-        from models.openclip import resolve_device
+        from framebus.models.openclip import resolve_device
 
         transformers = _transformers()
         dev = resolve_device(device)
@@ -238,7 +238,7 @@ class TransformersCaptioner:
              max_new_tokens: int = TINY_MAX_NEW_TOKENS, batch_size: int = 64) -> "TransformersCaptioner":
         """The offline tiny captioner: the trained ``save_pretrained`` directory when it holds a model,
         else a seeded random init over ``TINY_WORDS``. ``version`` hashes what was loaded (12 hex)."""
-        from models.openclip import resolve_device
+        from framebus.models.openclip import resolve_device
 
         transformers = _transformers()
         dev = resolve_device(device)
@@ -258,7 +258,7 @@ class TransformersCaptioner:
             model = build_tiny_model(tokenizer)
             h = hashlib.sha256(json.dumps({"enc": TINY_ENCODER, "dec": TINY_DECODER, "words": TINY_WORDS,
                                            "seed": TINY_SEED}, sort_keys=True).encode())
-            from models.openclip import _state_dict_digest
+            from framebus.models.openclip import _state_dict_digest
 
             h.update(_state_dict_digest(model).encode())
             digest = h.hexdigest()

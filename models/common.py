@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from streams.errors import ModelError
+from framebus.topics.errors import ModelError
 
 
 def check_image(image: np.ndarray) -> np.ndarray:

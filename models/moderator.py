@@ -3,9 +3,9 @@
 * ``ClipZeroShotModerator`` (default profile): no training. Each policy category has a few text
   prompts; a frame's score for a category is a two-way softmax with temperature between the
   category's prompts and a set of neutral ("safe") prompts, on cosine similarities of the image
-  embedding with the prompt embeddings. The policy is a plain dict (``models.profiles.DEFAULT_MODERATION_POLICY``).
+  embedding with the prompt embeddings. The policy is a plain dict (``framebus.models.profiles.DEFAULT_MODERATION_POLICY``).
 * ``ClipHeadModerator`` (tiny profile): a logistic-regression head (one sigmoid per category) on the
-  image embedding, trained by ``models.training.moderator.train_tiny_moderator`` and read from
+  image embedding, trained by ``framebus.models.training.moderator.train_tiny_moderator`` and read from
   ``<data_dir>/models/tiny-moderator.pt`` together with its per-category decision thresholds.
 
 Both expose ``thresholds``: a frame is flagged for a category when its score is at or above it.
@@ -21,8 +21,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from models.base import Embedder, ModelInfo
-from streams.errors import ModelError, ModelNotAvailable
+from framebus.models.base import Embedder, ModelInfo
+from framebus.topics.errors import ModelError, ModelNotAvailable
 
 HEAD_FORMAT = "framebus-clip-head/1"
 TINY_HEAD_FILE = "tiny-moderator.pt"  # under <data_dir>/models
@@ -107,7 +107,7 @@ class ClipZeroShotModerator(_OnEmbeddings):
     def __init__(self, embedder: Embedder, categories: Mapping[str, Sequence[str] | str] | None = None,
                  calibration: ZeroShotCalibration | Mapping[str, Any] | None = None, *,
                  safe_prompts: Sequence[str] | None = None):
-        from models.profiles import DEFAULT_MODERATION_POLICY, DEFAULT_SAFE_PROMPTS
+        from framebus.models.profiles import DEFAULT_MODERATION_POLICY, DEFAULT_SAFE_PROMPTS
 
         self.embedder = embedder
         self.policy = _normalise_policy(categories if categories is not None else DEFAULT_MODERATION_POLICY)

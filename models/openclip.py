@@ -17,9 +17,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from models.base import ModelInfo
-from models.common import check_image, file_digest, looks_like_missing_weights
-from streams.errors import ModelError, ModelNotAvailable
+from framebus.models.base import ModelInfo
+from framebus.models.common import check_image, file_digest, looks_like_missing_weights
+from framebus.topics.errors import ModelError, ModelNotAvailable
 
 # --- the tiny profile ----------------------------------------------------------------------------
 # A small CLIP that needs no download: random init under a fixed seed (deterministic across
@@ -29,6 +29,8 @@ from streams.errors import ModelError, ModelNotAvailable
 TINY_NAME = "framebus-tiny-clip"
 TINY_SEED = 1234
 TINY_CHECKPOINT = "tiny-clip.pt"
+#: the ``format`` of a packed tiny checkpoint (``pack_tiny_state``)
+TINY_FORMAT = "framebus-tiny-clip/1"
 TINY_CONFIG: dict[str, Any] = {
     "embed_dim": 128,
     "vision_cfg": {"image_size": 64, "patch_size": 8, "width": 128, "layers": 3, "head_width": 32},
@@ -41,7 +43,7 @@ DEFAULT_BATCH_SIZE = 64
 def _open_clip():
     """Import open_clip, first patching torchvision where its compiled ops do not load."""
     try:
-        from models._torchvision_compat import apply as _tv_compat
+        from framebus.models._torchvision_compat import apply as _tv_compat
     except ImportError:  # no shim in this checkout: torchvision imports fine on its own, or not at all
         _tv_compat = None
     if _tv_compat is not None:
@@ -196,29 +198,28 @@ class OpenClipEmbedder:
 
     @classmethod
     def tiny(cls, *, checkpoint: Path | str | None = None, device: str = "auto",
-             batch_size: int = DEFAULT_BATCH_SIZE) -> "OpenClipEmbedder":
-        """The offline tiny CLIP: trained weights from ``checkpoint`` if that file exists, else a
-        seeded random init. ``version`` hashes the weights actually loaded (12 hex chars)."""
+             batch_size: int = DEFAULT_BATCH_SIZE, init_seed: int = TINY_SEED) -> "OpenClipEmbedder":
+        """The offline tiny CLIP: trained weights from ``checkpoint`` if that file exists (the format
+        ``pack_tiny_state`` writes, or a plain ``state_dict``), else the random init seeded with
+        ``init_seed``. ``version`` hashes the weights actually loaded (12 hex chars)."""
         import torch
 
         open_clip = _open_clip()
-        _register_tiny_config(open_clip)
         dev = resolve_device(device)
         ckpt = Path(checkpoint) if checkpoint is not None else None
         use_ckpt = ckpt is not None and ckpt.is_file()
         try:
-            # Build on CPU in fp32 under a private RNG so the init is identical everywhere and the
-            # caller's global RNG state is left alone; then move to the target device.
-            with torch.random.fork_rng(devices=[]), _quiet_random_init_warning():
-                torch.manual_seed(TINY_SEED)
-                model, _, preprocess = open_clip.create_model_and_transforms(
-                    TINY_NAME, pretrained=str(ckpt) if use_ckpt else None, device="cpu")
+            saved = torch.load(ckpt, map_location="cpu", weights_only=True) if use_ckpt else None
+            packed = isinstance(saved, dict) and saved.get("format") == TINY_FORMAT
+            model, preprocess = _seeded_tiny_model(int(saved["init_seed"]) if packed else init_seed)
+            if saved is not None:
+                model.load_state_dict(unpack_tiny_state(saved, model) if packed else saved)
             tokenizer = open_clip.get_tokenizer(TINY_NAME)
         except Exception as e:
             where = f" from {ckpt}" if use_ckpt else ""
             raise ModelError(f"cannot build the tiny model{where} (checkpoint must match models.openclip."
                              f"TINY_CONFIG): {type(e).__name__}: {e}") from e
-        digest = file_digest(ckpt) if use_ckpt else _tiny_init_digest(model)
+        digest = file_digest(ckpt) if use_ckpt else _tiny_init_digest(model, init_seed)
         model = model.to(dev)
         info = ModelInfo(name=TINY_NAME, version=digest[:12], task="embed")
         return cls(model, preprocess, tokenizer, info, device=dev, batch_size=batch_size)
@@ -284,12 +285,50 @@ class OpenClipEmbedder:
         return f"OpenClipEmbedder({self.info.name}, version={self.info.version}, dim={self.dim}, device={self.device})"
 
 
-def _tiny_init_digest(model) -> str:
+def _seeded_tiny_model(init_seed: int):
+    """The tiny CLIP's random init under ``init_seed`` and its preprocessing, built on the CPU in fp32 under a
+    private RNG (the caller's global RNG state is left alone)."""
+    import torch
+
+    open_clip = _open_clip()
+    _register_tiny_config(open_clip)
+    with torch.random.fork_rng(devices=[]), _quiet_random_init_warning():
+        torch.manual_seed(int(init_seed))
+        model, _, preprocess = open_clip.create_model_and_transforms(TINY_NAME, pretrained=None, device="cpu")
+    return model, preprocess
+
+
+_TOKENS = "token_embedding.weight"
+
+
+def pack_tiny_state(state: dict, init_seed: int) -> dict:
+    """The tiny CLIP's checkpoint: every tensor of ``state``, except the token-embedding rows that training
+    left at their init value. The world's captions use a few dozen of the 49,408 tokens of CLIP's vocabulary,
+    and a row without gradient never moves, so those rows are exactly ``init_seed``'s init, which
+    ``OpenClipEmbedder.tiny`` rebuilds: about 5 MB instead of 30, small enough to ship."""
+    import torch
+
+    init = _seeded_tiny_model(init_seed)[0].state_dict()[_TOKENS]
+    emb = state[_TOKENS].detach().cpu()
+    rows = torch.nonzero((emb != init).any(dim=1)).flatten()
+    return {"format": TINY_FORMAT, "init_seed": int(init_seed),
+            "state": {k: v.detach().cpu().contiguous() for k, v in state.items() if k != _TOKENS},
+            "token_rows": rows, "token_values": emb[rows].clone()}
+
+
+def unpack_tiny_state(packed: dict, model) -> dict:
+    """``pack_tiny_state``'s inverse, onto ``model`` built from the packed ``init_seed``: a full state dict."""
+    tokens = model.state_dict()[_TOKENS].clone()
+    tokens[packed["token_rows"]] = packed["token_values"].to(tokens.dtype)
+    return {**packed["state"], _TOKENS: tokens}
+
+
+def _tiny_init_digest(model, init_seed: int = TINY_SEED) -> str:
     """Version of the seeded tiny model: config + seed + the weights they produced.
 
     Hashing the weights too means a torch build that initialises differently gets a different
     version (and so a different collection) instead of silently mixing incompatible vectors.
     """
-    h = hashlib.sha256(json.dumps({"config": TINY_CONFIG, "seed": TINY_SEED}, sort_keys=True).encode())
+    h = hashlib.sha256(json.dumps({"config": TINY_CONFIG, "seed": init_seed}, sort_keys=True).encode())
     h.update(_state_dict_digest(model).encode())
     return h.hexdigest()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from streams.errors import ModelError
+from framebus.topics.errors import ModelError
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, PlainTextResponse
 
-from streams.broker import split_host_port
-from indexing.base import SegmentFilter
-from streams.search import SearchResponse, search
+from framebus.streams.broker import split_host_port
+from framebus.indexing.base import SegmentFilter
+from framebus.streams.search import SearchResponse, search
 
 
 TENANT = r"^[A-Za-z0-9._-]+$"

@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterable
 
 import faust
 
-from streams.broker import EmbeddedBroker, ensure_topics
-from streams.config import Settings
-from streams.runtime import AGENTS, MODEL_AGENTS, Runtime
+from framebus.streams.broker import EmbeddedBroker, ensure_topics
+from framebus.streams.config import Settings
+from framebus.streams.runtime import AGENTS, MODEL_AGENTS, Runtime
 
 log = logging.getLogger("framebus.app")
 
@@ -40,7 +40,7 @@ def parse_agents(value: str | Iterable[str], settings: Settings) -> list[str]:
 def build_runtime(settings: Settings, agents: Iterable[str], worker_name: str | None = None) -> Runtime:
     rt = Runtime(settings, worker_name=worker_name)
     for name in agents:
-        importlib.import_module(f"agents.{name}").register(rt)
+        importlib.import_module(f"framebus.agents.{name}").register(rt)
     rt.agents = list(agents)
     return rt
 
@@ -83,7 +83,7 @@ def configure_logging(level: str) -> None:
 
 def up(settings: Settings, *, with_api: bool = True, loglevel: str = "warning") -> None:
     """Everything on one machine: embedded broker (unless external), topics, agents, HTTP API."""
-    from streams import api
+    from framebus.streams import api
 
     configure_logging(loglevel)
     broker = None

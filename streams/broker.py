@@ -18,9 +18,9 @@ from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from streams.config import Settings
-from streams.errors import BrokerError
-from topics import registry
+from framebus.streams.config import Settings
+from framebus.topics.errors import BrokerError
+from framebus.topics import registry
 
 log = logging.getLogger("framebus.broker")
 

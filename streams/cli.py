@@ -12,10 +12,11 @@ import httpx
 import typer
 from rich.table import Table
 
-from models.cli import models_app
-from streams.cliutil import ConfigOpt, DataOpt, console, err_console, fail, settings_or_exit
-from streams.config import Settings
-from streams.errors import FramebusError
+from framebus.streams.models_cli import models_app
+from framebus.streams.cliutil import (ConfigOpt, DataOpt, console, err_console, fail, print_metadata_table,
+                                      print_search_results, settings_or_exit)
+from framebus.streams.config import Settings
+from framebus.topics.errors import FramebusError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 topics_app = typer.Typer(no_args_is_help=True, help="Topic names, partitions and JSON Schemas.")
@@ -34,7 +35,7 @@ def up(config: ConfigOpt = None, broker: BrokerOpt = None,
        data_dir: DataOpt = None, models: ModelsOpt = None,
        log_level: Annotated[str, typer.Option(help="log level")] = "warning") -> None:
     """Run everything on this machine: broker (embedded unless --broker), all agents, store, HTTP API."""
-    from streams.app import up as run_up
+    from framebus.streams.app import up as run_up
 
     settings = settings_or_exit(config, broker=broker, embedded_broker=embedded_broker, http=http, data_dir=data_dir,
                          models=models)
@@ -51,7 +52,7 @@ def worker(agents: Annotated[str, typer.Option(help="comma-separated: ingest,dec
            name: Annotated[Optional[str], typer.Option(help="worker name in logs")] = None,
            log_level: Annotated[str, typer.Option(help="log level")] = "warning") -> None:
     """Run chosen agents against a broker (scale-out: more workers join the same consumer group)."""
-    from streams.app import parse_agents, worker as run_worker
+    from framebus.streams.app import parse_agents, worker as run_worker
 
     settings = settings_or_exit(config, broker=broker, data_dir=data_dir, models=models)
     try:
@@ -68,8 +69,8 @@ def ingest(paths: Annotated[list[Path], typer.Argument(help="local video files")
            json_out: Annotated[bool, typer.Option("--json", help="print metadata as JSON lines")] = False,
            config: ConfigOpt = None, broker: BrokerOpt = None) -> None:
     """Publish ingest requests for local files to framebus.ingest."""
-    from streams.client import ingest as client_ingest, video_id_for
-    from topics.events import IngestRequest
+    from framebus.streams.client import ingest as client_ingest, video_id_for
+    from framebus.topics.events import IngestRequest
 
     settings = settings_or_exit(config, broker=broker)
     requests = [IngestRequest(video_id=video_id_for(p), uri=str(p.resolve()), tenant=tenant) for p in paths]
@@ -90,15 +91,6 @@ def ingest(paths: Annotated[list[Path], typer.Argument(help="local video files")
         raise typer.Exit(1)
     if any(d.status != "ok" for d in docs.values()):
         raise typer.Exit(1)
-
-
-def print_metadata_table(docs) -> None:
-    table = Table("video", "status", "duration", "fps", "size", "codec", "segments", "error")
-    for d in docs:
-        table.add_row(d.video_id, d.status, f"{d.duration_s:.2f}s" if d.duration_s else "-",
-                      f"{d.fps:.2f}" if d.fps else "-", f"{d.width}x{d.height}" if d.width else "-",
-                      d.codec or "-", str(len(d.shots)), d.error.code if d.error else "")
-    console.print(table)
 
 
 @app.command()
@@ -140,15 +132,14 @@ def search(query: Annotated[Optional[str], typer.Argument(help="what to look for
 
 
 def _search_local(settings: Settings, query: str | None, image: Path | None, params: dict) -> dict:
-    from indexing import open_store
-    from indexing.base import SegmentFilter
-    from models.registry import load_embedder
-    from streams.api import decode_image
-    from streams.search import search as run_search
+    from framebus.indexing.base import SegmentFilter
+    from framebus.models.registry import load_embedder
+    from framebus.streams.api import decode_image
+    from framebus.streams.search import search as run_search
 
     where = SegmentFilter(flagged=params.get("flagged"), start_s=params.get("start_s"), end_s=params.get("end_s"))
     try:
-        store = open_store(settings)
+        store = settings.open_store()
         try:
             return run_search(settings, load_embedder(settings), store, query, tenant=params["tenant"],
                               image=decode_image(image.read_bytes()) if image else None, limit=params["limit"],
@@ -160,23 +151,11 @@ def _search_local(settings: Settings, query: str | None, image: Path | None, par
         raise
 
 
-def print_search_results(data: dict) -> None:
-    console.print(f"[bold]{data['query']!r}[/] in tenant {data['tenant']} ({data['model']})")
-    if not data["results"]:
-        console.print("  no results")
-    for rank, video in enumerate(data["results"], 1):
-        console.print(f"  {rank}. {video['video_id']}  score {video['score']:.3f}")
-        for s in video["segments"]:
-            flag = " [red]flagged[/]" if s.get("flagged") else ""
-            caption = f'  "{s["caption"]}"' if s.get("caption") else ""
-            console.print(f"       {s['start_s']:6.1f}-{s['end_s']:.1f}s  {s['score']:.3f}{caption}{flag}")
-
-
 @topics_app.command("schema")
 def topics_schema(topic: Annotated[Optional[str], typer.Argument(help="one topic; default all public")] = None
                   ) -> None:
     """Print the JSON Schema of every public event (validate before you send)."""
-    from topics.registry import json_schemas
+    from framebus.topics.registry import json_schemas
 
     schemas = json_schemas()
     if topic:
@@ -190,7 +169,7 @@ def topics_schema(topic: Annotated[Optional[str], typer.Argument(help="one topic
 @topics_app.command("list")
 def topics_list(config: ConfigOpt = None) -> None:
     """Every topic framebus uses, with its key and partitions."""
-    from topics.registry import ALL
+    from framebus.topics.registry import ALL
 
     settings = settings_or_exit(config)
     table = Table("topic", "key", "value", "public", "partitions")
@@ -203,7 +182,7 @@ def topics_list(config: ConfigOpt = None) -> None:
 @topics_app.command("create")
 def topics_create(config: ConfigOpt = None, broker: BrokerOpt = None) -> None:
     """Create every topic on the broker with the configured partitions (idempotent)."""
-    from streams.broker import ensure_topics
+    from framebus.streams.broker import ensure_topics
 
     settings = settings_or_exit(config, broker=broker)
     for name, n in sorted(asyncio.run(ensure_topics(settings)).items()):
@@ -214,7 +193,7 @@ def topics_create(config: ConfigOpt = None, broker: BrokerOpt = None) -> None:
 def demo(workdir: Annotated[Optional[Path], typer.Option(help="where to put sample videos and data")] = None,
          keep: Annotated[bool, typer.Option(help="keep the work directory")] = False) -> None:
     """Make sample videos, start the embedded stack, ingest them, print metadata and searches."""
-    from streams.demo import run_demo
+    from framebus.streams.demo import run_demo
 
     sys.exit(run_demo(workdir, keep=keep))
 

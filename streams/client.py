@@ -15,10 +15,10 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streams.config import Settings
-from streams.runtime import TRACE_HEADER
-from topics import codec, registry
-from topics import events as ev
+from framebus.streams.config import Settings
+from framebus.streams.runtime import TRACE_HEADER
+from framebus.topics import codec, registry
+from framebus.topics import events as ev
 
 
 def video_id_for(path: Path) -> str:

@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     # --- models -------------------------------------------------------------------------------
     model_dir: Path | None = Field(None, description="model weights and caches; unset = <data_dir>/models")
     models: str = Field("default", description="model profile: default or tiny")
+    train_seed: int = Field(0, ge=0, description="seed of the tiny models' training recipe; 0 = the shipped weights")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     train_tiny: bool = Field(True, description="tiny profile: train missing or stale tiny models at start "
                                                "(once, a few minutes on CPU; cached under model_dir)")
@@ -145,6 +146,12 @@ class Settings(BaseSettings):
     @property
     def model_cache_dir(self) -> Path:
         return self.model_dir or self.data_dir / "models"
+
+    def open_store(self):
+        """The vector store these settings name (``framebus.indexing.open_store``)."""
+        from framebus.indexing import open_store
+
+        return open_store(self.vector_backend, url=self.qdrant_url, path=self.qdrant_path)
 
     def kafka_security(self) -> dict[str, Any]:
         """Keyword arguments for aiokafka clients (faust takes the same via ``broker_credentials``)."""

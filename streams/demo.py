@@ -23,9 +23,10 @@ import orjson
 from rich.console import Console
 from rich.markup import escape
 
-from streams.client import ingest
-from streams.config import load_settings
-from topics.events import IngestRequest
+from framebus.streams.cliutil import print_metadata_table, print_search_results
+from framebus.streams.client import ingest
+from framebus.streams.config import load_settings
+from framebus.topics.events import IngestRequest
 
 console = Console(width=None if sys.stdout.isatty() else 160)
 
@@ -67,7 +68,7 @@ def start_process(cmd: list[str], env: dict[str, str], ready_marker: str, log_pa
 def start_stack(env: dict[str, str], broker: str, http: str, log_path: Path,
                 timeout_s: float = 240.0) -> subprocess.Popen:
     """Start ``framebus up`` and return once it printed its ready line."""
-    return start_process([sys.executable, "-m", "streams.cli", "up", "--embedded-broker", broker, "--http", http],
+    return start_process([sys.executable, "-m", "framebus.streams.cli", "up", "--embedded-broker", broker, "--http", http],
                          env, "framebus ready", log_path, timeout_s=timeout_s)
 
 
@@ -90,7 +91,7 @@ QUERIES = ("a red circle moving left", "a blue square moving up", "a green trian
 
 
 def make_demo_videos(directory: Path) -> list[Path]:
-    from loadtest.world import ShotSpec, make_world_video
+    from framebus.models.world import ShotSpec, make_world_video
 
     paths = []
     for v, (name, shots) in enumerate(DEMO_VIDEOS):
@@ -102,7 +103,7 @@ def make_demo_videos(directory: Path) -> list[Path]:
 
 def train_tiny_models(settings) -> None:
     """Train the tiny models that are missing or stale (the first run only), saying so and how long it took."""
-    from models.training import ensure_tiny_models, missing_models
+    from framebus.models.training import ensure_tiny_models, missing_models
 
     todo = missing_models(settings)
     if not todo:
@@ -116,7 +117,6 @@ def train_tiny_models(settings) -> None:
 
 
 def run_demo(workdir: Path | None = None, *, keep: bool = False) -> int:
-    from streams.cli import print_metadata_table, print_search_results
 
     started = time.monotonic()
     work = Path(workdir or tempfile.mkdtemp(prefix="framebus-demo-")).resolve()

@@ -28,12 +28,12 @@ from typing import Any, TypeVar
 import faust
 from prometheus_client import Counter, Histogram
 
-from streams.batching import AdaptiveBatcher, DeadlineThread
-from streams.config import Settings
-from streams.errors import DecodeError, FramebusError
-from topics import codec, registry
-from topics import events as ev
-from topics.registry import TopicSpec
+from framebus.streams.batching import AdaptiveBatcher, DeadlineThread
+from framebus.streams.config import Settings
+from framebus.topics.errors import DecodeError, FramebusError
+from framebus.topics import codec, registry
+from framebus.topics import events as ev
+from framebus.topics.registry import TopicSpec
 
 log = logging.getLogger("framebus.runtime")
 T = TypeVar("T")
@@ -307,7 +307,7 @@ class Runtime:
     @property
     def embedder(self):
         if self._embedder is None:
-            from models.registry import load_embedder
+            from framebus.models.registry import load_embedder
 
             self._embedder = load_embedder(self.settings)
         return self._embedder
@@ -315,7 +315,7 @@ class Runtime:
     @property
     def captioner(self):
         if self._captioner is None:
-            from models.registry import load_captioner
+            from framebus.models.registry import load_captioner
 
             self._captioner = load_captioner(self.settings)
         return self._captioner
@@ -323,18 +323,18 @@ class Runtime:
     @property
     def moderator(self):
         if self._moderator is None:
-            from models.registry import load_moderator
+            from framebus.models.registry import load_moderator
 
             self._moderator = load_moderator(self.settings, self.embedder)
         return self._moderator
 
     def load_models(self, agents: list[str]) -> None:
-        """Load what ``agents`` need now (off the loop, before joining the group): fail fast and clearly.
+        """Load what ``framebus.agents`` need now (off the loop, before joining the group): fail fast and clearly.
 
         With the tiny profile, first trains the tiny models that are missing or stale (``train_tiny``).
         """
         if self.settings.models == "tiny" and self.settings.train_tiny and set(agents) & set(MODEL_AGENTS):
-            from models.training import ensure_tiny_models
+            from framebus.models.training import ensure_tiny_models
 
             # says which model it trains and why (missing, stale), and how long it took
             ensure_tiny_models(self.settings, progress=lambda line: log.warning("tiny models: %s", line))
@@ -384,9 +384,7 @@ class Runtime:
     @property
     def store(self):
         if self._store is None:
-            from indexing import open_store
-
-            self._store = open_store(self.settings)
+            self._store = self.settings.open_store()
         return self._store
 
     def close(self) -> None:

@@ -9,9 +9,9 @@ from urllib.request import url2pathname
 import numpy as np
 from pydantic import BaseModel, Field
 
-from indexing.base import SegmentFilter
-from indexing.ids import collection_name
-from streams.config import Settings
+from framebus.indexing.base import SegmentFilter
+from framebus.indexing.ids import collection_name
+from framebus.streams.config import Settings
 
 
 class SegmentResult(BaseModel):

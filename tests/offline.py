@@ -12,9 +12,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 _LOAD = r"""
 import json, sys
-from models import registry
-from streams.config import Settings
-from streams.errors import FramebusError
+from framebus.models import registry
+from framebus.streams.config import Settings
+from framebus.topics.errors import FramebusError
 
 try:
     getattr(registry, sys.argv[2])(Settings(models="default", device="cpu", data_dir=sys.argv[1]))
@@ -33,7 +33,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def load_default_offline(loader: str, data_dir: Path) -> dict:
-    """Call ``models.registry.<loader>`` (``load_embedder``, ``load_captioner``) for the default profile
+    """Call ``framebus.models.registry.<loader>`` (``load_embedder``, ``load_captioner``) for the default profile
     with ``data_dir`` in a child process, offline with an empty Hugging Face home; the framebus error it
     raised as ``{"type", "code", "message", "transient"}`` (``{"type": None}`` when it loaded)."""
     hf_home = data_dir.parent / "empty-hf-home"

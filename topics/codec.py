@@ -7,8 +7,8 @@ from typing import TypeVar
 import orjson
 from pydantic import ValidationError
 
-from streams.errors import EventTooLarge, InvalidEvent
-from topics.events import Event
+from framebus.topics.errors import EventTooLarge, InvalidEvent
+from framebus.topics.events import Event
 
 E = TypeVar("E", bound=Event)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from topics import events as ev
+from framebus.topics import events as ev
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Media library for the decode agent: URI checks, probing, frame sampling, JPEG, the pipeline.
+"""Media library for the decode agent: URI checks, probing, frame sampling, the pipeline.
 
 Pure functions and dataclasses - no Kafka, no asyncio. The decode agent runs ``decode_video`` in a
 process pool; everything it takes and returns pickles, and every failure is a ``FramebusError``
@@ -7,7 +7,7 @@ with a stable ``code``.
 
 from .decoders import (DecordDecoder, Decoder, PyAVDecoder, SampledFrame, SampleRun, SampleStats,
                        get_decoder)
-from .frames import decode_jpeg, encode_jpeg
+from framebus.topics.frames import decode_jpeg, encode_jpeg
 from .pipeline import DecodedSegment, DecodedVideo, DecodeJob, decode_video
 from .probe import Limits, ProbeResult, VideoInfo, probe, probe_detailed
 from .sampling import assign_frames_to_segments, plan_segments, sample_times

@@ -12,7 +12,7 @@ from pathlib import Path
 import av
 from av.video.reformatter import ColorRange, Colorspace
 
-from streams.errors import DecodeError, FramebusError, IngestError
+from framebus.topics.errors import DecodeError, FramebusError, IngestError
 
 # Demuxers we are willing to run on untrusted input. Anything else (playlists such as hls/dash
 # that open further URLs, concat, image sequences, tty/ansi text, devices, lavfi ...) fails to

@@ -26,7 +26,8 @@ import av
 import numpy as np
 from av.video.reformatter import ColorRange, Interpolation, VideoReformatter
 
-from streams.errors import DecodeError, FramebusError
+from framebus.topics.errors import DecodeError, FramebusError
+from framebus.topics.frames import output_size
 
 from ._avutil import av_error, opened_for_decode, sar, source_colour, video_stream
 from .probe import Limits, ProbeResult, probe_detailed
@@ -98,22 +99,6 @@ class Decoder(Protocol):
 # ------------------------------------------------------------------------------------------------
 # shared geometry
 # ------------------------------------------------------------------------------------------------
-
-
-def output_size(coded_w: int, coded_h: int, short_side: int, rotation: int = 0,
-                pixel_aspect: float = 1.0) -> tuple[int, int]:
-    """(width, height) to scale the *coded* picture to, so that once rotated by ``rotation``
-    (clockwise) its shorter side is ``short_side`` and its aspect is the display aspect."""
-    if short_side < 1:
-        raise ValueError("short_side must be >= 1")
-    dw, dh = coded_w * pixel_aspect, float(coded_h)
-    if rotation in (90, 270):
-        dw, dh = dh, dw
-    if dw <= dh:
-        tw, th = short_side, max(1, int(round(dh * short_side / dw)))
-    else:
-        tw, th = max(1, int(round(dw * short_side / dh))), short_side
-    return (th, tw) if rotation in (90, 270) else (tw, th)
 
 
 def upright(rgb: np.ndarray, rotation: int) -> np.ndarray:

@@ -39,11 +39,11 @@ from typing import Any, Callable
 
 import av
 
-from streams.errors import DecodeError, FramebusError
+from framebus.topics.errors import DecodeError, FramebusError
 
 from ._avutil import av_error
 from .decoders import DEFAULT_DECODER, get_decoder
-from .frames import decode_jpeg, encode_jpeg
+from framebus.topics.frames import decode_jpeg, encode_jpeg
 from .probe import Limits, VideoInfo, probe_detailed
 from .quality import quality_scores
 from .shots import ShotDetector, Shrinker, detect_file, shots_from_cuts
@@ -74,7 +74,7 @@ class DecodeJob:
     @classmethod
     def from_settings(cls, settings: Any, path: str | os.PathLike, video_id: str,
                       thumb_dir: str | os.PathLike | None = None) -> DecodeJob:
-        """A job with every knob taken from ``streams.config.Settings``."""
+        """A job with every knob taken from ``framebus.streams.config.Settings``."""
         return cls(path=os.fspath(path), video_id=video_id, sample_fps=settings.sample_fps,
                    segment_s=settings.segment_s, max_frames=settings.max_frames,
                    short_side=settings.frame_size, jpeg_quality=settings.jpeg_quality,

@@ -22,7 +22,7 @@ from typing import Any
 
 import av
 
-from streams.errors import DecodeError, FramebusError, IngestError
+from framebus.topics.errors import DecodeError, FramebusError, IngestError
 
 from ._avutil import (NOT_VIDEO_CODECS, av_error, bit_depth, codec_name, open_error, open_input,
                       rotation_cw, sar, to_seconds, video_stream)
@@ -55,7 +55,7 @@ class VideoInfo:
 
 @dataclass
 class Limits:
-    """Ingest limits (defaults = ``streams.config.Settings`` defaults). The resolution limit
+    """Ingest limits (defaults = ``framebus.streams.config.Settings`` defaults). The resolution limit
     applies to the coded picture in either orientation (a portrait 2160x3840 clip passes a
     3840x2160 limit)."""
 

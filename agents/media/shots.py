@@ -65,7 +65,7 @@ from typing import Iterable, Iterator
 import numpy as np
 from av.video.reformatter import Interpolation, VideoReformatter
 
-from streams.errors import DecodeError
+from framebus.topics.errors import DecodeError
 
 from ._avutil import opened_for_decode, video_stream
 

@@ -1,7 +1,7 @@
-"""Training of the offline ``tiny`` models on the synthetic world (``loadtest.world``).
+"""Training of the offline ``tiny`` models on the synthetic world (``framebus.models.world``).
 
 The trained weights are a cache, not a source file: they live under the model directory
-(``Settings.model_cache_dir``, ``<data_dir>/models`` by default), are never committed, and
+(``ModelSettings.model_cache_dir``, ``<data_dir>/models`` by default), are never committed, and
 ``ensure_tiny_models(settings)`` rebuilds whichever is missing or stale. Training is deterministic,
 so a rebuilt file has the same bytes (and the same model version) on the same torch build.
 
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 if TYPE_CHECKING:
-    from streams.config import Settings
+    from framebus.models.base import ModelSettings
 
 log = logging.getLogger(__name__)
 
@@ -42,37 +42,37 @@ class TrainSpec:
     #: file name under the model directory (what the serving code loads)
     filename: str
     #: ``train(out_path, settings) -> stats``; must write ``out_path`` atomically
-    train: Callable[[Path, "Settings"], dict[str, Any]]
+    train: Callable[[Path, "ModelSettings"], dict[str, Any]]
     #: names of earlier ``TRAINERS`` this model is trained on top of
     depends: tuple[str, ...] = ()
     #: bump when the recipe changes: caches of another revision are retrained
     revision: int = 1
 
-    def path(self, settings: "Settings") -> Path:
+    def path(self, settings: "ModelSettings") -> Path:
         return Path(settings.model_cache_dir) / self.filename
 
 
-def _train_clip(out_path: Path, settings: "Settings") -> dict[str, Any]:
-    from models.training.clip import train_tiny_clip
+def _train_clip(out_path: Path, settings: "ModelSettings") -> dict[str, Any]:
+    from framebus.models.training.clip import train_tiny_clip
 
     # Always on CPU: the same checkpoint (bytes, version) on every machine with this torch build.
     return train_tiny_clip(out_path, device="cpu")
 
 
 def _tiny_clip_filename() -> str:
-    from models.openclip import TINY_CHECKPOINT
+    from framebus.models.openclip import TINY_CHECKPOINT
 
     return TINY_CHECKPOINT
 
 
-def _train_captioner(out_path: Path, settings: "Settings") -> dict[str, Any]:
-    from models.training.captioner import train_for_settings
+def _train_captioner(out_path: Path, settings: "ModelSettings") -> dict[str, Any]:
+    from framebus.models.training.captioner import train_for_settings
 
     return train_for_settings(out_path, settings)
 
 
-def _train_moderator(out_path: Path, settings: "Settings") -> dict[str, Any]:
-    from models.training.moderator import train_for_settings
+def _train_moderator(out_path: Path, settings: "ModelSettings") -> dict[str, Any]:
+    from framebus.models.training.moderator import train_for_settings
 
     return train_for_settings(out_path, settings)
 
@@ -145,18 +145,18 @@ def model_version(path: Path) -> str:
     version = _read_stats(path).get("version")
     if isinstance(version, str) and version:
         return version
-    from models.common import file_digest
+    from framebus.models.common import file_digest
 
     return file_digest(path)[:12]
 
 
-def _inputs(spec: TrainSpec, settings: "Settings") -> dict[str, str]:
+def _inputs(spec: TrainSpec, settings: "ModelSettings") -> dict[str, str]:
     by_name = {s.name: s for s in TRAINERS}
     return {dep: model_version(by_name[dep].path(settings)) for dep in spec.depends
             if dep in by_name and by_name[dep].path(settings).is_file()}
 
 
-def why_stale(spec: TrainSpec, settings: "Settings") -> str | None:
+def why_stale(spec: TrainSpec, settings: "ModelSettings") -> str | None:
     """Why ``spec``'s cached file must be (re)trained, or None when it is current."""
     path = spec.path(settings)
     if not path.is_file():
@@ -173,7 +173,7 @@ def why_stale(spec: TrainSpec, settings: "Settings") -> str | None:
     return None
 
 
-def ensure_tiny_models(settings: "Settings", *, force: bool = False,
+def ensure_tiny_models(settings: "ModelSettings", *, force: bool = False,
                        only: tuple[str, ...] | None = None,
                        progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train every model of ``TRAINERS`` whose file is missing or stale (all of them with ``force``).
@@ -214,7 +214,7 @@ def ensure_tiny_models(settings: "Settings", *, force: bool = False,
     return out
 
 
-def missing_models(settings: "Settings") -> list[str]:
+def missing_models(settings: "ModelSettings") -> list[str]:
     """Names of the ``TRAINERS`` models that ``ensure_tiny_models`` would train (missing or stale)."""
     todo: list[str] = []
     for spec in TRAINERS:

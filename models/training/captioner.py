@@ -1,9 +1,9 @@
 """Train the tiny captioner (``FRAMEBUS_MODELS=tiny``) on the synthetic world.
 
 ``train_tiny_captioner(out_dir)`` builds the tiny ``VisionEncoderDecoderModel`` of
-``models.captioner`` (ViT encoder, GPT-2 decoder with cross-attention) with a word-level tokenizer
+``framebus.models.captioner`` (ViT encoder, GPT-2 decoder with cross-attention) with a word-level tokenizer
 over the world's vocabulary, trains it with teacher forcing on frames of the world's training shots
-(``loadtest.world.split``) -> their captions ("a red circle moving left"), and writes a
+(``framebus.models.world.split``) -> their captions ("a red circle moving left"), and writes a
 ``save_pretrained`` directory (model, tokenizer, image processor) atomically to ``out_dir``, which
 ``TransformersCaptioner.tiny(out_dir)`` loads.
 
@@ -33,7 +33,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from models.training import deterministic_torch
+from framebus.models.training import deterministic_torch
 
 DEFAULT_EPOCHS = 30
 DEFAULT_BATCH = 32
@@ -59,7 +59,7 @@ def pixel_values(image_processor, frames: Sequence[np.ndarray], chunk: int = 256
     """Frames -> ``(n, 3, H, W)`` float32 tensor, as the captioner preprocesses them."""
     import torch
 
-    from models.common import check_image
+    from framebus.models.common import check_image
 
     parts = [image_processor(images=[check_image(f) for f in frames[i:i + chunk]], return_tensors="pt")["pixel_values"]
              for i in range(0, len(frames), chunk)]
@@ -121,10 +121,10 @@ def train_tiny_captioner(out_dir: Path | str | None, *, seed: int = 0, epochs: i
     """
     import torch
 
-    from loadtest.world import COLOURS, MOTIONS, SHAPES, split, training_pairs
-    from models.captioner import (TINY_WORDS, build_tiny_image_processor, build_tiny_model,
+    from framebus.models.world import COLOURS, MOTIONS, SHAPES, split, training_pairs
+    from framebus.models.captioner import (TINY_WORDS, build_tiny_image_processor, build_tiny_model,
                                   build_word_tokenizer, _dir_digest)
-    from models.openclip import _state_dict_digest, resolve_device
+    from framebus.models.openclip import _state_dict_digest, resolve_device
 
     t0 = time.monotonic()
     dev = torch.device(resolve_device(device))
@@ -241,7 +241,7 @@ def train_tiny_captioner(out_dir: Path | str | None, *, seed: int = 0, epochs: i
 def parse_caption(text: str) -> dict[str, str | None]:
     """The world attributes a caption names: ``{"shape", "colour", "motion"}`` (``None`` when it names
     none, or more than one, of a kind). ``motion`` is the word after "moving"."""
-    from loadtest.world import COLOURS, MOTIONS, SHAPES
+    from framebus.models.world import COLOURS, MOTIONS, SHAPES
 
     words = text.lower().split()
 
@@ -275,7 +275,7 @@ def caption_accuracy(captions: Sequence[str], specs: Sequence[Any]) -> dict[str,
 def keyframes(shots: Sequence[Any]) -> tuple[list[np.ndarray], list[Any]]:
     """The middle frame of each shot (t = duration / 2), as the decode agent sends it (short side
     224, JPEG round trip): the keyframe the caption agent passes."""
-    from loadtest.world import training_pairs
+    from framebus.models.world import training_pairs
 
     frames, specs = training_pairs(list(shots), 2)
     return frames[1::2], specs[1::2]
@@ -283,7 +283,7 @@ def keyframes(shots: Sequence[Any]) -> tuple[list[np.ndarray], list[Any]]:
 
 def evaluate_captioner(captioner: Any, shots: Sequence[Any] | None = None, *, world_seed: int = 0) -> dict[str, Any]:
     """Caption accuracy on the keyframes of ``shots`` (default: the world's held-out shots)."""
-    from loadtest.world import split
+    from framebus.models.world import split
 
     if shots is None:
         shots = split(world_seed)[1]
@@ -299,7 +299,7 @@ def evaluate_captioner(captioner: Any, shots: Sequence[Any] | None = None, *, wo
 # --- ensure_tiny_models entry ----------------------------------------------------------------------
 
 def _train_filename() -> str:
-    from models.captioner import TINY_DIR, TINY_MARKER
+    from framebus.models.captioner import TINY_DIR, TINY_MARKER
 
     return f"{TINY_DIR}/{TINY_MARKER}"
 
@@ -310,7 +310,7 @@ TRAIN_FILENAME = _train_filename()
 
 
 def train_for_settings(out_path: Path, settings: Any) -> dict[str, Any]:
-    """``TrainSpec.train`` for ``models.training.TRAINERS``: ``out_path`` is
+    """``TrainSpec.train`` for ``framebus.models.training.TRAINERS``: ``out_path`` is
     ``<model dir>/tiny-captioner/model.safetensors``; trains into its directory, always on CPU (the
     same bytes, and model version, on every machine with this torch build)."""
     return train_tiny_captioner(Path(out_path).parent, device="cpu")
@@ -338,8 +338,8 @@ def segment_keyframes(segments: Sequence[Any], min_side: int | None = None) -> t
 def heldout_eval(settings: Any, ctx: dict[str, Any]) -> dict[str, Any]:
     """``EVALUATIONS`` entry: caption accuracy (shape, colour, motion, shape+colour, all, exact) of
     the profile's captioner on one keyframe per held-out shot, decoded as in production."""
-    from models.registry import load_captioner
-    from streams.errors import FramebusError
+    from framebus.models.registry import load_captioner
+    from framebus.topics.errors import FramebusError
 
     try:
         captioner = ctx.get("captioner") or load_captioner(settings)
@@ -349,7 +349,7 @@ def heldout_eval(settings: Any, ctx: dict[str, Any]) -> dict[str, Any]:
     frames, specs = segment_keyframes(ctx["segments"], getattr(captioner, "image_size", None))
     t0 = time.monotonic()
     captions = captioner.caption(frames)
-    from loadtest.world import COLOURS, MOTIONS, SHAPES
+    from framebus.models.world import COLOURS, MOTIONS, SHAPES
 
     return {"model": {"name": captioner.info.name, "version": captioner.info.version}, "keyframes": len(frames),
             **caption_accuracy(captions, specs),

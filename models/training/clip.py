@@ -1,8 +1,8 @@
 """Train the tiny open_clip model (``FRAMEBUS_MODELS=tiny``) on the synthetic world.
 
 ``train_tiny_clip(out_path)`` starts from exactly the model ``OpenClipEmbedder.tiny()`` builds (the
-seeded init of ``models.openclip.TINY_CONFIG``), trains it contrastively on frames of the world's
-training shots (``loadtest.world.split``) paired with text queries, and writes the weights to
+seeded init of ``framebus.models.openclip.TINY_CONFIG``), trains it contrastively on frames of the world's
+training shots (``framebus.models.world.split``) paired with text queries, and writes the weights to
 ``out_path`` in the format ``OpenClipEmbedder.tiny(checkpoint=...)`` loads (a plain
 ``state_dict`` saved with ``torch.save``). The checkpoint's bytes name the model version, so a
 trained model gets its own vector collection.
@@ -26,7 +26,7 @@ kind (which of "a circle" / "a square" / ..., of "a red shape" / ..., of "a shap
 ...) gives every attribute its own signal from the first step.
 
 Motion: frames are rendered with a motion trail and a direction-dependent position (see
-``loadtest.world``), so each single frame carries the direction.
+``framebus.models.world``), so each single frame carries the direction.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from models.training import deterministic_torch
+from framebus.models.training import deterministic_torch
 
 #: default number of optimisation steps (about 4-5 min on one idle CPU core, data included)
 DEFAULT_STEPS = 1200
@@ -56,11 +56,11 @@ DEFAULT_THREADS = 1
 FRAMES_PER_SHOT = 4
 
 
-def _build_model():
+def _build_model(init_seed: int):
     """The tiny model, exactly as the serving path builds it before any checkpoint: seeded init."""
-    from models.openclip import OpenClipEmbedder
+    from framebus.models.openclip import OpenClipEmbedder
 
-    emb = OpenClipEmbedder.tiny(checkpoint=None, device="cpu")
+    emb = OpenClipEmbedder.tiny(checkpoint=None, device="cpu", init_seed=init_seed)
     return emb.model, emb.preprocess, emb.tokenizer
 
 
@@ -177,7 +177,7 @@ def _prepare_data(preprocess, world_seed: int, frames_per_shot: int, max_shots: 
     import torch
     from PIL import Image
 
-    from loadtest.world import split, training_pairs
+    from framebus.models.world import split, training_pairs
 
     train, _ = split(world_seed)
     if max_shots is not None:
@@ -203,14 +203,15 @@ def train_tiny_clip(out_path: Path | str | None, *, seed: int = 0, steps: int = 
     """
     import torch
 
-    from loadtest.world import queries
-    from models.openclip import _state_dict_digest, resolve_device
+    from framebus.models.world import queries
+    from framebus.models.openclip import TINY_SEED, _state_dict_digest, resolve_device
 
+    init_seed = TINY_SEED + int(seed)  # seed 0: the init the serving path builds with no checkpoint
     t0 = time.monotonic()
     dev = torch.device(resolve_device(device))
     with deterministic_torch(threads):
         with torch.random.fork_rng(devices=[]):
-            model, preprocess, tokenizer = _build_model()
+            model, preprocess, tokenizer = _build_model(init_seed)
             torch.manual_seed(int(seed))
             x_all, specs = _prepare_data(preprocess, world_seed, frames_per_shot, max_shots)
             t_data = time.monotonic() - t0
@@ -276,7 +277,9 @@ def train_tiny_clip(out_path: Path | str | None, *, seed: int = 0, steps: int = 
 
     sha = None
     if out_path is not None:
-        sha = save_state_dict_atomic(state, Path(out_path))
+        from framebus.models.openclip import pack_tiny_state
+
+        sha = save_state_dict_atomic(pack_tiny_state(state, init_seed), Path(out_path))
     tail = losses[-10:] if losses else [float("nan")]
     return {
         "model": "tiny-clip",

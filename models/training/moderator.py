@@ -2,11 +2,11 @@
 embeddings of the synthetic world.
 
 ``train_tiny_moderator(out_path, embedder)`` embeds frames of the world's training shots
-(``loadtest.world.split``) with ``embedder`` (whatever ``load_embedder(settings)`` returns: the
+(``framebus.models.world.split``) with ``embedder`` (whatever ``load_embedder(settings)`` returns: the
 trained tiny CLIP when it exists), labels each frame with the world's moderation categories
 (``MODERATION_CATEGORIES``; ``hazard`` = a star is shown), fits one sigmoid per category on 80 % of
 the training shots, picks each category's decision threshold on the other 20 % (best F1, ties to the
-middle, in logit space, of the widest gap), and writes the head with ``models.moderator.save_head``
+middle, in logit space, of the widest gap), and writes the head with ``framebus.models.moderator.save_head``
 (atomic). ``ClipHeadModerator.load`` reads it back; the file records the embedder it was trained on.
 
 Deterministic for a given ``seed``, embedder and torch build on CPU (full-batch L-BFGS, fixed
@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from models.training import deterministic_torch
+from framebus.models.training import deterministic_torch
 
 DEFAULT_THREADS = 2
 #: frames per shot, evenly over it (as the tiny CLIP is trained): late points of an object's path too
@@ -32,7 +32,7 @@ DEFAULT_L2 = 1e-3
 
 def category_labels(specs: Sequence[Any], categories: Sequence[str]) -> np.ndarray:
     """``(n, k)`` 0/1 labels: a world shot is in category ``hazard`` when it is unsafe (shows a star)."""
-    from loadtest.world import MODERATION_CATEGORIES
+    from framebus.models.world import MODERATION_CATEGORIES
 
     cols = []
     for c in categories:
@@ -114,8 +114,8 @@ def train_tiny_moderator(out_path: Path | str | None, embedder: Any, *, seed: in
     import hashlib
 
 
-    from loadtest.world import MODERATION_CATEGORIES, split, training_pairs
-    from models.moderator import save_head
+    from framebus.models.world import MODERATION_CATEGORIES, split, training_pairs
+    from framebus.models.moderator import save_head
 
     t0 = time.monotonic()
     categories = list(MODERATION_CATEGORIES)
@@ -178,7 +178,7 @@ def moderation_metrics(moderator: Any, frames: Sequence[np.ndarray], specs: Sequ
                        shot_ids: Sequence[Any] | None = None) -> dict[str, Any]:
     """Precision / recall per world category at the moderator's thresholds, per frame and per shot
     (a shot is flagged when any of its frames is). Categories the moderator lacks are skipped."""
-    from loadtest.world import MODERATION_CATEGORIES
+    from framebus.models.world import MODERATION_CATEGORIES
 
     scores = moderator.score(list(frames))
     out: dict[str, Any] = {"model": moderator.info.name, "version": moderator.info.version, "frames": len(frames)}
@@ -209,7 +209,7 @@ def moderation_metrics(moderator: Any, frames: Sequence[np.ndarray], specs: Sequ
 def evaluate_moderator(moderator: Any, shots: Sequence[Any] | None = None, *, world_seed: int = 0,
                        frames_per_shot: int = FRAMES_PER_SHOT) -> dict[str, Any]:
     """``moderation_metrics`` on rendered frames of ``shots`` (default: the world's held-out shots)."""
-    from loadtest.world import split, training_pairs
+    from framebus.models.world import split, training_pairs
 
     if shots is None:
         shots = split(world_seed)[1]
@@ -221,10 +221,10 @@ def evaluate_moderator(moderator: Any, shots: Sequence[Any] | None = None, *, wo
 # --- ensure_tiny_models entry ----------------------------------------------------------------------
 
 def train_for_settings(out_path: Path, settings: Any) -> dict[str, Any]:
-    """``TrainSpec.train`` for ``models.training.TRAINERS``: the head on top of whatever
+    """``TrainSpec.train`` for ``framebus.models.training.TRAINERS``: the head on top of whatever
     ``load_embedder(settings)`` returns (the trained tiny CLIP when it exists, so list this entry
     after the CLIP's), embedded on CPU for reproducible bytes."""
-    from models.registry import load_embedder
+    from framebus.models.registry import load_embedder
 
     embedder = load_embedder(settings.model_copy(update={"device": "cpu"}))
     return train_tiny_moderator(out_path, embedder)
@@ -235,8 +235,8 @@ def train_for_settings(out_path: Path, settings: Any) -> dict[str, Any]:
 def world_zero_shot(embedder: Any):
     """The zero-shot moderator with the world's policy (``MODERATION_CATEGORIES``) against the other
     shapes as safe prompts: what zero-shot moderation achieves on the same embedder, untrained."""
-    from loadtest.world import MODERATION_CATEGORIES, SHAPES, UNSAFE_SHAPE
-    from models.moderator import ClipZeroShotModerator
+    from framebus.models.world import MODERATION_CATEGORIES, SHAPES, UNSAFE_SHAPE
+    from framebus.models.moderator import ClipZeroShotModerator
 
     return ClipZeroShotModerator(embedder, MODERATION_CATEGORIES,
                                  safe_prompts=[f"a {s}" for s in SHAPES if s != UNSAFE_SHAPE])
@@ -246,8 +246,8 @@ def heldout_eval(settings: Any, ctx: dict[str, Any]) -> dict[str, Any]:
     """``EVALUATIONS`` entry: moderation precision / recall (at the moderator's thresholds) on every
     frame of the held-out segments that show a single shot, decoded as in production, per frame and
     per shot; for the profile's moderator and for zero-shot prompts with the world's policy."""
-    from models.registry import load_embedder, load_moderator
-    from streams.errors import FramebusError
+    from framebus.models.registry import load_embedder, load_moderator
+    from framebus.topics.errors import FramebusError
 
     embedder = ctx.get("embedder") or load_embedder(settings)
     ctx["embedder"] = embedder

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from streams.client import ingest
+from framebus.streams.client import ingest
 from tests.conftest import MODEL_DIR
-from streams.config import Settings, load_settings
-from streams.demo import free_port, start_stack, stop_stack
-from topics.events import IngestRequest, VideoMetadata
+from framebus.streams.config import Settings, load_settings
+from framebus.streams.demo import free_port, start_stack, stop_stack
+from framebus.topics.events import IngestRequest, VideoMetadata
 
 pytestmark = pytest.mark.integration
 

@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from streams.broker import EmbeddedBroker, ensure_topics, topic_partitions
-from streams.config import load_settings
-from streams.demo import free_port
-from streams.errors import BrokerError
+from framebus.streams.broker import EmbeddedBroker, ensure_topics, topic_partitions
+from framebus.streams.config import load_settings
+from framebus.streams.demo import free_port
+from framebus.topics.errors import BrokerError
 
 pytestmark = pytest.mark.integration
 

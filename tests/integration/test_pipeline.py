@@ -12,8 +12,9 @@ import httpx
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from loadtest import videos, world
-from topics.events import IngestRequest
+from framebus.loadtest import videos
+from framebus.models import world
+from framebus.topics.events import IngestRequest
 
 pytestmark = pytest.mark.integration
 
@@ -196,7 +197,7 @@ def test_search_finds_segments_and_never_crosses_tenants(stack):
             assert thumb.status_code == 200 and thumb.content[:2] == b"\xff\xd8"  # a JPEG
 
     # the CLI goes through the same API
-    out = subprocess.run([sys.executable, "-m", "streams.cli", "search", "a ball", "--tenant", tb, "--api",
+    out = subprocess.run([sys.executable, "-m", "framebus.streams.cli", "search", "a ball", "--tenant", tb, "--api",
                           stack.http, "--json"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     cli = json.loads(out.stdout)

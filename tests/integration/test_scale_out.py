@@ -11,19 +11,19 @@ import uuid
 import orjson
 import pytest
 
-from loadtest import videos
-from streams.broker import EmbeddedBroker, ensure_topics
-from streams.client import MetadataWatcher, publish_ingest
-from streams.config import load_settings
-from streams.demo import free_port, start_process, stop_stack
+from framebus.loadtest import videos
+from framebus.streams.broker import EmbeddedBroker, ensure_topics
+from framebus.streams.client import MetadataWatcher, publish_ingest
+from framebus.streams.config import load_settings
+from framebus.streams.demo import free_port, start_process, stop_stack
 from tests.integration.conftest import stack_env
-from topics.events import IngestRequest
+from framebus.topics.events import IngestRequest
 
 pytestmark = pytest.mark.integration
 
 
 def start_worker(name: str, broker: str, env: dict, log_path) -> subprocess.Popen:
-    return start_process([sys.executable, "-m", "streams.cli", "worker", "--agents", "all", "--broker", broker,
+    return start_process([sys.executable, "-m", "framebus.streams.cli", "worker", "--agents", "all", "--broker", broker,
                           "--name", name, "--log-level", "info"], env, "framebus worker ready", log_path,
                          timeout_s=180)
 

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loadtest import world
-from streams.client import ingest
-from streams.demo import AlertWatcher
-from topics.events import IngestRequest
+from framebus.models import world
+from framebus.streams.client import ingest
+from framebus.streams.demo import AlertWatcher
+from framebus.topics.events import IngestRequest
 
 pytestmark = pytest.mark.integration
 

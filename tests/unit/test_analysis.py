@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from agents.index import complete, merge
-from agents.moderate import verdict
-from streams.config import Settings
-from topics import events as ev
+from framebus.agents.index import complete, merge
+from framebus.agents.moderate import verdict
+from framebus.streams.config import Settings
+from framebus.topics import events as ev
 
 MODERATOR = SimpleNamespace(categories=["hazard", "gore"], thresholds={"hazard": 0.6, "gore": 0.5})
 
@@ -49,8 +49,8 @@ def test_a_segment_is_joined_once_every_task_reported_in_any_order():
 
 
 def test_parts_that_never_complete_expire():
-    from agents.index import stale
-    from streams.expiry import ExpiringKeys
+    from framebus.agents.index import stale
+    from framebus.agents.expiry import ExpiringKeys
 
     parts = merge({}, part("caption", caption="a red circle"), now=1000.0)
     parts = merge(parts, part("embed", vector=[1.0, 0.0]), now=1500.0)  # the first part's time is kept

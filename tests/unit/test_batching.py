@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from streams.batching import AdaptiveBatcher, is_out_of_memory
+from framebus.streams.batching import AdaptiveBatcher, is_out_of_memory
 
 
 def model_with_memory(capacity: int, calls: list[int]):
@@ -59,7 +59,7 @@ def test_out_of_memory_detection():
 def test_deadline_thread_runs_earliest_deadline_first_and_reports_errors():
     import threading
 
-    from streams.batching import DeadlineThread
+    from framebus.streams.batching import DeadlineThread
 
     runner = DeadlineThread("test-model")
     gate, order = threading.Event(), []

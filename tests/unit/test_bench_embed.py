@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from loadtest import bench_embed as be
+from framebus.loadtest import bench_embed as be
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.base import Captioner, ModelInfo
-from models.registry import backends, load_captioner
-from streams.config import Settings
-from streams.errors import ModelError, ModelNotAvailable
+from framebus.models.base import Captioner, ModelInfo
+from framebus.models.registry import backends, load_captioner
+from framebus.streams.config import Settings
+from framebus.topics.errors import ModelError, ModelNotAvailable
 from tests.offline import load_default_offline
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,8 +35,8 @@ def trained(tiny_models):
 
 @pytest.fixture(scope="module")
 def heldout_keyframes():
-    from models.training.captioner import keyframes
-    from loadtest.world import split
+    from framebus.models.training.captioner import keyframes
+    from framebus.models.world import split
 
     return keyframes(split(0)[1])
 
@@ -67,7 +67,7 @@ def test_trained_captioner_names_shape_and_colour(trained, heldout_keyframes):
     captions = cap.caption(frames)
     assert len(captions) == len(specs) == 80
 
-    from models.training.captioner import caption_accuracy
+    from framebus.models.training.captioner import caption_accuracy
 
     acc = caption_accuracy(captions, specs)
     print("held-out keyframe accuracy:", acc, "training:", {k: stats[k] for k in ("steps", "seconds")})
@@ -81,8 +81,8 @@ def test_trained_captioner_names_shape_and_colour(trained, heldout_keyframes):
 
 
 def test_trained_directory_is_complete_and_batching_is_stable(trained, heldout_keyframes):
-    from models.captioner import TINY_DIR, TransformersCaptioner
-    from models.training import LOCK_NAME
+    from framebus.models.captioner import TINY_DIR, TransformersCaptioner
+    from framebus.models.training import LOCK_NAME
 
     settings, _ = trained
     d = settings.model_cache_dir / TINY_DIR
@@ -97,7 +97,7 @@ def test_trained_directory_is_complete_and_batching_is_stable(trained, heldout_k
 
 
 def test_training_is_deterministic(tmp_path):
-    from models.training.captioner import train_tiny_captioner
+    from framebus.models.training.captioner import train_tiny_captioner
 
     a = train_tiny_captioner(tmp_path / "a", epochs=1, max_shots=32)
     b = train_tiny_captioner(tmp_path / "b", epochs=1, max_shots=32)
@@ -108,7 +108,7 @@ def test_training_is_deterministic(tmp_path):
 
 
 def test_parse_caption():
-    from models.training.captioner import parse_caption
+    from framebus.models.training.captioner import parse_caption
 
     assert parse_caption("a red circle moving left") == {"shape": "circle", "colour": "red", "motion": "left"}
     assert parse_caption("a red blue circle") == {"shape": "circle", "colour": None, "motion": None}
@@ -116,7 +116,7 @@ def test_parse_caption():
 
 
 def test_registry_has_captioner_backends():
-    from models.profiles import DEFAULT_CAPTIONER_NAME, get_profile
+    from framebus.models.profiles import DEFAULT_CAPTIONER_NAME, get_profile
 
     assert ("captioner", "transformers") in backends("captioner")
     assert ("captioner", "tiny") in backends("captioner")
@@ -126,7 +126,7 @@ def test_registry_has_captioner_backends():
 
 
 def test_default_profile_offline_raises_model_not_available(tmp_path):
-    from models.profiles import DEFAULT_CAPTIONER_NAME
+    from framebus.models.profiles import DEFAULT_CAPTIONER_NAME
 
     out = load_default_offline("load_captioner", tmp_path / "data")
     assert out["type"] == ModelNotAvailable.__name__

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.config import load_settings
+from framebus.streams.config import load_settings
 
 
 def test_contract_environment_variables(monkeypatch):
@@ -36,7 +36,7 @@ def test_security_settings_pass_through(monkeypatch):
     sec = load_settings().kafka_security()
     assert sec == {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "SCRAM-SHA-512",
                    "sasl_plain_username": "u", "sasl_plain_password": "p"}
-    from streams.runtime import broker_credentials
+    from framebus.streams.runtime import broker_credentials
 
     creds = broker_credentials(load_settings())
     assert creds.username == "u" and creds.mechanism.value == "SCRAM-SHA-512"

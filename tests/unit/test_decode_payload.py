@@ -6,10 +6,10 @@ import base64
 
 import numpy as np
 
-from agents.decode import frames_payload
-from agents.embed import frame_pixels
-from agents.media.frames import encode_jpeg
-from agents.media.pipeline import DecodedSegment
+from framebus.agents.decode import frames_payload
+from framebus.agents.embed import frame_pixels
+from framebus.topics.frames import encode_jpeg
+from framebus.agents.media.pipeline import DecodedSegment
 
 
 def segment(n: int) -> DecodedSegment:

@@ -7,14 +7,13 @@ import threading
 import numpy as np
 import pytest
 
-from indexing import open_store
-from indexing.base import SegmentPoint, VectorStore
-from indexing.faiss_store import FaissStore
-from indexing.ids import collection_name, point_id, point_id_int64
-from indexing.qdrant import QdrantStore
-from models.base import ModelInfo
-from streams.config import Settings
-from streams.errors import VectorStoreError
+from framebus.indexing.base import SegmentPoint, VectorStore
+from framebus.indexing.faiss_store import FaissStore
+from framebus.indexing.ids import collection_name, point_id, point_id_int64
+from framebus.indexing.qdrant import QdrantStore
+from framebus.models.base import ModelInfo
+from framebus.streams.config import Settings
+from framebus.topics.errors import VectorStoreError
 
 DIM = 16
 COLL = "framebus_test_v1"
@@ -236,21 +235,21 @@ def test_qdrant_second_client_on_same_path_is_a_typed_error(tmp_path):
 
 
 def test_open_store_follows_settings(tmp_path):
-    s = open_store(Settings(data_dir=tmp_path, vector_backend="qdrant"))
+    s = Settings(data_dir=tmp_path, vector_backend="qdrant").open_store()
     try:
         assert isinstance(s, QdrantStore) and s.local
         assert s.location == str(tmp_path / "qdrant")
     finally:
         s.close()
-    f = open_store(Settings(data_dir=tmp_path, vector_backend="faiss"))
+    f = Settings(data_dir=tmp_path, vector_backend="faiss").open_store()
     assert isinstance(f, FaissStore)
     with pytest.raises(VectorStoreError) as err:
-        open_store(Settings(data_dir=tmp_path, vector_backend="milvus"))
+        Settings(data_dir=tmp_path, vector_backend="milvus").open_store()
     assert err.value.code == "index.unknown_backend"
 
 
 def test_filters_on_moderation_verdict_and_time_range(store):
-    from indexing.base import SegmentFilter
+    from framebus.indexing.base import SegmentFilter
 
     name = "filters"
     store.ensure_collection(name, 4)

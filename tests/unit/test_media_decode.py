@@ -14,14 +14,15 @@ import numpy as np
 import pytest
 from av.video.reformatter import VideoReformatter
 
-from agents.media.decoders import (DecordDecoder, Decoder, SampledFrame,
-                                   get_decoder, output_size, upright)
-from agents.media.frames import decode_jpeg, encode_jpeg
-from agents.media.pipeline import DecodedVideo, DecodeJob, decode_video
-from agents.media.probe import Limits
-from agents.media.sampling import sample_times, select_frames
-from loadtest import videos as V
-from streams.errors import DecodeError, FramebusError, IngestError
+from framebus.agents.media.decoders import (DecordDecoder, Decoder, SampledFrame,
+                                   get_decoder, upright)
+from framebus.topics.frames import output_size
+from framebus.topics.frames import decode_jpeg, encode_jpeg
+from framebus.agents.media.pipeline import DecodedVideo, DecodeJob, decode_video
+from framebus.agents.media.probe import Limits
+from framebus.agents.media.sampling import sample_times, select_frames
+from framebus.loadtest import videos as V
+from framebus.topics.errors import DecodeError, FramebusError, IngestError
 
 CODECS = ["h264", "hevc10", "vp9", "av1", "mpeg4", "mjpeg", "prores", "prores4444"]
 
@@ -488,7 +489,7 @@ def test_pipeline_limits_and_bad_jobs(clip):
 
 
 def test_job_from_settings(clip):
-    from streams.config import Settings
+    from framebus.streams.config import Settings
 
     s = Settings(sample_fps=4.0, segment_s=0.5, frame_size=40, max_duration_s=60, shot_detection=False)
     j = DecodeJob.from_settings(s, clip("h264"), "v9")
@@ -532,7 +533,7 @@ def test_mutated_files_raise_only_typed_errors(clip, tmp_path):
 
 
 def test_pipeline_segments_are_shots_at_the_true_cuts_with_their_own_frames(tmp_path):
-    from loadtest.cuts import make_cut_video
+    from framebus.loadtest.cuts import make_cut_video
 
     video = make_cut_video(tmp_path / "cuts.mp4", "h264", 160, 90, 24, 8.0, 5)
     out = decode_video(DecodeJob(path=str(video.path), video_id="v", sample_fps=1.0, short_side=32))
@@ -547,7 +548,7 @@ def test_pipeline_segments_are_shots_at_the_true_cuts_with_their_own_frames(tmp_
 def test_pipeline_emits_each_shot_while_decoding_goes_on(tmp_path):
     """With shot detection, a shot is handed to ``emit`` once its closing cut is confirmed, before the
     decoder reaches the end of the file; every segment is emitted exactly once and equals the result's."""
-    from loadtest import world
+    from framebus.models import world
 
     shots = [world.ShotSpec(shape=s, colour=c, motion="left", background=k, seed=k, duration_s=1.5)
              for k, (s, c) in enumerate([("circle", "red"), ("star", "blue"), ("square", "green"),

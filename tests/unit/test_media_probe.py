@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from agents.media.probe import Limits, VideoInfo, probe, probe_detailed
-from loadtest import videos as V
-from streams.errors import DecodeError, FramebusError, IngestError
+from framebus.agents.media.probe import Limits, VideoInfo, probe, probe_detailed
+from framebus.loadtest import videos as V
+from framebus.topics.errors import DecodeError, FramebusError, IngestError
 
 # codec key -> (expected codec name, pix_fmt, bit depth, size)
 CODECS = {
@@ -207,7 +207,7 @@ def test_missing_and_directory(tmp_path):
 
 
 def test_limits_from_settings():
-    from streams.config import Settings
+    from framebus.streams.config import Settings
 
     s = Settings(max_file_bytes=10, max_duration_s=5.0, max_width=320, max_height=240)
     assert Limits.from_settings(s) == Limits(10, 5.0, 320, 240)

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from agents.media.sampling import (SLIVER_S, FrameSelector, assign_frames_to_segments,
+from framebus.agents.media.sampling import (SLIVER_S, FrameSelector, assign_frames_to_segments,
                                    effective_fps, iter_grid, keyframe_index, merge_targets,
                                    nearest_index, plan_segments, sample_times, segment_of,
                                    segment_midpoints_without_targets, select_frames)

@@ -1,4 +1,4 @@
-"""agents.media.uri.resolve_uri: what may be ingested, and the stable codes of what may not."""
+"""framebus.agents.media.uri.resolve_uri: what may be ingested, and the stable codes of what may not."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from agents.media.uri import resolve_uri
-from streams.errors import IngestError
+from framebus.agents.media.uri import resolve_uri
+from framebus.topics.errors import IngestError
 
 
 @pytest.fixture

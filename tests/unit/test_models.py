@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.base import Embedder, ModelInfo
-from models.profiles import PROFILES, TASKS, get_profile
-from models.registry import backends, load_embedder
-from streams.config import Settings
-from streams.errors import ModelError, ModelNotAvailable
+from framebus.models.base import Embedder, ModelInfo
+from framebus.models.profiles import PROFILES, TASKS, get_profile
+from framebus.models.registry import backends, load_embedder
+from framebus.streams.config import Settings
+from framebus.topics.errors import ModelError, ModelNotAvailable
 from tests.offline import clean_env, load_default_offline
 
 REPO = Path(__file__).resolve().parents[2]
@@ -67,7 +67,7 @@ def test_different_inputs_give_different_vectors(tiny):
 
 
 def test_batching_does_not_change_results(tmp_path):
-    from models.openclip import OpenClipEmbedder
+    from framebus.models.openclip import OpenClipEmbedder
 
     small = OpenClipEmbedder.tiny(device="cpu", batch_size=2)
     big = OpenClipEmbedder.tiny(device="cpu", batch_size=64)
@@ -112,8 +112,8 @@ import json, sys
 import numpy as np
 sys.path.insert(0, sys.argv[2])
 from tests.unit.test_models import TEXTS, images
-from models.registry import load_embedder
-from streams.config import Settings
+from framebus.models.registry import load_embedder
+from framebus.streams.config import Settings
 e = load_embedder(Settings(models="tiny", device="cpu", data_dir=sys.argv[1]))
 print(json.dumps({"version": e.info.version, "images": e.embed_images(images()).tolist(),
                   "texts": e.embed_texts(TEXTS).tolist()}))
@@ -201,7 +201,7 @@ def test_profiles_and_registry_shape():
 def test_device_resolution(tmp_path):
     import torch
 
-    from models.openclip import resolve_device
+    from framebus.models.openclip import resolve_device
 
     assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
     assert resolve_device("cpu") == "cpu"

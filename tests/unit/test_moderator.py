@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.base import Moderator
-from models.registry import backends, load_embedder, load_moderator
-from streams.config import Settings
-from streams.errors import ModelError, ModelNotAvailable
+from framebus.models.base import Moderator
+from framebus.models.registry import backends, load_embedder, load_moderator
+from framebus.streams.config import Settings
+from framebus.topics.errors import ModelError, ModelNotAvailable
 
 
 
@@ -27,8 +27,8 @@ def embedder(data_dir):
 
 @pytest.fixture(scope="module")
 def trained(data_dir, embedder):
-    from models.moderator import TINY_HEAD_FILE
-    from models.training.moderator import train_tiny_moderator
+    from framebus.models.moderator import TINY_HEAD_FILE
+    from framebus.models.training.moderator import train_tiny_moderator
 
     stats = train_tiny_moderator(data_dir / "models" / TINY_HEAD_FILE, embedder)
     return stats
@@ -36,7 +36,7 @@ def trained(data_dir, embedder):
 
 @pytest.fixture(scope="module")
 def heldout():
-    from loadtest.world import split, training_pairs
+    from framebus.models.world import split, training_pairs
 
     held = split(0)[1]
     frames, specs = training_pairs(held, 2)
@@ -53,7 +53,7 @@ def test_tiny_profile_needs_the_trained_head(tmp_path, embedder):
 def test_head_separates_unsafe_from_safe(data_dir, embedder, trained, heldout):
     """On the untrained (seeded random) tiny CLIP the image features carry little shape information,
     so the bounds are loose: clearly above chance (a quarter of the frames are unsafe). With the
-    trained tiny CLIP, ``models.training.evaluate`` reports precision / recall around 0.9."""
+    trained tiny CLIP, ``framebus.streams.evaluate`` reports precision / recall around 0.9."""
     mod = load_moderator(Settings(models="tiny", device="cpu", data_dir=data_dir), embedder)
     assert isinstance(mod, Moderator)
     assert mod.categories == ["hazard"] and mod.info.task == "moderate" and len(mod.info.version) == 12
@@ -72,7 +72,7 @@ def test_head_separates_unsafe_from_safe(data_dir, embedder, trained, heldout):
     assert (unsafe >= thr).mean() >= 0.6  # most unsafe frames flagged ...
     assert (safe < thr).mean() >= 0.5  # ... and most safe ones not
 
-    from models.training.moderator import moderation_metrics
+    from framebus.models.training.moderator import moderation_metrics
 
     m = moderation_metrics(mod, frames, specs, shot_ids)
     print("held-out moderation:", m, "validation:", trained["validation"])
@@ -83,7 +83,7 @@ def test_head_separates_unsafe_from_safe(data_dir, embedder, trained, heldout):
 
 def test_fit_and_threshold_on_separable_data():
     """The head's fitting and threshold choice, on features that do separate the classes."""
-    from models.training.moderator import fit_logistic, pick_threshold, precision_recall
+    from framebus.models.training.moderator import fit_logistic, pick_threshold, precision_recall
 
     rng = np.random.default_rng(0)
     y = (rng.random(400) < 0.25).astype(np.float32)
@@ -100,7 +100,7 @@ def test_fit_and_threshold_on_separable_data():
 
 
 def test_head_trained_on_another_embedder_is_refused(data_dir, trained, embedder):
-    from models.moderator import TINY_HEAD_FILE, ClipHeadModerator
+    from framebus.models.moderator import TINY_HEAD_FILE, ClipHeadModerator
 
     class Other:
         info = type(embedder.info)(name=embedder.info.name, version="0123456789ab", task="embed")
@@ -112,7 +112,7 @@ def test_head_trained_on_another_embedder_is_refused(data_dir, trained, embedder
 
 
 def test_bad_head_file_is_a_model_error(tmp_path, embedder):
-    from models.moderator import ClipHeadModerator
+    from framebus.models.moderator import ClipHeadModerator
 
     p = tmp_path / "head.pt"
     p.write_bytes(b"not a torch file")
@@ -122,7 +122,7 @@ def test_bad_head_file_is_a_model_error(tmp_path, embedder):
 
 
 def test_zero_shot_scores_are_per_category_probabilities(tmp_path, embedder):
-    from models.profiles import DEFAULT_MODERATION_POLICY
+    from framebus.models.profiles import DEFAULT_MODERATION_POLICY
 
     mod = load_moderator(Settings(models="default", device="cpu", data_dir=tmp_path), embedder)
     assert isinstance(mod, Moderator) and mod.info.task == "moderate"
@@ -138,7 +138,7 @@ def test_zero_shot_scores_are_per_category_probabilities(tmp_path, embedder):
 
 
 def test_zero_shot_math_and_config(embedder):
-    from models.moderator import ClipZeroShotModerator
+    from framebus.models.moderator import ClipZeroShotModerator
 
     policy = {"hazard": ("a spiky star", "a star"), "dots": "a dot"}
     mod = ClipZeroShotModerator(embedder, policy, {"temperature": 0.05, "threshold": 0.7},
@@ -159,7 +159,7 @@ def test_zero_shot_math_and_config(embedder):
 
 
 def test_registry_has_moderator_backends():
-    from models.profiles import get_profile
+    from framebus.models.profiles import get_profile
 
     assert ("moderator", "clip-zero-shot") in backends("moderator")
     assert ("moderator", "clip-head") in backends("moderator")

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agents.embed import embed_prepared_segments, embed_segments, prepare_segments
-from agents.media.frames import decode_jpeg, encode_jpeg
-from loadtest import world
-from models.registry import load_captioner, load_embedder, load_moderator
-from streams.batching import AdaptiveBatcher
-from streams.errors import DecodeError
-from topics import events as ev
+from framebus.agents.embed import embed_prepared_segments, embed_segments, prepare_segments
+from framebus.topics.frames import decode_jpeg, encode_jpeg
+from framebus.models import world
+from framebus.models.registry import load_captioner, load_embedder, load_moderator
+from framebus.streams.batching import AdaptiveBatcher
+from framebus.topics.errors import DecodeError
+from framebus.topics import events as ev
 
 
 def frames(n: int = 5) -> list[np.ndarray]:

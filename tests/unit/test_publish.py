@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from agents.publish import apply_progress, build_metadata
-from topics import events as ev
+from framebus.agents.publish import apply_progress, build_metadata
+from framebus.topics import events as ev
 
 FACTS = ev.VideoFacts(duration_s=5.0, fps=25.0, width=320, height=240, codec="h264")
 MODEL = ev.ModelRef(task="embed", name="m", version="1")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from agents.media import quality as Q
-from loadtest.videos import render
+from framebus.agents.media import quality as Q
+from framebus.loadtest.videos import render
 
 
 def blur(img: np.ndarray, radius: float = 3.0) -> np.ndarray:

@@ -11,12 +11,12 @@ import time
 import numpy as np
 import pytest
 
-from agents.media.shots import (ShotDetector, detect_cuts, detect_file, frame_signature,
+from framebus.agents.media.shots import (ShotDetector, detect_cuts, detect_file, frame_signature,
                                 prefetched, shots_from_cuts, signature_distance, small_frames,
                                 small_size)
-from loadtest import cuts as C
-from loadtest.videos import make_text_file, render
-from streams.errors import FramebusError
+from framebus.loadtest import cuts as C
+from framebus.loadtest.videos import make_text_file, render
+from framebus.topics.errors import FramebusError
 
 FPS = 25.0
 W, H = 64, 36

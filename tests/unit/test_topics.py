@@ -7,9 +7,9 @@ import json
 import jsonschema
 import pytest
 
-from streams.errors import EventTooLarge, InvalidEvent
-from topics import codec, registry
-from topics import events as ev
+from framebus.topics.errors import EventTooLarge, InvalidEvent
+from framebus.topics import codec, registry
+from framebus.topics import events as ev
 
 
 def test_ingest_request_round_trip_keeps_schema_field_and_unknown_fields():

@@ -1,4 +1,4 @@
-"""models._torchvision_compat: torchvision import shim for CPU torch + CUDA torchvision.
+"""framebus.models._torchvision_compat: torchvision import shim for CPU torch + CUDA torchvision.
 
 Everything that imports torchvision runs in a fresh interpreter (subprocess):
 the shim must act before torchvision's first import, and a failed torchvision
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from models import _torchvision_compat as compat
+from framebus.models import _torchvision_compat as compat
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -189,7 +189,7 @@ def test_nms_fallback_matches_real_torchvision():
     proc = run_py(
         """
         import json, torch, torchvision
-        from models._torchvision_compat import nms_cpu
+        from framebus.models._torchvision_compat import nms_cpu
         ok = True
         for seed in range(4):
             g = torch.Generator().manual_seed(seed)
@@ -213,7 +213,7 @@ def test_install_import_hook_does_not_import_torch():
     proc = run_py(
         """
         import json, sys
-        import models._torchvision_compat as m
+        import framebus.models._torchvision_compat as m
         before = len(sys.meta_path)
         first, second = m.install_import_hook(), m.install_import_hook()
         import importlib.util
@@ -229,7 +229,7 @@ def test_torchvision_and_open_clip_import_with_hook():
     proc = run_py(
         """
         import json, sys
-        import models._torchvision_compat as m
+        import framebus.models._torchvision_compat as m
         m.install_import_hook()
         import torch, torchvision, open_clip, timm
         boxes = torch.tensor([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30.]])
@@ -258,7 +258,7 @@ def test_apply_declares_ops_and_nms_dispatches_to_fallback():
     proc = run_py(
         """
         import json, torch
-        import models._torchvision_compat as m
+        import framebus.models._torchvision_compat as m
         applied = m.apply()
         again = m.apply()
         import torchvision  # imports fine after apply()
@@ -298,7 +298,7 @@ def test_apply_is_inert_when_extension_loads():
     proc = run_py(
         """
         import json, sys, torch
-        import models._torchvision_compat as m
+        import framebus.models._torchvision_compat as m
         m.extension_loads = lambda: True
         meta_path = list(sys.meta_path)
         result = m.apply()

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.openclip import TINY_CHECKPOINT, OpenClipEmbedder
-from models.registry import load_embedder
-from models.training import (TRAINERS, TrainSpec, ensure_tiny_models, missing_models, model_version,
+from framebus.models.openclip import TINY_CHECKPOINT, OpenClipEmbedder
+from framebus.models.registry import load_embedder
+from framebus.models.training import (TRAINERS, TrainSpec, ensure_tiny_models, missing_models, model_version,
                              stats_path)
-from models.training.clip import train_tiny_clip
-from streams.config import Settings
+from framebus.models.training.clip import train_tiny_clip
+from framebus.streams.config import Settings
 
 
 def settings_for(data_dir: Path) -> Settings:
@@ -83,7 +83,7 @@ def _fake_trainers(monkeypatch, calls, delay=0.0):
         path.write_bytes(b"weights")
         return {"final_loss": 0.5}
 
-    monkeypatch.setattr("models.training.TRAINERS", [TrainSpec("fake", "fake.pt", train)])
+    monkeypatch.setattr("framebus.models.training.TRAINERS", [TrainSpec("fake", "fake.pt", train)])
 
 
 def test_ensure_trains_missing_then_caches(tmp_path, monkeypatch):
@@ -116,7 +116,7 @@ def test_stale_models_are_retrained(tmp_path, monkeypatch):
         return {}
 
     specs = [TrainSpec("base", "base.pt", train), TrainSpec("head", "head.pt", train, depends=("base",))]
-    monkeypatch.setattr("models.training.TRAINERS", specs)
+    monkeypatch.setattr("framebus.models.training.TRAINERS", specs)
     s = settings_for(tmp_path)
     assert missing_models(s) == ["base", "head"]
     ensure_tiny_models(s)
@@ -160,7 +160,7 @@ def test_trainers_see_the_tiny_profile(tmp_path, monkeypatch):
         path.write_bytes(b"w")
         return {}
 
-    monkeypatch.setattr("models.training.TRAINERS", [TrainSpec("fake", "fake.pt", train)])
+    monkeypatch.setattr("framebus.models.training.TRAINERS", [TrainSpec("fake", "fake.pt", train)])
     s = Settings(models="default", device="cpu", data_dir=tmp_path, model_dir=tmp_path / "models")
     ensure_tiny_models(s)
     assert seen == ["tiny"] and s.models == "default"
@@ -184,7 +184,7 @@ def trained(tiny_models):
 
 @pytest.fixture(scope="module")
 def evaluation(trained):
-    from models.training.evaluate import evaluate
+    from framebus.streams.evaluate import evaluate
 
     settings, _ = trained
     return evaluate(settings, only=("search",))

@@ -6,7 +6,7 @@ import av
 import numpy as np
 import pytest
 
-from loadtest.world import (COLOUR_RGB, COLOURS, MODERATION_CATEGORIES, MOTIONS, N_BACKGROUNDS, SHAPES,
+from framebus.models.world import (COLOUR_RGB, COLOURS, MODERATION_CATEGORIES, MOTIONS, N_BACKGROUNDS, SHAPES,
                             UNSAFE_SHAPE, ShotSpec, WorldVideo, all_combinations, make_world_video,
                             object_centre, queries, query_text, render_frame, sample_shots, split,
                             training_pairs)
@@ -130,8 +130,8 @@ def test_training_pairs_match_decode_agent_frames():
 
 
 def test_make_world_video_cuts_and_decode(tmp_path):
-    from agents.media.frames import decode_jpeg
-    from agents.media.pipeline import DecodeJob, decode_video
+    from framebus.topics.frames import decode_jpeg
+    from framebus.agents.media.pipeline import DecodeJob, decode_video
 
     shots = [spec(shape="circle", colour="red", motion="left", seed=1),
              spec(shape="square", colour="blue", motion="up", background=2, seed=2),

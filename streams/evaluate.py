@@ -1,7 +1,7 @@
 """Evaluate the configured models on held-out world videos, through the production decode path.
 
-``evaluate(settings)`` encodes the held-out shots of ``loadtest.world.split`` into a few world videos
-(hard cuts between shots), decodes each with ``agents.media.pipeline.decode_video`` and a
+``evaluate(settings)`` encodes the held-out shots of ``framebus.models.world.split`` into a few world videos
+(hard cuts between shots), decodes each with ``framebus.agents.media.pipeline.decode_video`` and a
 ``DecodeJob.from_settings`` job (so the frames are exactly those the decode agent would send), embeds
 every segment as the normalised mean of its frames' embeddings (what the embed agent stores) and runs
 text queries against all segments of all videos by cosine similarity.
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 if TYPE_CHECKING:
-    from streams.config import Settings
+    from framebus.streams.config import Settings
 
 #: held-out shots per world video
 SHOTS_PER_VIDEO = 8
@@ -61,8 +61,8 @@ class EvalSegment:
 
     def pixels(self, min_side: int | None = None) -> list[np.ndarray]:
         """The frames as RGB arrays, decoded as the model agents decode them for a model whose input
-        side is ``min_side`` (``agents.embed.frame_pixels``)."""
-        from agents.media.frames import decode_jpeg
+        side is ``min_side`` (``framebus.agents.embed.frame_pixels``)."""
+        from framebus.topics.frames import decode_jpeg
 
         return [decode_jpeg(j, min_side) for j in self.jpegs]
 
@@ -72,7 +72,7 @@ def eval_video_dir(settings: "Settings") -> Path:
 
 
 def _videos_key(groups) -> str:
-    from loadtest.world import RENDER_VERSION
+    from framebus.models.world import RENDER_VERSION
 
     h = hashlib.sha256(json.dumps([VIDEO_FORMAT, RENDER_VERSION, [[s.__dict__ for s in g] for g in groups]],
                                   sort_keys=True).encode())
@@ -94,7 +94,7 @@ def heldout_videos(settings: "Settings", *, world_seed: int = EVAL_WORLD_SEED,
                    shots_per_video: int = SHOTS_PER_VIDEO, limit: int | None = None):
     """Encode (or reuse, cached under ``<model dir>/eval-videos``) the held-out world videos.
     Returns a list of ``WorldVideo``."""
-    from loadtest.world import WorldVideo, make_world_video, split
+    from framebus.models.world import WorldVideo, make_world_video, split
 
     _, held = split(world_seed)
     if limit is not None:
@@ -124,7 +124,7 @@ def heldout_videos(settings: "Settings", *, world_seed: int = EVAL_WORLD_SEED,
 def decode_heldout(settings: "Settings", videos) -> list[EvalSegment]:
     """Decode each world video with the production decode code; label each segment with the shot
     most of its frames show."""
-    from agents.media.pipeline import DecodeJob, decode_video
+    from framebus.agents.media.pipeline import DecodeJob, decode_video
 
     segs: list[EvalSegment] = []
     for v, wv in enumerate(videos):
@@ -142,7 +142,7 @@ def decode_heldout(settings: "Settings", videos) -> list[EvalSegment]:
 
 
 def segment_vectors(embedder, segments: list[EvalSegment]) -> np.ndarray:
-    """Normalised mean of each segment's frame embeddings (as ``agents.embed.embed_segments``)."""
+    """Normalised mean of each segment's frame embeddings (as ``framebus.agents.embed.embed_segments``)."""
     images = [f for s in segments for f in s.pixels(getattr(embedder, "image_size", None))]
     owner = np.asarray([i for i, s in enumerate(segments) for _ in s.jpegs])
     vecs = np.asarray(embedder.embed_images(images))
@@ -165,7 +165,7 @@ def search_metrics(embedder, segments: list[EvalSegment], vectors: np.ndarray, *
                    ks: tuple[int, ...] = (1, 5)) -> dict[str, Any]:
     """``shots``: ``((video, shot), spec)`` of every held-out shot (default: those the segments
     show); a segment is relevant to a shot's caption when its frames show that shot."""
-    from loadtest.world import QUERY_KINDS, queries
+    from framebus.models.world import QUERY_KINDS, queries
 
     n = len(segments)
     out: dict[str, Any] = {"segments": n, "videos": len({s.video for s in segments})}
@@ -258,7 +258,7 @@ EVALUATIONS: list[tuple[str, Callable[["Settings", dict[str, Any]], dict[str, An
 
 
 def _search_eval(settings: "Settings", ctx: dict[str, Any]) -> dict[str, Any]:
-    from models.registry import load_embedder
+    from framebus.models.registry import load_embedder
 
     embedder = ctx.get("embedder") or load_embedder(settings)
     ctx["embedder"] = embedder
@@ -273,13 +273,13 @@ EVALUATIONS.append(("search", _search_eval))
 
 
 def _captioning_eval(settings: "Settings", ctx: dict[str, Any]) -> dict[str, Any]:
-    from models.training.captioner import heldout_eval
+    from framebus.models.training.captioner import heldout_eval
 
     return heldout_eval(settings, ctx)
 
 
 def _moderation_eval(settings: "Settings", ctx: dict[str, Any]) -> dict[str, Any]:
-    from models.training.moderator import heldout_eval
+    from framebus.models.training.moderator import heldout_eval
 
     return heldout_eval(settings, ctx)
 

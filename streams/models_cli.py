@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from streams.cliutil import ConfigOpt, DataOpt, console, err_console, fail, settings_or_exit
+from framebus.streams.cliutil import ConfigOpt, DataOpt, console, err_console, fail, settings_or_exit
 
 models_app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -26,8 +26,8 @@ def train(force: Annotated[bool, typer.Option("--force", help="retrain even if t
           data_dir: DataOpt = None, config: ConfigOpt = None,
           json_out: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False) -> None:
     """Train the tiny models that are missing under <data_dir>/models (all of them with --force)."""
-    from models.training import TRAINERS, ensure_tiny_models, missing_models
-    from streams.errors import FramebusError
+    from framebus.models.training import TRAINERS, ensure_tiny_models, missing_models
+    from framebus.topics.errors import FramebusError
 
     settings = settings_or_exit(config, data_dir=data_dir)
     todo = [t.name for t in TRAINERS] if force else missing_models(settings)
@@ -56,9 +56,9 @@ def eval_(data_dir: DataOpt = None, config: ConfigOpt = None,
           device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda, cuda:N")] = None,
           json_out: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False) -> None:
     """Evaluate the models of a profile (default: tiny) on held-out synthetic world videos."""
-    from models.training import missing_models
-    from models.training.evaluate import evaluate
-    from streams.errors import FramebusError
+    from framebus.models.training import missing_models
+    from framebus.streams.evaluate import evaluate
+    from framebus.topics.errors import FramebusError
 
     settings = settings_or_exit(config, data_dir=data_dir, models=models, device=device)
     if settings.models == "tiny" and missing_models(settings) and not json_out:

@@ -344,7 +344,7 @@ def make_world_video(path: str | os.PathLike, shots: list[ShotSpec], *, fps: flo
                      width: int = 320, height: int = 240, codec: str = "h264") -> WorldVideo:
     """Encode ``shots`` back to back with hard cuts; each shot gets ``round(duration_s * fps)``
     frames, so shot ``i`` starts at (frames before it) / fps seconds."""
-    from loadtest.videos import _encode, _frame_from_rgb, _open_stream
+    from framebus.models.world.encode import encode_frames, frame_from_rgb, open_stream
 
     import av
 
@@ -361,11 +361,11 @@ def make_world_video(path: str | os.PathLike, shots: list[ShotSpec], *, fps: flo
     def frames():
         for spec, count in zip(shots, counts):
             for i in range(count):
-                yield _frame_from_rgb(render_frame(spec, i / fps, width, height))
+                yield frame_from_rgb(render_frame(spec, i / fps, width, height))
 
     with av.open(str(path), "w") as out:
-        stream = _open_stream(out, codec, width, height, fps, None)
-        _encode(out, stream, frames())
+        stream = open_stream(out, codec, width, height, fps, None)
+        encode_frames(out, stream, frames())
     return WorldVideo(path=path, shots=list(shots), cuts=cuts, bounds=bounds)
 
 
@@ -383,8 +383,7 @@ def training_pairs(shots: list[ShotSpec], frames_per_shot: int, *, size: int = 2
     decode round trip. Returns ``(frames, specs)``, shot-major, one spec per frame."""
     from PIL import Image
 
-    from agents.media.decoders import output_size
-    from agents.media.frames import decode_jpeg, encode_jpeg
+    from framebus.topics.frames import decode_jpeg, encode_jpeg, output_size
 
     if frames_per_shot < 1:
         raise ValueError("frames_per_shot must be >= 1")

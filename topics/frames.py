@@ -1,4 +1,7 @@
-"""JPEG in and out (Pillow). Frames travel between agents as JPEG bytes."""
+"""The frame payload of the internal frames topic: JPEG (Pillow) at a model's input size.
+
+Frames travel between agents as JPEG bytes whose shorter side is the configured frame size
+(``output_size``); no raw frames go on Kafka."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ import math
 import numpy as np
 from PIL import Image
 
-from streams.errors import DecodeError
+from framebus.topics.errors import DecodeError
 
 
 def encode_jpeg(rgb: np.ndarray, quality: int = 85) -> bytes:
@@ -40,3 +43,19 @@ def decode_jpeg(data: bytes, min_side: int | None = None) -> np.ndarray:
         raise
     except Exception as e:  # noqa: BLE001 - Pillow raises many types
         raise DecodeError(f"cannot decode JPEG: {e}", code="decode.corrupt") from None
+
+
+def output_size(coded_w: int, coded_h: int, short_side: int, rotation: int = 0,
+                pixel_aspect: float = 1.0) -> tuple[int, int]:
+    """(width, height) to scale the *coded* picture to, so that once rotated by ``rotation``
+    (clockwise) its shorter side is ``short_side`` and its aspect is the display aspect."""
+    if short_side < 1:
+        raise ValueError("short_side must be >= 1")
+    dw, dh = coded_w * pixel_aspect, float(coded_h)
+    if rotation in (90, 270):
+        dw, dh = dh, dw
+    if dw <= dh:
+        tw, th = short_side, max(1, int(round(dh * short_side / dw)))
+    else:
+        tw, th = max(1, int(round(dw * short_side / dh))), short_side
+    return (th, tw) if rotation in (90, 270) else (tw, th)
