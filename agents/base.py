@@ -41,17 +41,20 @@ class Runtime(Protocol):
     async def send_all(self, spec: TopicSpec, items: list[tuple[str, ev.Event, str | None]]) -> None:
         """Produce several events at once and wait for all their acks."""
 
-    async def dead_letter(self, stage: str, spec: TopicSpec, event: faust.EventT, error: FramebusError,
-                          trace_id: str | None = None) -> None: ...
+    async def dead_letter(
+        self, stage: str, spec: TopicSpec, event: faust.EventT, error: FramebusError, trace_id: str | None = None
+    ) -> None: ...
 
-    async def fail_video(self, *, video_id: str, tenant: str, error: FramebusError, trace_id: str | None,
-                         uri: str | None = None) -> None: ...
+    async def fail_video(
+        self, *, video_id: str, tenant: str, error: FramebusError, trace_id: str | None, uri: str | None = None
+    ) -> None: ...
 
     async def parse_batch(self, stage: str, spec: TopicSpec, events: list[faust.EventT]) -> list[tuple[Any, Any]]:
         """Validate a micro-batch against ``spec``'s model; dead-letter what does not parse."""
 
-    async def fail_batch(self, stage: str, spec: TopicSpec, pairs: list[tuple[Any, Any]],
-                         error: FramebusError) -> None: ...
+    async def fail_batch(
+        self, stage: str, spec: TopicSpec, pairs: list[tuple[Any, Any]], error: FramebusError
+    ) -> None: ...
 
     def trace_id(self, event: faust.EventT) -> str: ...
 
@@ -59,8 +62,9 @@ class Runtime(Protocol):
 
     async def in_process(self, fn: Callable[..., T], *args: Any) -> T: ...
 
-    async def in_process_streaming(self, fn: Callable[..., T], *args: Any, on_item: Callable[[Any], Awaitable[Any]],
-                                   bound: int = 4) -> T: ...
+    async def in_process_streaming(
+        self, fn: Callable[..., T], *args: Any, on_item: Callable[[Any], Awaitable[Any]], bound: int = 4
+    ) -> T: ...
 
     async def in_model_thread(self, fn: Callable[..., T], *args: Any, task: str | None = None) -> T: ...
 
@@ -68,5 +72,6 @@ class Runtime(Protocol):
 
     async def in_io_thread(self, fn: Callable[..., T], *args: Any) -> T: ...
 
-    def batched_agent(self, name: str, spec: TopicSpec, handle_batch: Callable[[Any, list], Any], *,
-                      batch_size: int, wait_s: float) -> None: ...
+    def batched_agent(
+        self, name: str, spec: TopicSpec, handle_batch: Callable[[Any, list], Any], *, batch_size: int, wait_s: float
+    ) -> None: ...

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import faust
 
-from framebus.agents.embed import analysis, keyframes, model_batch
 from framebus.agents.base import Runtime
+from framebus.agents.embed import analysis, keyframes, model_batch
 from framebus.topics import registry
 
 TASK = "caption"
@@ -16,15 +16,23 @@ TASK = "caption"
 
 async def handle_batch(rt: Runtime, events: list[faust.EventT]) -> None:
     captioner, batcher = rt.captioner, rt.batchers[TASK]
-    done = await model_batch(rt, TASK, events, lambda pixels: batcher.run(captioner.caption_prepared, pixels),
-                             prepare=lambda items: captioner.prepare_images(keyframes(items, captioner.image_size)))
+    done = await model_batch(
+        rt,
+        TASK,
+        events,
+        lambda pixels: batcher.run(captioner.caption_prepared, pixels),
+        prepare=lambda items: captioner.prepare_images(keyframes(items, captioner.image_size)),
+    )
     if done is None:
         return
-    await rt.send_all(registry.ANALYSIS, [(item.video_id, analysis(item, TASK, captioner, caption=text),
-                                           item.trace_id) for item, text in zip(*done)])
+    await rt.send_all(
+        registry.ANALYSIS,
+        [(item.video_id, analysis(item, TASK, captioner, caption=text), item.trace_id) for item, text in zip(*done)],
+    )
 
 
 def register(rt: Runtime) -> None:
     s = rt.settings
-    rt.batched_agent(TASK, registry.FRAMES, handle_batch, batch_size=s.caption_batch_size,
-                     wait_s=s.caption_batch_wait_s)
+    rt.batched_agent(
+        TASK, registry.FRAMES, handle_batch, batch_size=s.caption_batch_size, wait_s=s.caption_batch_wait_s
+    )

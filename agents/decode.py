@@ -16,11 +16,11 @@ from pathlib import Path
 
 import faust
 
-from framebus.agents.media.pipeline import DecodeJob, DecodedSegment, decode_video_to_queue
-from framebus.topics.errors import FramebusError
 from framebus.agents.base import Runtime
+from framebus.agents.media.pipeline import DecodedSegment, DecodeJob, decode_video_to_queue
 from framebus.topics import codec, registry
 from framebus.topics import events as ev
+from framebus.topics.errors import FramebusError
 
 log = logging.getLogger("framebus.agents.decode")
 
@@ -52,27 +52,51 @@ async def handle(rt: Runtime, event: faust.EventT) -> None:
 
     async def send_segment(seg: DecodedSegment) -> None:
         frames = frames_payload(seg, budget, s.blob_dir / "frames" / task.video_id)
-        segment = ev.Segment(index=seg.index, start_s=seg.start_s, end_s=seg.end_s, keyframe_s=seg.keyframe_s,
-                             thumbnail=_as_uri(seg.thumbnail), quality=seg.quality)
-        msg = ev.SegmentFrames(video_id=task.video_id, tenant=task.tenant, uri=task.uri, segment=segment,
-                               frames=frames, video=task.video, tasks=task.tasks, trace_id=trace_id)
+        segment = ev.Segment(
+            index=seg.index,
+            start_s=seg.start_s,
+            end_s=seg.end_s,
+            keyframe_s=seg.keyframe_s,
+            thumbnail=_as_uri(seg.thumbnail),
+            quality=seg.quality,
+        )
+        msg = ev.SegmentFrames(
+            video_id=task.video_id,
+            tenant=task.tenant,
+            uri=task.uri,
+            segment=segment,
+            frames=frames,
+            video=task.video,
+            tasks=task.tasks,
+            trace_id=trace_id,
+        )
         await rt.send(registry.FRAMES, task.video_id, msg, trace_id)
 
     try:
         decoded = await rt.in_process_streaming(decode_video_to_queue, job, on_item=send_segment)
     except FramebusError as err:
         await rt.dead_letter("decode", registry.DECODE, event, err, trace_id)
-        await rt.fail_video(video_id=task.video_id, tenant=task.tenant, error=err, trace_id=trace_id,
-                            uri=task.uri)
+        await rt.fail_video(video_id=task.video_id, tenant=task.tenant, error=err, trace_id=trace_id, uri=task.uri)
         return
     info = decoded.info
     facts = task.video.model_copy(update={"duration_s": info.duration_s, "fps": info.fps})
-    plan = ev.SegmentDone(video_id=task.video_id, tenant=task.tenant, uri=task.uri, trace_id=trace_id,
-                          segment_count=decoded.segment_count, video=facts)
+    plan = ev.SegmentDone(
+        video_id=task.video_id,
+        tenant=task.tenant,
+        uri=task.uri,
+        trace_id=trace_id,
+        segment_count=decoded.segment_count,
+        video=facts,
+    )
     await rt.send(registry.PROGRESS, task.video_id, plan, trace_id)
     rt.count("frames.decoded", decoded.frames_decoded)
-    log.info("decode: %s -> %d segments (%d sent before the end of the file), %d frames decoded", task.video_id,
-             decoded.segment_count, decoded.emitted_early, decoded.frames_decoded)
+    log.info(
+        "decode: %s -> %d segments (%d sent before the end of the file), %d frames decoded",
+        task.video_id,
+        decoded.segment_count,
+        decoded.emitted_early,
+        decoded.frames_decoded,
+    )
 
 
 def _as_uri(path: str | None) -> str | None:

@@ -14,11 +14,11 @@ from urllib.request import url2pathname
 import faust
 import numpy as np
 
-from framebus.topics.frames import decode_jpeg
-from framebus.topics.errors import FramebusError, ModelError
 from framebus.agents.base import Runtime
-from framebus.topics import registry
 from framebus.topics import events as ev
+from framebus.topics import registry
+from framebus.topics.errors import FramebusError, ModelError
+from framebus.topics.frames import decode_jpeg
 
 log = logging.getLogger("framebus.agents.embed")
 TASK = "embed"
@@ -44,8 +44,9 @@ def segment_images(items: list[ev.SegmentFrames], min_side: int | None = None) -
 
 def keyframes(items: list[ev.SegmentFrames], min_side: int | None = None) -> list[np.ndarray]:
     """Each segment's frame nearest its keyframe time."""
-    return [frame_pixels(min(item.frames, key=lambda f: abs(f.pts_s - item.segment.keyframe_s)), min_side)
-            for item in items]
+    return [
+        frame_pixels(min(item.frames, key=lambda f: abs(f.pts_s - item.segment.keyframe_s)), min_side) for item in items
+    ]
 
 
 def prepare_segments(model, items: list[ev.SegmentFrames]) -> tuple[object, np.ndarray, int]:
@@ -70,10 +71,19 @@ def embed_segments(embedder, batcher, items: list[ev.SegmentFrames]) -> np.ndarr
 
 
 def analysis(item: ev.SegmentFrames, task: str, model, **result) -> ev.SegmentAnalysis:
-    return ev.SegmentAnalysis(video_id=item.video_id, tenant=item.tenant, uri=item.uri, segment=item.segment,
-                              segment_count=item.segment_count, tasks=item.tasks, task=task,
-                              model=ev.ModelRef(task=task, name=model.info.name, version=model.info.version),
-                              video=item.video, trace_id=item.trace_id, **result)
+    return ev.SegmentAnalysis(
+        video_id=item.video_id,
+        tenant=item.tenant,
+        uri=item.uri,
+        segment=item.segment,
+        segment_count=item.segment_count,
+        tasks=item.tasks,
+        task=task,
+        model=ev.ModelRef(task=task, name=model.info.name, version=model.info.version),
+        video=item.video,
+        trace_id=item.trace_id,
+        **result,
+    )
 
 
 async def model_batch(rt: Runtime, task: str, events: list[faust.EventT], run, prepare=None) -> list | None:
@@ -84,8 +94,7 @@ async def model_batch(rt: Runtime, task: str, events: list[faust.EventT], run, p
     Returns ``(items, outputs)`` or ``None`` when nothing was left or the model failed (then every item
     is dead-lettered and its video failed).
     """
-    pairs = [(item, event) for item, event in await rt.parse_batch(task, registry.FRAMES, events)
-             if task in item.tasks]
+    pairs = [(item, event) for item, event in await rt.parse_batch(task, registry.FRAMES, events) if task in item.tasks]
     if not pairs:
         return None
     items = [item for item, _ in pairs]
@@ -103,12 +112,22 @@ async def model_batch(rt: Runtime, task: str, events: list[faust.EventT], run, p
 
 async def handle_batch(rt: Runtime, events: list[faust.EventT]) -> None:
     embedder, batcher = rt.embedder, rt.batchers[TASK]
-    done = await model_batch(rt, TASK, events, lambda prepared: embed_prepared_segments(embedder, batcher, prepared),
-                             prepare=lambda items: prepare_segments(embedder, items))
+    done = await model_batch(
+        rt,
+        TASK,
+        events,
+        lambda prepared: embed_prepared_segments(embedder, batcher, prepared),
+        prepare=lambda items: prepare_segments(embedder, items),
+    )
     if done is None:
         return
-    await rt.send_all(registry.ANALYSIS, [(item.video_id, analysis(item, TASK, embedder, vector=vec.tolist()),
-                                           item.trace_id) for item, vec in zip(*done)])
+    await rt.send_all(
+        registry.ANALYSIS,
+        [
+            (item.video_id, analysis(item, TASK, embedder, vector=vec.tolist()), item.trace_id)
+            for item, vec in zip(*done)
+        ],
+    )
 
 
 def register(rt: Runtime) -> None:

@@ -22,14 +22,14 @@ import faust
 import numpy as np
 import orjson
 
+from framebus.agents.base import Runtime
+from framebus.agents.expiry import ExpiringKeys
 from framebus.indexing.base import SegmentPoint
 from framebus.indexing.ids import collection_name
 from framebus.models.base import ModelInfo
-from framebus.topics.errors import FramebusError, VectorStoreError
-from framebus.agents.expiry import ExpiringKeys
-from framebus.agents.base import Runtime
 from framebus.topics import events as ev
 from framebus.topics import registry
+from framebus.topics.errors import FramebusError, VectorStoreError
 
 log = logging.getLogger("framebus.agents.index")
 RETRIES = 3
@@ -75,21 +75,35 @@ def complete(parts: dict) -> JoinedSegment | None:
     if "moderate" in parts:
         segment.moderation = ev.ModerationVerdict.model_validate(parts["moderate"]["moderation"])
     vector = parts["embed"]["vector"] if "embed" in parts else None
-    return JoinedSegment(analysis=base.model_copy(update={"segment": segment, "vector": vector}),
-                         models=[ev.ModelRef.model_validate(parts[t]["model"]) for t in tasks])
+    return JoinedSegment(
+        analysis=base.model_copy(update={"segment": segment, "vector": vector}),
+        models=[ev.ModelRef.model_validate(parts[t]["model"]) for t in tasks],
+    )
 
 
 def to_point(joined: JoinedSegment) -> SegmentPoint:
     item, model = joined.analysis, joined.embed_model
     seg = item.segment
-    return SegmentPoint(video_id=item.video_id, tenant=item.tenant, segment_index=seg.index, start_s=seg.start_s,
-                        end_s=seg.end_s, keyframe_s=seg.keyframe_s,
-                        vector=np.asarray(item.vector, dtype=np.float32), model=model.name,
-                        model_version=model.version, thumbnail=seg.thumbnail, trace_id=item.trace_id,
-                        extra={"uri": item.uri, "caption": seg.caption,
-                               "moderation": seg.moderation.model_dump() if seg.moderation else None,
-                               "flagged": bool(seg.moderation and seg.moderation.flagged),
-                               "quality": seg.quality})
+    return SegmentPoint(
+        video_id=item.video_id,
+        tenant=item.tenant,
+        segment_index=seg.index,
+        start_s=seg.start_s,
+        end_s=seg.end_s,
+        keyframe_s=seg.keyframe_s,
+        vector=np.asarray(item.vector, dtype=np.float32),
+        model=model.name,
+        model_version=model.version,
+        thumbnail=seg.thumbnail,
+        trace_id=item.trace_id,
+        extra={
+            "uri": item.uri,
+            "caption": seg.caption,
+            "moderation": seg.moderation.model_dump() if seg.moderation else None,
+            "flagged": bool(seg.moderation and seg.moderation.flagged),
+            "quality": seg.quality,
+        },
+    )
 
 
 def upsert(store, prefix: str, joined: JoinedSegment) -> None:
@@ -103,10 +117,15 @@ def upsert(store, prefix: str, joined: JoinedSegment) -> None:
 
 def register(rt: Runtime) -> None:
     s = rt.settings
-    table = rt.app.Table(TABLE, partitions=s.partitions, key_type=bytes, value_type=bytes,
-                         changelog_topic=rt.app.topic(f"{s.app_id}-{TABLE}-changelog", key_type=bytes,
-                                                      value_type=bytes, partitions=s.partitions,
-                                                      compacting=True))
+    table = rt.app.Table(
+        TABLE,
+        partitions=s.partitions,
+        key_type=bytes,
+        value_type=bytes,
+        changelog_topic=rt.app.topic(
+            f"{s.app_id}-{TABLE}-changelog", key_type=bytes, value_type=bytes, partitions=s.partitions, compacting=True
+        ),
+    )
 
     waiting = ExpiringKeys()
 
@@ -116,8 +135,7 @@ def register(rt: Runtime) -> None:
             if raw and stale(orjson.loads(raw), s.join_ttl_s):
                 table.pop(key, None)
                 rt.count("index.parts_expired")
-                log.warning("index: dropped the parts of %r: the rest did not come within %.0fs", key,
-                            s.join_ttl_s)
+                log.warning("index: dropped the parts of %r: the rest did not come within %.0fs", key, s.join_ttl_s)
 
     async def write(joined: JoinedSegment, event: faust.EventT) -> None:
         item = joined.analysis
@@ -133,9 +151,16 @@ def register(rt: Runtime) -> None:
                     continue
                 await rt.fail_batch("index", registry.ANALYSIS, [(item, event)], err)
                 return
-        done = ev.SegmentDone(video_id=item.video_id, tenant=item.tenant, uri=item.uri, segment=item.segment,
-                              segment_count=item.segment_count, video=item.video, models=joined.models,
-                              trace_id=item.trace_id)
+        done = ev.SegmentDone(
+            video_id=item.video_id,
+            tenant=item.tenant,
+            uri=item.uri,
+            segment=item.segment,
+            segment_count=item.segment_count,
+            video=item.video,
+            models=joined.models,
+            trace_id=item.trace_id,
+        )
         await rt.send(registry.PROGRESS, item.video_id, done, item.trace_id)
         rt.count("index.points")
 

@@ -11,12 +11,12 @@ import logging
 import faust
 import orjson
 
+from framebus.agents.base import Runtime
 from framebus.agents.media.probe import Limits, probe
 from framebus.agents.media.uri import resolve_uri
-from framebus.topics.errors import FramebusError
-from framebus.agents.base import Runtime
 from framebus.topics import codec, registry
 from framebus.topics import events as ev
+from framebus.topics.errors import FramebusError
 
 log = logging.getLogger("framebus.agents.ingest")
 
@@ -54,14 +54,26 @@ async def handle(rt: Runtime, event: faust.EventT) -> None:
         await rt.dead_letter("ingest", registry.INGEST, event, err, trace_id)
         await rt.fail_video(video_id=req.video_id, tenant=req.tenant, error=err, trace_id=trace_id, uri=req.uri)
         return
-    facts = ev.VideoFacts(duration_s=info.duration_s, fps=info.fps, width=info.width, height=info.height,
-                          codec=info.codec, pix_fmt=info.pix_fmt, rotation=info.rotation)
-    task = ev.DecodeTask(video_id=req.video_id, tenant=req.tenant, path=str(path), uri=req.uri,
-                         tasks=[t for t in (req.tasks or s.tasks) if t in s.tasks] or list(s.tasks),
-                         video=facts, trace_id=trace_id)
+    facts = ev.VideoFacts(
+        duration_s=info.duration_s,
+        fps=info.fps,
+        width=info.width,
+        height=info.height,
+        codec=info.codec,
+        pix_fmt=info.pix_fmt,
+        rotation=info.rotation,
+    )
+    task = ev.DecodeTask(
+        video_id=req.video_id,
+        tenant=req.tenant,
+        path=str(path),
+        uri=req.uri,
+        tasks=[t for t in (req.tasks or s.tasks) if t in s.tasks] or list(s.tasks),
+        video=facts,
+        trace_id=trace_id,
+    )
     await rt.send(registry.DECODE, req.video_id, task, trace_id)
-    log.info("ingest: %s planned (%.2fs %s %dx%d)", req.video_id, info.duration_s, info.codec, info.width,
-             info.height)
+    log.info("ingest: %s planned (%.2fs %s %dx%d)", req.video_id, info.duration_s, info.codec, info.width, info.height)
 
 
 def register(rt: Runtime) -> None:

@@ -15,8 +15,8 @@ from typing import Any
 import faust
 import numpy as np
 
-from framebus.agents.embed import analysis, model_batch, prepare_segments
 from framebus.agents.base import Runtime
+from framebus.agents.embed import analysis, model_batch, prepare_segments
 from framebus.topics import events as ev
 from framebus.topics import registry
 
@@ -44,8 +44,9 @@ def verdict(settings: Any, moderator, frame_scores: list[dict[str, float]]) -> e
     return ev.ModerationVerdict(scores=scores, flagged=flagged, action=action)
 
 
-def score_prepared_segments(moderator, batcher, prepared: tuple[object, np.ndarray, int]
-                            ) -> list[list[dict[str, float]]]:
+def score_prepared_segments(
+    moderator, batcher, prepared: tuple[object, np.ndarray, int]
+) -> list[list[dict[str, float]]]:
     """Each segment's frames' scores, from ``prepare_segments(moderator, items)``."""
     batch, owner, n = prepared
     scores = batcher.run(moderator.score_prepared, batch)
@@ -54,8 +55,13 @@ def score_prepared_segments(moderator, batcher, prepared: tuple[object, np.ndarr
 
 async def handle_batch(rt: Runtime, events: list[faust.EventT]) -> None:
     moderator, batcher, s = rt.moderator, rt.batchers[TASK], rt.settings
-    done = await model_batch(rt, TASK, events, lambda prepared: score_prepared_segments(moderator, batcher, prepared),
-                             prepare=lambda items: prepare_segments(moderator, items))
+    done = await model_batch(
+        rt,
+        TASK,
+        events,
+        lambda prepared: score_prepared_segments(moderator, batcher, prepared),
+        prepare=lambda items: prepare_segments(moderator, items),
+    )
     if done is None:
         return
     alerts, verdicts = [], []
@@ -63,11 +69,19 @@ async def handle_batch(rt: Runtime, events: list[faust.EventT]) -> None:
         v = verdict(s, moderator, frame_scores)
         for category in v.flagged:
             threshold, action = policy(s, moderator, category)
-            alert = ev.ModerationAlert(video_id=item.video_id, tenant=item.tenant, start_s=item.segment.start_s,
-                                       end_s=item.segment.end_s, category=category, score=v.scores[category],
-                                       threshold=threshold, action=action, trace_id=item.trace_id,
-                                       segment_index=item.segment.index,
-                                       model=f"{moderator.info.name}/{moderator.info.version}")
+            alert = ev.ModerationAlert(
+                video_id=item.video_id,
+                tenant=item.tenant,
+                start_s=item.segment.start_s,
+                end_s=item.segment.end_s,
+                category=category,
+                score=v.scores[category],
+                threshold=threshold,
+                action=action,
+                trace_id=item.trace_id,
+                segment_index=item.segment.index,
+                model=f"{moderator.info.name}/{moderator.info.version}",
+            )
             alerts.append((item.video_id, alert, item.trace_id))
         verdicts.append((item.video_id, analysis(item, TASK, moderator, moderation=v), item.trace_id))
     if alerts:  # the feed first: alerts do not wait for the metadata path
@@ -78,5 +92,6 @@ async def handle_batch(rt: Runtime, events: list[faust.EventT]) -> None:
 
 def register(rt: Runtime) -> None:
     s = rt.settings
-    rt.batched_agent(TASK, registry.FRAMES, handle_batch, batch_size=s.moderate_batch_size,
-                     wait_s=s.moderate_batch_wait_s)
+    rt.batched_agent(
+        TASK, registry.FRAMES, handle_batch, batch_size=s.moderate_batch_size, wait_s=s.moderate_batch_wait_s
+    )

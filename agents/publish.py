@@ -4,7 +4,8 @@ Reads the internal progress topic (keyed by video id, so one video's events arri
 partition) and keeps per-video progress in a faust table backed by a changelog topic, so a restarted or
 rebalanced worker picks up where the last one stopped. A video is published when every planned segment
 is done (the decode stage says how many there are once it has decoded the whole video, while the
-first ones may already be done), or at once with ``status: failed`` when any stage failed it. Finished videos leave a small
+first ones may already be done), or at once with ``status: failed`` when any stage failed it. Finished
+videos leave a small
 "closed" marker (with the run's trace id) for ``closed_ttl_s`` so late or replayed events of that run are
 not published twice, while a new ingest of the same video id starts a new run.
 """
@@ -16,11 +17,11 @@ import logging
 import faust
 import orjson
 
-from framebus.topics.errors import FramebusError
-from framebus.agents.expiry import ExpiringKeys
 from framebus.agents.base import Runtime
+from framebus.agents.expiry import ExpiringKeys
 from framebus.topics import codec, registry
 from framebus.topics import events as ev
+from framebus.topics.errors import FramebusError
 
 log = logging.getLogger("framebus.agents.publish")
 TABLE = "publish-progress"
@@ -29,16 +30,24 @@ TABLE = "publish-progress"
 def build_metadata(state: dict) -> ev.VideoMetadata:
     """The finished document from accumulated progress (pure; unit-tested)."""
     video = state.get("video_final") or state.get("video") or {}
-    segments = sorted((ev.Segment.model_validate(s) for s in state.get("segments", {}).values()),
-                      key=lambda s: s.index)
+    segments = sorted((ev.Segment.model_validate(s) for s in state.get("segments", {}).values()), key=lambda s: s.index)
     models = {(m["task"], m["name"], m["version"]): m for m in state.get("models", [])}
     error = state.get("error")
     return ev.VideoMetadata(
-        video_id=state["video_id"], tenant=state["tenant"], status="failed" if error else "ok",
-        error=ev.ErrorInfo.model_validate(error) if error else None, duration_s=video.get("duration_s"),
-        fps=video.get("fps"), width=video.get("width"), height=video.get("height"), codec=video.get("codec"),
-        shots=[] if error else segments, models=[ev.ModelRef.model_validate(m) for m in models.values()],
-        trace_id=state.get("trace_id"), uri=state.get("uri"))
+        video_id=state["video_id"],
+        tenant=state["tenant"],
+        status="failed" if error else "ok",
+        error=ev.ErrorInfo.model_validate(error) if error else None,
+        duration_s=video.get("duration_s"),
+        fps=video.get("fps"),
+        width=video.get("width"),
+        height=video.get("height"),
+        codec=video.get("codec"),
+        shots=[] if error else segments,
+        models=[ev.ModelRef.model_validate(m) for m in models.values()],
+        trace_id=state.get("trace_id"),
+        uri=state.get("uri"),
+    )
 
 
 def apply_progress(state: dict | None, done: ev.SegmentDone) -> tuple[dict, bool]:
@@ -64,10 +73,15 @@ def apply_progress(state: dict | None, done: ev.SegmentDone) -> tuple[dict, bool
 
 def register(rt: Runtime) -> None:
     s = rt.settings
-    table = rt.app.Table(TABLE, partitions=s.partitions, key_type=bytes, value_type=bytes,
-                         changelog_topic=rt.app.topic(f"{s.app_id}-{TABLE}-changelog", key_type=bytes,
-                                                      value_type=bytes, partitions=s.partitions,
-                                                      compacting=True))
+    table = rt.app.Table(
+        TABLE,
+        partitions=s.partitions,
+        key_type=bytes,
+        value_type=bytes,
+        changelog_topic=rt.app.topic(
+            f"{s.app_id}-{TABLE}-changelog", key_type=bytes, value_type=bytes, partitions=s.partitions, compacting=True
+        ),
+    )
     closed = ExpiringKeys()
 
     async def handle(event: faust.EventT) -> None:
@@ -94,8 +108,7 @@ def register(rt: Runtime) -> None:
         table[key] = orjson.dumps({"closed": True, "status": doc.status, "trace_id": doc.trace_id})
         closed.note(event.message.partition, key)
         rt.count(f"publish.{doc.status}")
-        log.info("publish: %s status=%s segments=%d by %s", done.video_id, doc.status, len(doc.shots),
-                 rt.worker_name)
+        log.info("publish: %s status=%s segments=%d by %s", done.video_id, doc.status, len(doc.shots), rt.worker_name)
 
     def sweep(partition: int) -> None:
         # Markers are deleted from inside stream iteration of their own partition, as faust requires.

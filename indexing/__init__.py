@@ -23,5 +23,6 @@ def open_store(backend: str, *, url: str | None = None, path: Path | None = None
         from framebus.indexing.faiss_store import FaissStore
 
         return FaissStore()
-    raise VectorStoreError(f"unknown vector backend {backend!r}; use 'qdrant' or 'faiss'",
-                           code="index.unknown_backend", transient=False)
+    raise VectorStoreError(
+        f"unknown vector backend {backend!r}; use 'qdrant' or 'faiss'", code="index.unknown_backend", transient=False
+    )

@@ -104,8 +104,16 @@ class VectorStore(Protocol):
 
     def upsert(self, collection: str, points: list[SegmentPoint]) -> None: ...
 
-    def search(self, collection: str, vector: np.ndarray, *, tenant: str, limit: int = 10,
-               segments_per_video: int = 3, where: SegmentFilter | None = None) -> list[VideoHit]: ...
+    def search(
+        self,
+        collection: str,
+        vector: np.ndarray,
+        *,
+        tenant: str,
+        limit: int = 10,
+        segments_per_video: int = 3,
+        where: SegmentFilter | None = None,
+    ) -> list[VideoHit]: ...
 
     def count(self, collection: str, *, tenant: str | None = None, video_id: str | None = None) -> int: ...
 
@@ -116,10 +124,10 @@ class VectorStore(Protocol):
 
 # --- helpers shared by the backends -------------------------------------------------------------
 
+
 def require_tenant(tenant: Any) -> str:
     if not isinstance(tenant, str) or not tenant:
-        raise VectorStoreError("search needs a non-empty tenant", code="index.tenant_required",
-                               transient=False)
+        raise VectorStoreError("search needs a non-empty tenant", code="index.tenant_required", transient=False)
     return tenant
 
 
@@ -128,8 +136,9 @@ def as_query_vector(vector: Any) -> np.ndarray:
     if arr.ndim == 2 and arr.shape[0] == 1:
         arr = arr[0]
     if arr.ndim != 1 or arr.size == 0:
-        raise VectorStoreError(f"query vector must be 1-d, got shape {arr.shape}", code="index.bad_vector",
-                               transient=False)
+        raise VectorStoreError(
+            f"query vector must be 1-d, got shape {arr.shape}", code="index.bad_vector", transient=False
+        )
     if not np.all(np.isfinite(arr)):
         raise VectorStoreError("query vector has NaN or inf", code="index.bad_vector", transient=False)
     return arr
@@ -140,25 +149,34 @@ def points_matrix(points: list[SegmentPoint]) -> np.ndarray:
     vecs = [np.asarray(p.vector, dtype=np.float32).reshape(-1) for p in points]
     dims = {v.size for v in vecs}
     if len(dims) != 1 or 0 in dims:
-        raise VectorStoreError(f"points have inconsistent vector sizes {sorted(dims)}", code="index.bad_vector",
-                               transient=False)
+        raise VectorStoreError(
+            f"points have inconsistent vector sizes {sorted(dims)}", code="index.bad_vector", transient=False
+        )
     mat = np.stack(vecs)
     if not np.all(np.isfinite(mat)):
         raise VectorStoreError("a point vector has NaN or inf", code="index.bad_vector", transient=False)
     for p in points:
         if not isinstance(p.tenant, str) or not p.tenant:
-            raise VectorStoreError(f"point of video {p.video_id!r} has no tenant", code="index.tenant_required",
-                                   transient=False)
+            raise VectorStoreError(
+                f"point of video {p.video_id!r} has no tenant", code="index.tenant_required", transient=False
+            )
     return mat
 
 
 def dim_mismatch(collection: str, expected: int, got: int) -> VectorStoreError:
-    return VectorStoreError(f"collection {collection!r} holds {expected}-d vectors, got {got}-d",
-                            code="index.dim_mismatch", transient=False)
+    return VectorStoreError(
+        f"collection {collection!r} holds {expected}-d vectors, got {got}-d", code="index.dim_mismatch", transient=False
+    )
 
 
 def hit_from_payload(payload: dict[str, Any], score: float) -> SegmentHit:
     extra = payload.get("extra") or {}
-    return SegmentHit(segment_index=int(payload["segment_index"]), start_s=float(payload["start_s"]),
-                      end_s=float(payload["end_s"]), score=float(score), thumbnail=payload.get("thumbnail"),
-                      caption=extra.get("caption"), flagged=extra.get("flagged"))
+    return SegmentHit(
+        segment_index=int(payload["segment_index"]),
+        start_s=float(payload["start_s"]),
+        end_s=float(payload["end_s"]),
+        score=float(score),
+        thumbnail=payload.get("thumbnail"),
+        caption=extra.get("caption"),
+        flagged=extra.get("flagged"),
+    )

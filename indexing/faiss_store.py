@@ -18,8 +18,16 @@ from typing import Any
 
 import numpy as np
 
-from framebus.indexing.base import (SegmentFilter, SegmentPoint, VideoHit, as_query_vector, dim_mismatch, hit_from_payload,
-                           points_matrix, require_tenant)
+from framebus.indexing.base import (
+    SegmentFilter,
+    SegmentPoint,
+    VideoHit,
+    as_query_vector,
+    dim_mismatch,
+    hit_from_payload,
+    points_matrix,
+    require_tenant,
+)
 from framebus.indexing.ids import point_id_int64
 from framebus.topics.errors import FramebusError, VectorStoreError
 
@@ -116,8 +124,16 @@ class FaissStore:
             except Exception as e:
                 raise VectorStoreError(f"faiss upsert into {collection!r} failed: {e}") from e
 
-    def search(self, collection: str, vector: np.ndarray, *, tenant: str, limit: int = 10,
-               segments_per_video: int = 3, where: SegmentFilter | None = None) -> list[VideoHit]:
+    def search(
+        self,
+        collection: str,
+        vector: np.ndarray,
+        *,
+        tenant: str,
+        limit: int = 10,
+        segments_per_video: int = 3,
+        where: SegmentFilter | None = None,
+    ) -> list[VideoHit]:
         tenant = require_tenant(tenant)
         query = as_query_vector(vector)
         if limit <= 0 or segments_per_video <= 0:
@@ -154,8 +170,9 @@ class FaissStore:
                 raise
             except Exception as e:
                 raise VectorStoreError(f"faiss search in {collection!r} failed: {e}") from e
-        out = [VideoHit(video_id=vid, tenant=tenant, score=hits[0].score, segments=hits)
-               for vid, hits in groups.items()]  # faiss returns best first, so hits are sorted
+        out = [
+            VideoHit(video_id=vid, tenant=tenant, score=hits[0].score, segments=hits) for vid, hits in groups.items()
+        ]  # faiss returns best first, so hits are sorted
         out.sort(key=lambda v: v.score, reverse=True)
         return out[:limit]
 
@@ -197,7 +214,7 @@ class FaissStore:
         with self._lock:
             self._collections.clear()
 
-    def __enter__(self) -> "FaissStore":
+    def __enter__(self) -> FaissStore:
         return self
 
     def __exit__(self, *exc: Any) -> None:

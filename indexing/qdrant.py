@@ -8,13 +8,22 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
-from framebus.indexing.base import (SegmentFilter, SegmentPoint, VideoHit, as_query_vector, dim_mismatch, hit_from_payload,
-                           points_matrix, require_tenant)
+from framebus.indexing.base import (
+    SegmentFilter,
+    SegmentPoint,
+    VideoHit,
+    as_query_vector,
+    dim_mismatch,
+    hit_from_payload,
+    points_matrix,
+    require_tenant,
+)
 from framebus.topics.errors import FramebusError, VectorStoreError
 
 _UPSERT_CHUNK = 256
@@ -23,8 +32,14 @@ _UPSERT_CHUNK = 256
 class QdrantStore:
     """``VectorStore`` on Qdrant. ``path``: embedded on disk; ``url``: server; neither: in memory."""
 
-    def __init__(self, path: Path | str | None = None, url: str | None = None, api_key: str | None = None,
-                 *, timeout: float | None = None):
+    def __init__(
+        self,
+        path: Path | str | None = None,
+        url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float | None = None,
+    ):
         if path is not None and url is not None:
             raise ValueError("QdrantStore takes path= or url=, not both")
         from qdrant_client import QdrantClient
@@ -45,8 +60,9 @@ class QdrantStore:
             else:
                 self._client = QdrantClient(location=":memory:")
         except RuntimeError as e:  # local storage held by another client (another process)
-            raise VectorStoreError(f"cannot open Qdrant storage at {self.location}: {e}", code="index.locked",
-                                   transient=False) from e
+            raise VectorStoreError(
+                f"cannot open Qdrant storage at {self.location}: {e}", code="index.locked", transient=False
+            ) from e
         except Exception as e:
             raise VectorStoreError(f"cannot open Qdrant at {self.location}: {e}") from e
 
@@ -104,14 +120,18 @@ class QdrantStore:
                 return
             with self._call("create_collection") as c:
                 try:
-                    c.create_collection(name, vectors_config=models.VectorParams(size=dim,
-                                                                                 distance=models.Distance.COSINE))
+                    c.create_collection(
+                        name, vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE)
+                    )
                 except Exception:
                     if not c.collection_exists(name):  # not a lost creation race: a real failure
                         raise
                 if not self.local:  # payload indexes only matter (and only exist) on a server
-                    c.create_payload_index(name, "tenant", field_schema=models.KeywordIndexParams(
-                        type=models.KeywordIndexType.KEYWORD, is_tenant=True))
+                    c.create_payload_index(
+                        name,
+                        "tenant",
+                        field_schema=models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True),
+                    )
                     c.create_payload_index(name, "video_id", field_schema=models.PayloadSchemaType.KEYWORD)
             self._dims.pop(name, None)
             have = self._known_dim(name)
@@ -127,15 +147,27 @@ class QdrantStore:
         self.ensure_collection(collection, mat.shape[1])
         with self._call("upsert") as c:
             for lo in range(0, len(points), _UPSERT_CHUNK):
-                chunk = points[lo:lo + _UPSERT_CHUNK]
-                c.upsert(collection, wait=True, points=models.Batch(
-                    ids=[p.id for p in chunk],
-                    vectors=mat[lo:lo + _UPSERT_CHUNK].tolist(),
-                    payloads=[p.payload() for p in chunk],
-                ))
+                chunk = points[lo : lo + _UPSERT_CHUNK]
+                c.upsert(
+                    collection,
+                    wait=True,
+                    points=models.Batch(
+                        ids=[p.id for p in chunk],
+                        vectors=mat[lo : lo + _UPSERT_CHUNK].tolist(),
+                        payloads=[p.payload() for p in chunk],
+                    ),
+                )
 
-    def search(self, collection: str, vector: np.ndarray, *, tenant: str, limit: int = 10,
-               segments_per_video: int = 3, where: SegmentFilter | None = None) -> list[VideoHit]:
+    def search(
+        self,
+        collection: str,
+        vector: np.ndarray,
+        *,
+        tenant: str,
+        limit: int = 10,
+        segments_per_video: int = 3,
+        where: SegmentFilter | None = None,
+    ) -> list[VideoHit]:
         tenant = require_tenant(tenant)
         query = as_query_vector(vector)
         if limit <= 0 or segments_per_video <= 0:
@@ -147,14 +179,23 @@ class QdrantStore:
             if have != query.size:
                 raise dim_mismatch(collection, have, query.size)
             with self._call("query_points_groups") as c:
-                res = c.query_points_groups(collection, group_by="video_id", query=query.tolist(),
-                                            query_filter=self._filter(tenant=tenant, where=where), limit=int(limit),
-                                            group_size=int(segments_per_video), with_payload=True)
+                res = c.query_points_groups(
+                    collection,
+                    group_by="video_id",
+                    query=query.tolist(),
+                    query_filter=self._filter(tenant=tenant, where=where),
+                    limit=int(limit),
+                    group_size=int(segments_per_video),
+                    with_payload=True,
+                )
         out: list[VideoHit] = []
         for group in res.groups:
-            hits = [hit_from_payload(h.payload or {}, h.score) for h in group.hits
-                    if (h.payload or {}).get("tenant") == tenant  # belt and braces; the filter did it
-                    and (where is None or where.matches(h.payload or {}))]
+            hits = [
+                hit_from_payload(h.payload or {}, h.score)
+                for h in group.hits
+                if (h.payload or {}).get("tenant") == tenant  # belt and braces; the filter did it
+                and (where is None or where.matches(h.payload or {}))
+            ]
             if not hits:
                 continue
             hits.sort(key=lambda h: h.score, reverse=True)
@@ -177,8 +218,9 @@ class QdrantStore:
             if self._known_dim(collection) is None:
                 return
             with self._call("delete") as c:
-                c.delete(collection, wait=True,
-                         points_selector=models.FilterSelector(filter=self._filter(tenant, video_id)))
+                c.delete(
+                    collection, wait=True, points_selector=models.FilterSelector(filter=self._filter(tenant, video_id))
+                )
 
     def close(self) -> None:
         with self._lock:
@@ -186,7 +228,7 @@ class QdrantStore:
                 self._client.close()
             self._dims.clear()
 
-    def __enter__(self) -> "QdrantStore":
+    def __enter__(self) -> QdrantStore:
         return self
 
     def __exit__(self, *exc: Any) -> None:

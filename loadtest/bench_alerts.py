@@ -18,8 +18,8 @@ alert). Percentiles are over few samples (one per unsafe shot): p95 is close to 
 
     python -m framebus.loadtest.bench_alerts [--videos K] [--interval S] [--json PATH]
 
-Uses the tiny models in ``FRAMEBUS_MODEL_DIR`` (default: the checkout's ``framebus-data/models``, which
-``make demo`` and ``make test`` fill); trains them first when missing or stale (minutes, once).
+Uses the tiny models of ``--model-dir`` / ``FRAMEBUS_MODEL_DIR``, else the shipped weights or the user cache
+(trained there first when neither matches the recipe).
 """
 
 from __future__ import annotations
@@ -37,8 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from framebus.models.training import CHECKOUT_MODEL_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,8 +57,10 @@ def plan_videos(k: int, seed: int = 7, shot_s: float = 2.0) -> list[list]:
     for v in range(k):
         n = 2 + v % 3
         shots = sample_shots(rng, n)
-        shots = [dataclasses.replace(s, shape=safe_shapes[int(rng.integers(len(safe_shapes)))]) if s.unsafe else s
-                 for s in shots]
+        shots = [
+            dataclasses.replace(s, shape=safe_shapes[int(rng.integers(len(safe_shapes)))]) if s.unsafe else s
+            for s in shots
+        ]
         if v % 2 == 0:
             for i in rng.choice(n, size=1 + int(n == 4), replace=False):
                 shots[int(i)] = dataclasses.replace(shots[int(i)], shape=UNSAFE_SHAPE)
@@ -91,8 +91,9 @@ def make_videos(media: Path, k: int, run: str, shot_s: float = 2.0) -> list[Vide
     for v, shots in enumerate(plan_videos(k, shot_s=shot_s)):
         path = media / f"world{v:02d}.mp4"
         wv = make_world_video(path, shots)
-        out.append(Video(video_id=f"alerts-{run}-{v:02d}", path=path, bounds=list(wv.bounds),
-                         unsafe=[s.unsafe for s in shots]))
+        out.append(
+            Video(video_id=f"alerts-{run}-{v:02d}", path=path, bounds=list(wv.bounds), unsafe=[s.unsafe for s in shots])
+        )
     return out
 
 
@@ -128,10 +129,12 @@ async def run_ingest(settings, videos: list[Video], interval_s: float, timeout_s
     from framebus.topics import events as ev
 
     by_id = {v.video_id: v for v in videos}
-    topics = [settings.topic(spec.name) for spec in (registry.MODERATION, registry.METADATA, registry.DECODE,
-                                                       registry.FRAMES)]
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False, group_id=None,
-                                **settings.kafka_security())
+    topics = [
+        settings.topic(spec.name) for spec in (registry.MODERATION, registry.METADATA, registry.DECODE, registry.FRAMES)
+    ]
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap, enable_auto_commit=False, group_id=None, **settings.kafka_security()
+    )
     await consumer.start()
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, **settings.kafka_security())
     await producer.start()
@@ -147,9 +150,12 @@ async def run_ingest(settings, videos: list[Video], interval_s: float, timeout_s
                     await asyncio.sleep(delay)
                 req = ev.IngestRequest(video_id=v.video_id, uri=v.path.as_uri(), tenant="bench")
                 v.sent_at = time.time()
-                await producer.send_and_wait(settings.topic(registry.INGEST.name), key=v.video_id.encode(),
-                                             value=codec.encode(req),
-                                             headers=[(TRACE_HEADER, uuid.uuid4().hex.encode())])
+                await producer.send_and_wait(
+                    settings.topic(registry.INGEST.name),
+                    key=v.video_id.encode(),
+                    value=codec.encode(req),
+                    headers=[(TRACE_HEADER, uuid.uuid4().hex.encode())],
+                )
 
         publishing = asyncio.create_task(publish())
         deadline = time.monotonic() + timeout_s
@@ -162,8 +168,13 @@ async def run_ingest(settings, videos: list[Video], interval_s: float, timeout_s
                     if tp.topic == topics[0]:
                         a = codec.decode(ev.ModerationAlert, rec.value)
                         if a.video_id in by_id:
-                            alerts.append({**a.model_dump(mode="json", by_alias=True), "received_at": now,
-                                           "created_at": rec.timestamp / 1000})
+                            alerts.append(
+                                {
+                                    **a.model_dump(mode="json", by_alias=True),
+                                    "received_at": now,
+                                    "created_at": rec.timestamp / 1000,
+                                }
+                            )
                     elif tp.topic in topics[2:]:  # internal: only the create time matters
                         doc = json.loads(rec.value)
                         v = by_id.get(doc.get("video_id"))
@@ -192,8 +203,14 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {"n": 0, "p50": None, "p95": None, "max": None, "min": None, "mean": None}
     arr = np.asarray(values)
-    return {"n": len(values), "min": float(arr.min()), "p50": float(np.percentile(arr, 50)),
-            "p95": float(np.percentile(arr, 95)), "max": float(arr.max()), "mean": float(arr.mean())}
+    return {
+        "n": len(values),
+        "min": float(arr.min()),
+        "p50": float(np.percentile(arr, 50)),
+        "p95": float(np.percentile(arr, 95)),
+        "max": float(arr.max()),
+        "mean": float(arr.mean()),
+    }
 
 
 def evaluate(videos: list[Video], alerts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -232,8 +249,11 @@ def evaluate(videos: list[Video], alerts: list[dict[str, Any]]) -> dict[str, Any
         if times and v.metadata_at:
             lead.append(v.metadata_at - min(times))
     return {
-        "videos": len(videos), "shots": len(unsafe) + len(safe), "unsafe_shots": len(unsafe),
-        "safe_shots": len(safe), "alerts": len(alerts),
+        "videos": len(videos),
+        "shots": len(unsafe) + len(safe),
+        "unsafe_shots": len(unsafe),
+        "safe_shots": len(safe),
+        "alerts": len(alerts),
         "unsafe_alerted": sum(1 for k in unsafe if k in first),
         "safe_alerted": len(false),
         "alerts_on_merged_segments": merged,
@@ -245,8 +265,9 @@ def evaluate(videos: list[Video], alerts: list[dict[str, Any]]) -> dict[str, Any
         "metadata_minus_first_alert_s": percentiles(lead),
         "metadata_ok": sum(1 for v in videos if v.status == "ok"),
         "metadata_missing": [v.video_id for v in videos if v.metadata_at is None],
-        "shot_count_mismatch": [v.video_id for v in videos
-                                if v.shots_detected is not None and v.shots_detected != len(v.bounds)],
+        "shot_count_mismatch": [
+            v.video_id for v in videos if v.shots_detected is not None and v.shots_detected != len(v.bounds)
+        ],
     }
 
 
@@ -256,22 +277,30 @@ def report(res: dict[str, Any]) -> str:
         cells = " | ".join(f"{f(p[k]):>6}" for k in ("p50", "p95", "max", "min"))
         return f"| {name:<38} | {p['n']:>3} | {cells} |"
 
-    lines = [f"| {'latency (s)':<38} | {'n':>3} | {'p50':>6} | {'p95':>6} | {'max':>6} | {'min':>6} |",
-             f"|{'-' * 40}|-----|--------|--------|--------|--------|",
-             row("ingest -> first alert (unsafe shot)", res["alert_latency_s"]),
-             row("ingest -> metadata (video)", res["metadata_latency_s"]),
-             row("metadata - first alert (video)", res["metadata_minus_first_alert_s"]),
-             row("  alert: ingest agent (probe)", res["alert_stages_s"]["ingest"]),
-             row("  alert: decode agent (until the shot is sent)", res["alert_stages_s"]["decode"]),
-             row("  alert: moderate agent (batch+model)", res["alert_stages_s"]["moderate"]),
-             row("  alert: delivery to the consumer", res["alert_stages_s"]["delivery"])]
+    lines = [
+        f"| {'latency (s)':<38} | {'n':>3} | {'p50':>6} | {'p95':>6} | {'max':>6} | {'min':>6} |",
+        f"|{'-' * 40}|-----|--------|--------|--------|--------|",
+        row("ingest -> first alert (unsafe shot)", res["alert_latency_s"]),
+        row("ingest -> metadata (video)", res["metadata_latency_s"]),
+        row("metadata - first alert (video)", res["metadata_minus_first_alert_s"]),
+        row("  alert: ingest agent (probe)", res["alert_stages_s"]["ingest"]),
+        row("  alert: decode agent (until the shot is sent)", res["alert_stages_s"]["decode"]),
+        row("  alert: moderate agent (batch+model)", res["alert_stages_s"]["moderate"]),
+        row("  alert: delivery to the consumer", res["alert_stages_s"]["delivery"]),
+    ]
     rec = "-" if res["recall"] is None else f"{100 * res['recall']:.0f}%"
     far = "-" if res["false_alert_rate"] is None else f"{100 * res['false_alert_rate']:.0f}%"
-    lines.append(f"\nunsafe shots alerted: {res['unsafe_alerted']}/{res['unsafe_shots']} ({rec}); safe shots "
-                 f"falsely alerted: {res['safe_alerted']}/{res['safe_shots']} ({far}); {res['alerts']} alerts; "
-                 f"metadata ok {res['metadata_ok']}/{res['videos']}"
-                 + (f"; {res['alerts_on_merged_segments']} alerts on a segment spanning several shots (detector "
-                    f"merged them; counted for each unsafe shot in it)" if res["alerts_on_merged_segments"] else ""))
+    lines.append(
+        f"\nunsafe shots alerted: {res['unsafe_alerted']}/{res['unsafe_shots']} ({rec}); safe shots "
+        f"falsely alerted: {res['safe_alerted']}/{res['safe_shots']} ({far}); {res['alerts']} alerts; "
+        f"metadata ok {res['metadata_ok']}/{res['videos']}"
+        + (
+            f"; {res['alerts_on_merged_segments']} alerts on a segment spanning several shots (detector "
+            f"merged them; counted for each unsafe shot in it)"
+            if res["alerts_on_merged_segments"]
+            else ""
+        )
+    )
     if res["metadata_missing"]:
         lines.append(f"no metadata in time for: {', '.join(res['metadata_missing'])}")
     if res["shot_count_mismatch"]:
@@ -282,13 +311,28 @@ def report(res: dict[str, Any]) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m framebus.loadtest.bench_alerts", description=__doc__.split("\n\n")[0])
     p.add_argument("--videos", type=int, default=16, help="world videos to ingest (default 16)")
-    p.add_argument("--shot-s", type=float, default=2.0,
-                   help="length of every shot (default 2): longer videos show what streaming out of decode buys")
-    p.add_argument("--interval", type=float, default=2.0,
-                   help="seconds between ingest requests (default 2; 0 = all at once, a burst)")
-    p.add_argument("--tasks", default="embed,caption,moderate",
-                   help="FRAMEBUS_TASKS of the stack (default embed,caption,moderate; must include moderate)")
-    p.add_argument("--model-dir", default=os.environ.get("FRAMEBUS_MODEL_DIR", str(CHECKOUT_MODEL_DIR)))
+    p.add_argument(
+        "--shot-s",
+        type=float,
+        default=2.0,
+        help="length of every shot (default 2): longer videos show what streaming out of decode buys",
+    )
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=2.0,
+        help="seconds between ingest requests (default 2; 0 = all at once, a burst)",
+    )
+    p.add_argument(
+        "--tasks",
+        default="embed,caption,moderate",
+        help="FRAMEBUS_TASKS of the stack (default embed,caption,moderate; must include moderate)",
+    )
+    p.add_argument(
+        "--model-dir",
+        default=os.environ.get("FRAMEBUS_MODEL_DIR"),
+        help="tiny models from this directory (default: the shipped weights or the user cache)",
+    )
     p.add_argument("--timeout", type=float, default=150.0, help="seconds to wait for results after the first send")
     p.add_argument("--workdir", default=None, help="keep videos, data and the stack's log here")
     p.add_argument("--json", default=None, help="also write the results as JSON to this path")
@@ -309,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="framebus-bench-alerts-")).resolve()
     media = work / "media"
     media.mkdir(parents=True, exist_ok=True)
-    model_dir = Path(args.model_dir).resolve()
+    model_dir = Path(args.model_dir).resolve() if args.model_dir else None
     check = load_settings(models="tiny", model_dir=model_dir, data_dir=work / "data")
     train_tiny_models(check)
 
@@ -317,19 +361,34 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     videos = make_videos(media, args.videos, run, args.shot_s)
     n_unsafe = sum(sum(v.unsafe) for v in videos)
-    print(f"framebus bench_alerts: {len(videos)} world videos, {sum(len(v.bounds) for v in videos)} shots "
-          f"({n_unsafe} unsafe) rendered in {time.monotonic() - t0:.1f}s; {os.cpu_count()} cores, load average "
-          f"{os.getloadavg()[0]:.1f}; workdir {work}", flush=True)
+    print(
+        f"framebus bench_alerts: {len(videos)} world videos, {sum(len(v.bounds) for v in videos)} shots "
+        f"({n_unsafe} unsafe) rendered in {time.monotonic() - t0:.1f}s; {os.cpu_count()} cores, load average "
+        f"{os.getloadavg()[0]:.1f}; workdir {work}",
+        flush=True,
+    )
 
     broker, http = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FRAMEBUS_")}
-    env.update({"FRAMEBUS_MODELS": "tiny", "FRAMEBUS_DATA_DIR": str(work / "data"),
-                "FRAMEBUS_MODEL_DIR": str(model_dir), "FRAMEBUS_INGEST_ROOTS": str(media), "FRAMEBUS_TASKS": args.tasks,
-                "FRAMEBUS_SESSION_TIMEOUT_S": "6", "FRAMEBUS_DECODE_WORKERS": "2", "PYTHONUNBUFFERED": "1"})
+    env.update(
+        {
+            "FRAMEBUS_MODELS": "tiny",
+            **({"FRAMEBUS_MODEL_DIR": str(model_dir)} if model_dir else {}),
+            "FRAMEBUS_DATA_DIR": str(work / "data"),
+            "FRAMEBUS_INGEST_ROOTS": str(media),
+            "FRAMEBUS_TASKS": args.tasks,
+            "FRAMEBUS_SESSION_TIMEOUT_S": "6",
+            "FRAMEBUS_DECODE_WORKERS": "2",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     t0 = time.monotonic()
     proc = start_stack(env, broker, http, work / "framebus-up.log")
-    print(f"framebus up ready in {time.monotonic() - t0:.1f}s (broker {broker}, tasks {args.tasks}); "
-          f"log {work / 'framebus-up.log'}", flush=True)
+    print(
+        f"framebus up ready in {time.monotonic() - t0:.1f}s (broker {broker}, tasks {args.tasks}); "
+        f"log {work / 'framebus-up.log'}",
+        flush=True,
+    )
     try:
         settings = load_settings(embedded_broker=broker)
         t0 = time.monotonic()
@@ -338,20 +397,38 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stop_stack(proc)
     res = evaluate(videos, alerts)
-    res.update({"tasks": args.tasks, "interval_s": args.interval, "ingest_window_s": round(ingest_s, 1),
-                "cores": os.cpu_count()})
-    print(f"\ningest -> moderation alert, {len(videos)} videos one every {args.interval:g}s "
-          f"({ingest_s:.0f}s from the first send to the last result), tiny models, tasks {args.tasks}, "
-          f"{os.cpu_count()} cores:")
+    res.update(
+        {
+            "tasks": args.tasks,
+            "interval_s": args.interval,
+            "ingest_window_s": round(ingest_s, 1),
+            "cores": os.cpu_count(),
+        }
+    )
+    print(
+        f"\ningest -> moderation alert, {len(videos)} videos one every {args.interval:g}s "
+        f"({ingest_s:.0f}s from the first send to the last result), tiny models, tasks {args.tasks}, "
+        f"{os.cpu_count()} cores:"
+    )
     print(report(res))
-    print(f"\nnote: latencies include queueing behind earlier videos on this machine's {os.cpu_count()} cores "
-          f"(decode, embed, caption and moderate share them); p95 over {res['alert_latency_s']['n']} samples is "
-          f"close to the maximum. total {time.monotonic() - started:.0f}s")
+    print(
+        f"\nnote: latencies include queueing behind earlier videos on this machine's {os.cpu_count()} cores "
+        f"(decode, embed, caption and moderate share them); p95 over {res['alert_latency_s']['n']} samples is "
+        f"close to the maximum. total {time.monotonic() - started:.0f}s"
+    )
     if args.json:
-        Path(args.json).write_text(json.dumps({
-            "argv": sys.argv, "result": res,
-            "videos": [{**dataclasses.asdict(v), "path": str(v.path)} for v in videos],
-            "alerts": alerts}, indent=1, default=str))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "argv": sys.argv,
+                    "result": res,
+                    "videos": [{**dataclasses.asdict(v), "path": str(v.path)} for v in videos],
+                    "alerts": alerts,
+                },
+                indent=1,
+                default=str,
+            )
+        )
     return 0 if not res["metadata_missing"] else 1
 
 

@@ -26,8 +26,8 @@ together with the share of the machine other processes took. The baseline has no
 
     python -m framebus.loadtest.bench_batching [--segments N] [--batch-sizes 8,32] [--waits 0.05] [--json PATH]
 
-Uses the tiny models in ``FRAMEBUS_MODEL_DIR`` (default: the checkout's ``framebus-data/models``, which
-``make demo`` and ``make test`` fill); trains them first when missing or stale (minutes, once).
+Uses the tiny models of ``--model-dir`` / ``FRAMEBUS_MODEL_DIR``, else the shipped weights or the user cache
+(trained there first when neither matches the recipe).
 """
 
 from __future__ import annotations
@@ -48,7 +48,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from framebus.models.training import CHECKOUT_MODEL_DIR
 from framebus.streams.demo import free_port, start_process, stop_stack, train_tiny_models
 
 REPO = Path(__file__).resolve().parents[1]
@@ -149,14 +148,31 @@ def make_source_segments(workdir: Path, settings, *, videos: int = 2, shots_per_
         make_world_video(path, sample_shots(100 + v, shots_per_video))
         decoded = decode_video(DecodeJob.from_settings(settings, path, f"clip{v}"))
         info = decoded.info
-        facts = ev.VideoFacts(duration_s=info.duration_s, fps=info.fps, width=info.width, height=info.height,
-                              codec=info.codec, pix_fmt=info.pix_fmt, rotation=info.rotation)
+        facts = ev.VideoFacts(
+            duration_s=info.duration_s,
+            fps=info.fps,
+            width=info.width,
+            height=info.height,
+            codec=info.codec,
+            pix_fmt=info.pix_fmt,
+            rotation=info.rotation,
+        )
         for seg in decoded.segments:
             frames = [ev.Frame(pts_s=pts, jpeg_b64=base64.b64encode(jpeg).decode()) for pts, jpeg in seg.frames]
             segment = ev.Segment(index=seg.index, start_s=seg.start_s, end_s=seg.end_s, keyframe_s=seg.keyframe_s)
-            out.append(ev.SegmentFrames(video_id=f"clip{v}", tenant="bench", uri=path.as_uri(), segment=segment,
-                                        segment_count=len(decoded.segments), frames=frames, video=facts,
-                                        tasks=["embed"], trace_id=f"trace-clip{v}"))
+            out.append(
+                ev.SegmentFrames(
+                    video_id=f"clip{v}",
+                    tenant="bench",
+                    uri=path.as_uri(),
+                    segment=segment,
+                    segment_count=len(decoded.segments),
+                    frames=frames,
+                    video=facts,
+                    tasks=["embed"],
+                    trace_id=f"trace-clip{v}",
+                )
+            )
     return out
 
 
@@ -167,9 +183,16 @@ def replicate(sources: list, n: int) -> list:
     for i in range(n):
         src = sources[i % len(sources)]
         vid = f"bench-{i // per_video:05d}"
-        items.append(src.model_copy(update={"video_id": vid, "trace_id": f"trace-{vid}",
-                                            "segment": src.segment.model_copy(update={"index": i % per_video}),
-                                            "segment_count": per_video}))
+        items.append(
+            src.model_copy(
+                update={
+                    "video_id": vid,
+                    "trace_id": f"trace-{vid}",
+                    "segment": src.segment.model_copy(update={"index": i % per_video}),
+                    "segment_count": per_video,
+                }
+            )
+        )
     return items
 
 
@@ -191,10 +214,16 @@ def baseline_runs(embedder, items: list, batch_size: int, repeat: int) -> list[d
         batcher = AdaptiveBatcher("embed", batch_size)
         t0, c0 = time.perf_counter(), time.process_time()
         for lo in range(0, n, batch_size):
-            embed_segments(embedder, batcher, items[lo:lo + batch_size])
+            embed_segments(embedder, batcher, items[lo : lo + batch_size])
         dt, cpu = time.perf_counter() - t0, time.process_time() - c0
-        runs.append({"items": n, "items_per_s": n / dt, "model_items_per_s": n / batcher.stats.busy_s,
-                     "items_per_cpu_s": n / cpu if cpu > 0 else 0.0})
+        runs.append(
+            {
+                "items": n,
+                "items_per_s": n / dt,
+                "model_items_per_s": n / batcher.stats.busy_s,
+                "items_per_cpu_s": n / cpu if cpu > 0 else 0.0,
+            }
+        )
     return runs
 
 
@@ -226,13 +255,32 @@ class Setting:
 
 def start_worker(env: dict[str, str], broker: str, log_path: Path, timeout_s: float = 180.0) -> subprocess.Popen:
     """``framebus worker --agents embed`` with debug logging; returns after its ready line."""
-    return start_process([sys.executable, "-m", "framebus.streams.cli", "worker", "--agents", "embed", "--broker", broker,
-                          "--name", "bench-embed", "--log-level", "debug"],
-                         env, "framebus worker ready", log_path, timeout_s=timeout_s, cwd=str(REPO))
+    return start_process(
+        [
+            sys.executable,
+            "-m",
+            "framebus.streams.cli",
+            "worker",
+            "--agents",
+            "embed",
+            "--broker",
+            broker,
+            "--name",
+            "bench-embed",
+            "--log-level",
+            "debug",
+        ],
+        env,
+        "framebus worker ready",
+        log_path,
+        timeout_s=timeout_s,
+        cwd=str(REPO),
+    )
 
 
-async def stream_items(settings, payloads: list[tuple[bytes, bytes]], rate: float, timeout_s: float,
-                       cpu: CpuWindow) -> dict[str, Any]:
+async def stream_items(
+    settings, payloads: list[tuple[bytes, bytes]], rate: float, timeout_s: float, cpu: CpuWindow
+) -> dict[str, Any]:
     """Produce ``payloads`` to the frames topic at ``rate``/s (0: as fast as possible) while reading the
     analysis topic; returns per-result (create timestamp, receipt time) and the producer's timing."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -242,13 +290,21 @@ async def stream_items(settings, payloads: list[tuple[bytes, bytes]], rate: floa
 
     frames_topic = settings.topic(registry.FRAMES.name)
     analysis_topic = settings.topic(registry.ANALYSIS.name)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False, group_id=None,
-                                auto_offset_reset="earliest", fetch_max_bytes=16 * 1024 * 1024,
-                                **settings.kafka_security())
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap,
+        enable_auto_commit=False,
+        group_id=None,
+        auto_offset_reset="earliest",
+        fetch_max_bytes=16 * 1024 * 1024,
+        **settings.kafka_security(),
+    )
     await consumer.start()
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, linger_ms=2,
-                                max_request_size=max(settings.max_event_bytes * 2, 1_048_576),
-                                **settings.kafka_security())
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap,
+        linger_ms=2,
+        max_request_size=max(settings.max_event_bytes * 2, 1_048_576),
+        **settings.kafka_security(),
+    )
     await producer.start()
     try:
         await assign_partitions(consumer, [analysis_topic], at_end=False)
@@ -291,8 +347,13 @@ async def stream_items(settings, payloads: list[tuple[bytes, bytes]], rate: floa
         usage = cpu.stop()
         if not producing.done():
             producing.cancel()
-        return {"arrivals": sorted(seen.values()), "duplicates": duplicates, "produced": produced,
-                "cpu": usage, "complete": len(seen) >= want}
+        return {
+            "arrivals": sorted(seen.values()),
+            "duplicates": duplicates,
+            "produced": produced,
+            "cpu": usage,
+            "complete": len(seen) >= want,
+        }
     finally:
         await producer.stop()
         await consumer.stop()
@@ -308,15 +369,22 @@ def parse_batches(log_path: Path, agent: str = "embed") -> list[dict[str, float]
         m = BATCH_LINE.search(line)
         if m and m.group(2) == agent:
             rec = {k: float(v) for k, v in (kv.split("=") for kv in m.group(5).split())}
-            rec.update(items=int(m.group(3)), handler_s=float(m.group(4)),
-                       at=datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp())
+            rec.update(
+                items=int(m.group(3)),
+                handler_s=float(m.group(4)),
+                at=datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp(),
+            )
             out.append(rec)
     return out
 
 
-def summarise_stream(arrivals: list[tuple[float, float]], batches: list[dict[str, float]],
-                     setting: Setting, worker_cpu_s: float | None,
-                     model_thread_cpu_s: float | None = None) -> dict[str, Any]:
+def summarise_stream(
+    arrivals: list[tuple[float, float]],
+    batches: list[dict[str, float]],
+    setting: Setting,
+    worker_cpu_s: float | None,
+    model_thread_cpu_s: float | None = None,
+) -> dict[str, Any]:
     """Throughput after the warm-up (the first micro-batch), batch sizes, where the batches' time went."""
     first = int(batches[0]["items"]) if batches else setting.batch_size
     first = max(1, min(first, len(arrivals) - 2))
@@ -334,34 +402,55 @@ def summarise_stream(arrivals: list[tuple[float, float]], batches: list[dict[str
     sizes = [int(b["items"]) for b in batches]
     if rest:
         items = sum(b["items"] for b in rest)
-        total = {k: sum(b.get(k, 0.0) for b in rest) for k in ("handler_s", "prep_s", "model_s", "forward_s",
-                                                                "model_wait_s", "prep_wait_s")}
+        total = {
+            k: sum(b.get(k, 0.0) for b in rest)
+            for k in ("handler_s", "prep_s", "model_s", "forward_s", "model_wait_s", "prep_wait_s")
+        }
         window = out["window_s_created"]
-        out.update({
-            "batches": len(batches),
-            "batch_sizes": dict(sorted(Counter(sizes).items())),
-            "batch_mean": statistics.fmean(sizes),
-            "batch_median": statistics.median(sizes),
-            "full_batch_share": sum(1 for s in sizes if s >= setting.batch_size) / len(sizes),
-            "model_items_per_s": items / total["forward_s"] if total["forward_s"] else None,
-            **{f"{k}_per_batch": v / len(rest) for k, v in total.items()},
-            # the share of the streaming window the model thread was working: 1 = never waiting for input
-            "model_thread_busy": total["model_s"] / window if window else None,
-        })
+        out.update(
+            {
+                "batches": len(batches),
+                "batch_sizes": dict(sorted(Counter(sizes).items())),
+                "batch_mean": statistics.fmean(sizes),
+                "batch_median": statistics.median(sizes),
+                "full_batch_share": sum(1 for s in sizes if s >= setting.batch_size) / len(sizes),
+                "model_items_per_s": items / total["forward_s"] if total["forward_s"] else None,
+                **{f"{k}_per_batch": v / len(rest) for k, v in total.items()},
+                # the share of the streaming window the model thread was working: 1 = never waiting for input
+                "model_thread_busy": total["model_s"] / window if window else None,
+            }
+        )
     return out
 
 
-def run_setting(idx: int, setting: Setting, *, broker: str, base_env: dict[str, str], workdir: Path,
-                payload_items: list, embedder, baseline_items: int, repeat: int, rate_x: float,
-                broker_pid: int | None, timeout_s: float) -> dict[str, Any]:
+def run_setting(
+    idx: int,
+    setting: Setting,
+    *,
+    broker: str,
+    base_env: dict[str, str],
+    workdir: Path,
+    payload_items: list,
+    embedder,
+    baseline_items: int,
+    repeat: int,
+    rate_x: float,
+    broker_pid: int | None,
+    timeout_s: float,
+) -> dict[str, Any]:
     """Start the worker; measure the baseline now (same machine load, worker idle); then stream."""
     from framebus.streams.broker import ensure_topics
     from framebus.streams.config import load_settings
     from framebus.topics import codec
 
     prefix = f"bench{idx}-{os.getpid()}."
-    env = {**base_env, "FRAMEBUS_TOPIC_PREFIX": prefix, "FRAMEBUS_EMBED_BATCH_SIZE": str(setting.batch_size),
-           "FRAMEBUS_EMBED_BATCH_WAIT_S": str(setting.wait_s), "FRAMEBUS_DATA_DIR": str(workdir / f"data{idx}")}
+    env = {
+        **base_env,
+        "FRAMEBUS_TOPIC_PREFIX": prefix,
+        "FRAMEBUS_EMBED_BATCH_SIZE": str(setting.batch_size),
+        "FRAMEBUS_EMBED_BATCH_WAIT_S": str(setting.wait_s),
+        "FRAMEBUS_DATA_DIR": str(workdir / f"data{idx}"),
+    }
     settings = load_settings(broker=broker, topic_prefix=prefix)
     asyncio.run(ensure_topics(settings))
     payloads = [(it.video_id.encode(), codec.encode(it, max_bytes=settings.max_event_bytes)) for it in payload_items]
@@ -370,7 +459,7 @@ def run_setting(idx: int, setting: Setting, *, broker: str, base_env: dict[str, 
     proc = start_worker(env, broker, log_path)
     startup = time.monotonic() - t0
     try:
-        base_items = payload_items[:max(setting.batch_size, baseline_items)]
+        base_items = payload_items[: max(setting.batch_size, baseline_items)]
         before = baseline_runs(embedder, base_items, setting.batch_size, repeat)
         rate = rate_x * max(r["items_per_s"] for r in before) if rate_x > 0 else 0.0
         cpu = CpuWindow({"worker": proc.pid, "broker": broker_pid, "bench": os.getpid()})
@@ -380,16 +469,30 @@ def run_setting(idx: int, setting: Setting, *, broker: str, base_env: dict[str, 
     finally:
         stop_stack(proc)
     base = summarise_baseline(before + after)
-    print(f"{setting.label}: worker ready in {startup:.1f}s; baseline best {base['items_per_s']:.0f} items/s, median "
-          f"{base['items_per_s_median']:.0f}, min {base['items_per_s_min']:.0f} ({len(before)} runs before and "
-          f"{len(after)} after streaming, {base['items']} items each)", flush=True)
+    print(
+        f"{setting.label}: worker ready in {startup:.1f}s; baseline best {base['items_per_s']:.0f} items/s, median "
+        f"{base['items_per_s_median']:.0f}, min {base['items_per_s_min']:.0f} ({len(before)} runs before and "
+        f"{len(after)} after streaming, {base['items']} items each)",
+        flush=True,
+    )
     batches = parse_batches(log_path)
-    summary = summarise_stream(res["arrivals"], batches, setting, res["cpu"].get("worker_cpu_s"),
-                               res["cpu"].get("worker_model_thread_cpu_s"))
-    summary.update({"setting": setting.label, "batch_size": setting.batch_size, "wait_s": setting.wait_s,
-                    "rate": rate, "worker_startup_s": round(startup, 1), "complete": res["complete"],
-                    "duplicates": res["duplicates"], "producer_s": res["produced"].get("seconds"),
-                    "cpu": res["cpu"], "worker_log": str(log_path)})
+    summary = summarise_stream(
+        res["arrivals"], batches, setting, res["cpu"].get("worker_cpu_s"), res["cpu"].get("worker_model_thread_cpu_s")
+    )
+    summary.update(
+        {
+            "setting": setting.label,
+            "batch_size": setting.batch_size,
+            "wait_s": setting.wait_s,
+            "rate": rate,
+            "worker_startup_s": round(startup, 1),
+            "complete": res["complete"],
+            "duplicates": res["duplicates"],
+            "producer_s": res["produced"].get("seconds"),
+            "cpu": res["cpu"],
+            "worker_log": str(log_path),
+        }
+    )
     return {"stream": summary, "baseline": base}
 
 
@@ -417,31 +520,79 @@ def tables(rows: list[dict[str, Any]]) -> str:
     eff = []
     for r in rows:
         s, b = r["stream"], r["baseline"]
-        eff.append([s["setting"], fmt(b["items_per_s"]), fmt(b["items_per_s_median"]), fmt(s["items_per_s_created"]),
-                    fmt(r["ratio"], ".2f"), fmt(r["ratio_median"], ".2f"), fmt(r["cpu_ratio"], ".2f"),
-                    fmt(r["model_ratio"], ".2f"), fmt(s.get("batches"), "d"), fmt(s.get("batch_mean"), ".1f"),
-                    fmt(100 * s["full_batch_share"] if "full_batch_share" in s else None, ".0f")])
+        eff.append(
+            [
+                s["setting"],
+                fmt(b["items_per_s"]),
+                fmt(b["items_per_s_median"]),
+                fmt(s["items_per_s_created"]),
+                fmt(r["ratio"], ".2f"),
+                fmt(r["ratio_median"], ".2f"),
+                fmt(r["cpu_ratio"], ".2f"),
+                fmt(r["model_ratio"], ".2f"),
+                fmt(s.get("batches"), "d"),
+                fmt(s.get("batch_mean"), ".1f"),
+                fmt(100 * s["full_batch_share"] if "full_batch_share" in s else None, ".0f"),
+            ]
+        )
     where = []
     for r in rows:
         s, b = r["stream"], r["baseline"]
         c = s["cpu"]
-        where.append([s["setting"], ms(s.get("handler_s_per_batch")), ms(s.get("prep_s_per_batch")),
-                      ms(s.get("model_wait_s_per_batch")), ms(s.get("model_s_per_batch")),
-                      ms(s.get("forward_s_per_batch")),
-                      fmt(100 * s["model_thread_busy"] if s.get("model_thread_busy") is not None else None, ".0f"),
-                      fmt(s.get("model_thread_cpu_ms_per_item"), ".2f"), fmt(s.get("other_cpu_ms_per_item"), ".2f"),
-                      fmt(1e3 / b["items_per_cpu_s"] if b.get("items_per_cpu_s") else None, ".2f"),
-                      f"{c.get('worker_cpu_s')} / {c.get('broker_cpu_s')} / {c.get('bench_cpu_s')} / "
-                      f"{c.get('others_cpu_s')} in {c.get('wall_s')}s"])
-    return "\n".join([
-        render(["setting", "base it/s", "base median", "stream it/s", "RATIO", "vs median", "per-CPU ratio",
-                "model-only ratio", "batches", "mean size", "full %"], eff),
-        "",
-        "where the time went (per micro-batch, after the first; CPU per item over the streaming window):",
-        render(["setting", "handler ms", "prep ms", "queued ms", "model thread ms", "forward ms", "model busy %",
-                "threads CPU ms/it", "event-loop CPU ms/it", "baseline CPU ms/it",
-                "CPU s worker / broker / bench / others"], where),
-    ])
+        where.append(
+            [
+                s["setting"],
+                ms(s.get("handler_s_per_batch")),
+                ms(s.get("prep_s_per_batch")),
+                ms(s.get("model_wait_s_per_batch")),
+                ms(s.get("model_s_per_batch")),
+                ms(s.get("forward_s_per_batch")),
+                fmt(100 * s["model_thread_busy"] if s.get("model_thread_busy") is not None else None, ".0f"),
+                fmt(s.get("model_thread_cpu_ms_per_item"), ".2f"),
+                fmt(s.get("other_cpu_ms_per_item"), ".2f"),
+                fmt(1e3 / b["items_per_cpu_s"] if b.get("items_per_cpu_s") else None, ".2f"),
+                f"{c.get('worker_cpu_s')} / {c.get('broker_cpu_s')} / {c.get('bench_cpu_s')} / "
+                f"{c.get('others_cpu_s')} in {c.get('wall_s')}s",
+            ]
+        )
+    return "\n".join(
+        [
+            render(
+                [
+                    "setting",
+                    "base it/s",
+                    "base median",
+                    "stream it/s",
+                    "RATIO",
+                    "vs median",
+                    "per-CPU ratio",
+                    "model-only ratio",
+                    "batches",
+                    "mean size",
+                    "full %",
+                ],
+                eff,
+            ),
+            "",
+            "where the time went (per micro-batch, after the first; CPU per item over the streaming window):",
+            render(
+                [
+                    "setting",
+                    "handler ms",
+                    "prep ms",
+                    "queued ms",
+                    "model thread ms",
+                    "forward ms",
+                    "model busy %",
+                    "threads CPU ms/it",
+                    "event-loop CPU ms/it",
+                    "baseline CPU ms/it",
+                    "CPU s worker / broker / bench / others",
+                ],
+                where,
+            ),
+        ]
+    )
 
 
 LEGEND = """\
@@ -473,22 +624,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--segments", type=int, default=1024, help="segments streamed per setting (default 1024)")
     p.add_argument("--batch-sizes", default="8,32", help="FRAMEBUS_EMBED_BATCH_SIZE values (default 8,32)")
     p.add_argument("--waits", default="0.05", help="FRAMEBUS_EMBED_BATCH_WAIT_S values (default 0.05)")
-    p.add_argument("--rate-x", type=float, default=2.0,
-                   help="producer rate as a multiple of the baseline items/s; 0 = as fast as possible")
+    p.add_argument(
+        "--rate-x",
+        type=float,
+        default=2.0,
+        help="producer rate as a multiple of the baseline items/s; 0 = as fast as possible",
+    )
     p.add_argument("--repeat", type=int, default=3, help="baseline repeats (best of)")
     p.add_argument("--baseline-items", type=int, default=256, help="items per baseline run (whole batches)")
-    p.add_argument("--torch-threads", type=int, default=1,
-                   help="torch intra-op threads in the baseline and the worker (OMP_NUM_THREADS); 0 = torch's "
-                        "default. 1 by default: on 2 shared cores more threads spin against the broker")
-    p.add_argument("--in-flight", type=int, default=None,
-                   help="FRAMEBUS_MODEL_BATCHES_IN_FLIGHT of the worker (default: the setting's default)")
-    p.add_argument("--model-dir", default=os.environ.get("FRAMEBUS_MODEL_DIR", str(CHECKOUT_MODEL_DIR)))
+    p.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads in the baseline and the worker (OMP_NUM_THREADS); 0 = torch's "
+        "default. 1 by default: on 2 shared cores more threads spin against the broker",
+    )
+    p.add_argument(
+        "--in-flight",
+        type=int,
+        default=None,
+        help="FRAMEBUS_MODEL_BATCHES_IN_FLIGHT of the worker (default: the setting's default)",
+    )
+    p.add_argument(
+        "--model-dir",
+        default=os.environ.get("FRAMEBUS_MODEL_DIR"),
+        help="tiny models from this directory (default: the shipped weights or the user cache)",
+    )
     p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for one setting's results")
     p.add_argument("--workdir", default=None, help="keep clips, worker logs and broker log here")
     p.add_argument("--json", default=None, help="also write the results as JSON to this path")
     args = p.parse_args(argv)
-    args.settings = [Setting(int(b), float(w)) for b in args.batch_sizes.split(",") if b.strip()
-                     for w in args.waits.split(",") if w.strip()]
+    args.settings = [
+        Setting(int(b), float(w))
+        for b in args.batch_sizes.split(",")
+        if b.strip()
+        for w in args.waits.split(",")
+        if w.strip()
+    ]
     if not args.settings or min(s.batch_size for s in args.settings) < 1 or args.segments < 2:
         p.error("--batch-sizes must be positive integers and --segments >= 2")
     return args
@@ -505,7 +677,7 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="framebus-bench-batching-")).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    model_dir = Path(args.model_dir).resolve()
+    model_dir = Path(args.model_dir).resolve() if args.model_dir else None
     settings = load_settings(models="tiny", model_dir=model_dir, data_dir=workdir / "data", tasks="embed")
     train_tiny_models(settings)
 
@@ -513,25 +685,38 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
-    print(f"framebus bench_batching: {args.segments} segments per setting, settings "
-          f"{', '.join(s.label for s in args.settings)}, torch threads {torch.get_num_threads()}, "
-          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; workdir {workdir}", flush=True)
+    print(
+        f"framebus bench_batching: {args.segments} segments per setting, settings "
+        f"{', '.join(s.label for s in args.settings)}, torch threads {torch.get_num_threads()}, "
+        f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; workdir {workdir}",
+        flush=True,
+    )
 
     t0 = time.monotonic()
     sources = make_source_segments(workdir, settings)
     items = replicate(sources, args.segments)
     frames = sum(len(s.frames) for s in sources) / len(sources)
-    print(f"prepared {len(sources)} real segments ({frames:.1f} frames each, JPEG inline) from 2 clips, "
-          f"replicated to {len(items)} in {time.monotonic() - t0:.1f}s", flush=True)
+    print(
+        f"prepared {len(sources)} real segments ({frames:.1f} frames each, JPEG inline) from 2 clips, "
+        f"replicated to {len(items)} in {time.monotonic() - t0:.1f}s",
+        flush=True,
+    )
 
     embedder = load_embedder(settings)
     broker_addr = f"127.0.0.1:{free_port()}"
     broker = EmbeddedBroker(broker_addr, log_path=workdir / "broker.log")
     broker.start()
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("FRAMEBUS_")}
-    base_env.update({"FRAMEBUS_MODELS": "tiny", "FRAMEBUS_MODEL_DIR": str(model_dir), "FRAMEBUS_TASKS": "embed",
-                     "FRAMEBUS_SESSION_TIMEOUT_S": "6", "FRAMEBUS_APP_ID": "bench-batching",
-                     "PYTHONUNBUFFERED": "1"})
+    base_env.update(
+        {
+            "FRAMEBUS_MODELS": "tiny",
+            **({"FRAMEBUS_MODEL_DIR": str(model_dir)} if model_dir else {}),
+            "FRAMEBUS_TASKS": "embed",
+            "FRAMEBUS_SESSION_TIMEOUT_S": "6",
+            "FRAMEBUS_APP_ID": "bench-batching",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     if args.torch_threads:
         base_env["OMP_NUM_THREADS"] = str(args.torch_threads)
     if args.in_flight:
@@ -539,39 +724,68 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     try:
         for idx, setting in enumerate(args.settings):
-            r = run_setting(idx, setting, broker=broker_addr, base_env=base_env, workdir=workdir,
-                            payload_items=items, embedder=embedder, baseline_items=args.baseline_items,
-                            repeat=args.repeat, rate_x=args.rate_x, broker_pid=broker.pid, timeout_s=args.timeout)
+            r = run_setting(
+                idx,
+                setting,
+                broker=broker_addr,
+                base_env=base_env,
+                workdir=workdir,
+                payload_items=items,
+                embedder=embedder,
+                baseline_items=args.baseline_items,
+                repeat=args.repeat,
+                rate_x=args.rate_x,
+                broker_pid=broker.pid,
+                timeout_s=args.timeout,
+            )
             s, b = r["stream"], r["baseline"]
             r["ratio"] = s["items_per_s_created"] / b["items_per_s"] if s.get("items_per_s_created") else None
-            r["ratio_median"] = (s["items_per_s_created"] / b["items_per_s_median"]
-                                 if s.get("items_per_s_created") else None)
+            r["ratio_median"] = (
+                s["items_per_s_created"] / b["items_per_s_median"] if s.get("items_per_s_created") else None
+            )
             r["model_ratio"] = s["model_items_per_s"] / b["model_items_per_s"] if s.get("model_items_per_s") else None
             r["cpu_ratio"] = s["items_per_cpu_s"] / b["items_per_cpu_s"] if s.get("items_per_cpu_s") else None
             rows.append(r)
-            print(f"{setting.label}: stream {fmt(s.get('items_per_s_created'))} items/s "
-                  f"(received-side {fmt(s.get('items_per_s_received'))}), ratio {fmt(r['ratio'], '.2f')}, "
-                  f"per CPU-s ratio {fmt(r['cpu_ratio'], '.2f')}, batches {s.get('batch_sizes')}; worker CPU per "
-                  f"item: model + prep threads {fmt(s.get('model_thread_cpu_ms_per_item'), '.2f')} ms, rest (event loop, "
-                  f"Kafka clients) {fmt(s.get('other_cpu_ms_per_item'), '.2f')} ms; baseline "
-                  f"{fmt(1e3 / b['items_per_cpu_s'] if b['items_per_cpu_s'] else None, '.2f')} ms"
-                  f"{'' if s['complete'] else ' INCOMPLETE: ' + str(s['results']) + ' results'}", flush=True)
+            print(
+                f"{setting.label}: stream {fmt(s.get('items_per_s_created'))} items/s "
+                f"(received-side {fmt(s.get('items_per_s_received'))}), ratio {fmt(r['ratio'], '.2f')}, "
+                f"per CPU-s ratio {fmt(r['cpu_ratio'], '.2f')}, batches {s.get('batch_sizes')}; worker CPU per "
+                f"item: model + prep threads {fmt(s.get('model_thread_cpu_ms_per_item'), '.2f')} ms, rest (event loop, "
+                f"Kafka clients) {fmt(s.get('other_cpu_ms_per_item'), '.2f')} ms; baseline "
+                f"{fmt(1e3 / b['items_per_cpu_s'] if b['items_per_cpu_s'] else None, '.2f')} ms"
+                f"{'' if s['complete'] else ' INCOMPLETE: ' + str(s['results']) + ' results'}",
+                flush=True,
+            )
     finally:
         broker.stop()
 
-    print(f"\nembed agent batching efficiency, {args.segments} segments, torch threads "
-          f"{args.torch_threads or 'default'}, {os.cpu_count()} cores:")
+    print(
+        f"\nembed agent batching efficiency, {args.segments} segments, torch threads "
+        f"{args.torch_threads or 'default'}, {os.cpu_count()} cores:"
+    )
     print(tables(rows))
     print("\n" + LEGEND)
     busiest = max((r["stream"]["cpu"].get("machine_busy_pct") or 0 for r in rows), default=0)
-    print(f"\ncaveat: one machine with {os.cpu_count()} cores; during streaming the machine was up to {busiest:.0f}% "
-          f"busy and the broker and this process (producer, consumer) competed with the worker for it; the "
-          f"baseline ran without them. Numbers are ratios within this run, not absolute capacity.")
+    print(
+        f"\ncaveat: one machine with {os.cpu_count()} cores; during streaming the machine was up to {busiest:.0f}% "
+        f"busy and the broker and this process (producer, consumer) competed with the worker for it; the "
+        f"baseline ran without them. Numbers are ratios within this run, not absolute capacity."
+    )
     print(f"total {time.monotonic() - started:.0f}s; worker logs in {workdir}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"argv": sys.argv, "segments": args.segments,
-                                               "torch_threads": args.torch_threads, "cores": os.cpu_count(),
-                                               "rows": rows}, indent=1, default=str))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "argv": sys.argv,
+                    "segments": args.segments,
+                    "torch_threads": args.torch_threads,
+                    "cores": os.cpu_count(),
+                    "rows": rows,
+                },
+                indent=1,
+                default=str,
+            )
+        )
     return 0
 
 

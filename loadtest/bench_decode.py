@@ -21,8 +21,8 @@ import argparse
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import av
 
@@ -64,14 +64,26 @@ def run_sampler(decoder, fps: float, short_side: int) -> Callable[[Path], int]:
         for _ in run:
             pass
         return run.stats.frames_decoded
+
     return go
 
 
 def run_pipeline(short_side: int) -> Callable[[Path], int]:
     def go(path: Path) -> int:
-        return decode_video(DecodeJob(str(path), "bench", sample_fps=1.0, segment_s=2.0,
-                                      max_frames=20_000, short_side=short_side, jpeg_quality=85,
-                                      decoder="pyav", thumb_dir=None)).frames_decoded
+        return decode_video(
+            DecodeJob(
+                str(path),
+                "bench",
+                sample_fps=1.0,
+                segment_s=2.0,
+                max_frames=20_000,
+                short_side=short_side,
+                jpeg_quality=85,
+                decoder="pyav",
+                thumb_dir=None,
+            )
+        ).frames_decoded
+
     return go
 
 
@@ -131,8 +143,10 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print("frames/s = source frames covered per second; 'cpu' uses process CPU time (all threads),")
     print("which is what bounds a process pool that keeps every core busy.")
-    print(f"{'clip':<6} {'method':<12} {'frames':>6} {'wall s':>7} {'frames/s':>9} {'cpu s':>7}"
-          f"  {'wall':>6}   {'cpu':>6}  (vs raw)")
+    print(
+        f"{'clip':<6} {'method':<12} {'frames':>6} {'wall s':>7} {'frames/s':>9} {'cpu s':>7}"
+        f"  {'wall':>6}   {'cpu':>6}  (vs raw)"
+    )
     print("-" * 72)
     for codec, name, n, t, fps, c, note in rows:
         if t is None:

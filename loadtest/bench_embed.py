@@ -39,8 +39,9 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -50,6 +51,7 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 # --- inputs ----------------------------------------------------------------------------------------
+
 
 def make_frames(n: int, h: int = FRAME_H, w: int = FRAME_W, seed: int = 0) -> list[np.ndarray]:
     """``n`` distinct, smooth-ish RGB uint8 frames (low-res noise upscaled + a little grain), like
@@ -67,6 +69,7 @@ def make_frames(n: int, h: int = FRAME_H, w: int = FRAME_W, seed: int = 0) -> li
 
 
 # --- embedders -------------------------------------------------------------------------------------
+
 
 def build_embedder(arch: str, device: str, batch_size: int = 64):
     """The framebus embedder for ``arch`` through ``OpenClipEmbedder``'s own constructors (no
@@ -128,7 +131,7 @@ class TensorPreprocess:
             if tuple(new_hw) == (h, w) and h >= self.crop and w >= self.crop:
                 # no resize: center-crop on the host first (a view), so only the crop is copied
                 top, left = int(round((h - self.crop) / 2.0)), int(round((w - self.crop) / 2.0))
-                group = [im[top:top + self.crop, left:left + self.crop] for im in group]
+                group = [im[top : top + self.crop, left : left + self.crop] for im in group]
             x = torch.from_numpy(np.stack(group)).to(self.device, non_blocking=True)  # N,H,W,3 uint8
             x = x.permute(0, 3, 1, 2).float()
             if tuple(new_hw) != (h, w):
@@ -136,7 +139,7 @@ class TensorPreprocess:
                 x = x.clamp_(0, 255).round_()  # PIL hands back uint8
             h, w = x.shape[-2:]
             top, left = int(round((h - self.crop) / 2.0)), int(round((w - self.crop) / 2.0))
-            x = x[:, :, top:top + self.crop, left:left + self.crop]
+            x = x[:, :, top : top + self.crop, left : left + self.crop]
             outs.append(x * self.scale - self.shift)
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
@@ -158,7 +161,7 @@ def embed_tensor_pre(emb, tpre: TensorPreprocess, images: list[np.ndarray], auto
     out = []
     for lo in range(0, len(images), emb.batch_size):
         with torch.inference_mode(), autocast():
-            batch = tpre(images[lo:lo + emb.batch_size])
+            batch = tpre(images[lo : lo + emb.batch_size])
             feats = emb.model.encode_image(batch)
             out.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy())
     return np.concatenate(out).astype(np.float32, copy=False)
@@ -173,7 +176,7 @@ def embed_images_instrumented(emb, images: list[np.ndarray]) -> tuple[float, flo
     t_pre = t_model = 0.0
     for lo in range(0, len(images), emb.batch_size):
         t0 = time.perf_counter()
-        batch = torch.stack([emb.preprocess(emb._to_pil(im)) for im in images[lo:lo + emb.batch_size]])
+        batch = torch.stack([emb.preprocess(emb._to_pil(im)) for im in images[lo : lo + emb.batch_size]])
         t1 = time.perf_counter()
         with emb._lock, torch.inference_mode(), emb._autocast():
             feats = emb.model.encode_image(batch.to(emb.device, non_blocking=True))
@@ -192,7 +195,7 @@ def embed_pil_threads(emb, pool: ThreadPoolExecutor, images: list[np.ndarray], a
 
     out = []
     for lo in range(0, len(images), emb.batch_size):
-        batch = torch.stack(list(pool.map(pre, images[lo:lo + emb.batch_size])))
+        batch = torch.stack(list(pool.map(pre, images[lo : lo + emb.batch_size])))
         with torch.inference_mode(), autocast():
             feats = emb.model.encode_image(batch.to(emb.device, non_blocking=True))
             out.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy())
@@ -200,6 +203,7 @@ def embed_pil_threads(emb, pool: ThreadPoolExecutor, images: list[np.ndarray], a
 
 
 # --- timing ----------------------------------------------------------------------------------------
+
 
 def _sync(device) -> None:
     import torch
@@ -232,11 +236,16 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 # --- the benchmark ---------------------------------------------------------------------------------
 
+
 def environment(device: str) -> dict[str, Any]:
     import torch
 
-    env: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
-                           "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
     try:
         import torchvision
 
@@ -278,10 +287,14 @@ def settings_free_check() -> dict[str, Any]:
     with torch.inference_mode(), ctx:
         feats = emb.model.encode_image(x)
     vecs = emb.embed_images(make_frames(2, seed=7))
-    return {"device": str(emb.device), "autocast": type(ctx).__name__,
-            "autocast_dtype": str(getattr(ctx, "fast_dtype", None)) if isinstance(ctx, torch.autocast) else None,
-            "encode_image_dtype": str(feats.dtype), "weights_dtype": str(next(emb.model.parameters()).dtype),
-            "embed_images_out": f"{vecs.dtype} {tuple(vecs.shape)}"}
+    return {
+        "device": str(emb.device),
+        "autocast": type(ctx).__name__,
+        "autocast_dtype": str(getattr(ctx, "fast_dtype", None)) if isinstance(ctx, torch.autocast) else None,
+        "encode_image_dtype": str(feats.dtype),
+        "weights_dtype": str(next(emb.model.parameters()).dtype),
+        "embed_images_out": f"{vecs.dtype} {tuple(vecs.shape)}",
+    }
 
 
 def jpeg_decode_ms(n: int = 64, repeat: int = 3, quality: int = 85) -> tuple[float, str]:
@@ -295,11 +308,14 @@ def jpeg_decode_ms(n: int = 64, repeat: int = 3, quality: int = 85) -> tuple[flo
 
     try:
         from framebus.topics.frames import decode_jpeg
+
         what = "framebus.topics.frames.decode_jpeg"
     except ImportError as e:
+
         def decode_jpeg(data: bytes) -> np.ndarray:  # decode_jpeg's body
             with Image.open(io.BytesIO(data)) as im:
                 return np.asarray(im.convert("RGB"))
+
         what = f"Pillow, as decode_jpeg does (agents.media not importable: {e})"
 
     blobs = []
@@ -311,8 +327,19 @@ def jpeg_decode_ms(n: int = 64, repeat: int = 3, quality: int = 85) -> tuple[flo
     return ms, what
 
 
-def bench_arch(arch: str, device: str, batch_sizes: list[int], n_images: int, precisions: list[str], *,
-               repeat: int, warmup: int, threads: int, max_batches: int = 128, log=print) -> dict[str, Any]:
+def bench_arch(
+    arch: str,
+    device: str,
+    batch_sizes: list[int],
+    n_images: int,
+    precisions: list[str],
+    *,
+    repeat: int,
+    warmup: int,
+    threads: int,
+    max_batches: int = 128,
+    log=print,
+) -> dict[str, Any]:
     import torch
 
     emb = build_embedder(arch, device)
@@ -321,19 +348,30 @@ def bench_arch(arch: str, device: str, batch_sizes: list[int], n_images: int, pr
     size, _, _ = preprocess_params(emb)
     max_bs = max(batch_sizes)
     frames = make_frames(max(n_images, max_bs))
-    res: dict[str, Any] = {"arch": arch, "device": str(dev), "image_size": emb.image_size, "resize_to": size,
-                           "visual_params": n_params, "frame": [FRAME_H, FRAME_W, 3],
-                           "random_init": True, "rows": []}
-    log(f"\n== {arch}: visual tower {n_params / 1e6:.2f} M params, input {emb.image_size}x{emb.image_size}, "
-        f"frames {FRAME_H}x{FRAME_W}x3 uint8, device {dev}")
+    res: dict[str, Any] = {
+        "arch": arch,
+        "device": str(dev),
+        "image_size": emb.image_size,
+        "resize_to": size,
+        "visual_params": n_params,
+        "frame": [FRAME_H, FRAME_W, 3],
+        "random_init": True,
+        "rows": [],
+    }
+    log(
+        f"\n== {arch}: visual tower {n_params / 1e6:.2f} M params, input {emb.image_size}x{emb.image_size}, "
+        f"frames {FRAME_H}x{FRAME_W}x3 uint8, device {dev}"
+    )
     if arch == "tiny":
         log("   (framebus tiny CLIP, seeded random init)")
     else:
-        log("   (random init via open_clip pretrained=None: no weights offline; throughput equals the "
-            "pretrained model's, vectors are meaningless)")
+        log(
+            "   (random init via open_clip pretrained=None: no weights offline; throughput equals the "
+            "pretrained model's, vectors are meaningless)"
+        )
 
     # Preprocessing alone, exactly Embedder.preprocess(Embedder._to_pil(frame)) + torch.stack.
-    sample = frames[:min(len(frames), max(64, min(n_images, 256)))]
+    sample = frames[: min(len(frames), max(64, min(n_images, 256)))]
 
     def pil_pre():
         torch.stack([emb.preprocess(emb._to_pil(im)) for im in sample])
@@ -349,16 +387,21 @@ def bench_arch(arch: str, device: str, batch_sizes: list[int], n_images: int, pr
 
     def t_pre():
         for lo in range(0, len(sample), 64):
-            tpre(sample[lo:lo + 64])
+            tpre(sample[lo : lo + 64])
 
     t_ms = timed(t_pre, dev, warmup=1, repeat=repeat) / len(sample) * 1e3
-    res["preprocess_ms_per_image"] = {"pil_1_thread": pil_ms, f"pil_{threads}_threads": pil_t_ms,
-                                      f"torch_ops_on_{dev.type}_b64": t_ms}
-    log(f"   preprocessing per image: PIL (framebus) {pil_ms:.3f} ms | PIL x{threads} threads {pil_t_ms:.3f} ms"
-        f" | torch ops on {dev.type} (uint8 copy incl., batch 64) {t_ms:.3f} ms")
+    res["preprocess_ms_per_image"] = {
+        "pil_1_thread": pil_ms,
+        f"pil_{threads}_threads": pil_t_ms,
+        f"torch_ops_on_{dev.type}_b64": t_ms,
+    }
+    log(
+        f"   preprocessing per image: PIL (framebus) {pil_ms:.3f} ms | PIL x{threads} threads {pil_t_ms:.3f} ms"
+        f" | torch ops on {dev.type} (uint8 copy incl., batch 64) {t_ms:.3f} ms"
+    )
 
     # Correctness of the tensor path and bf16 drift, on fp32 weights.
-    chk = frames[:min(64, len(frames))]
+    chk = frames[: min(64, len(frames))]
     emb.batch_size = 64
     fp32 = contextlib.nullcontext
     saved = emb._autocast
@@ -369,10 +412,16 @@ def bench_arch(arch: str, device: str, batch_sizes: list[int], n_images: int, pr
     with torch.inference_mode():
         pil_px = torch.stack([emb.preprocess(emb._to_pil(im)) for im in chk]).to(dev)
         px_diff = (pil_px - tpre(chk)).abs()
-    res["tensor_pre_vs_pil"] = {"cos_min": float(cos_t.min()), "cos_mean": float(cos_t.mean()),
-                                "pixel_absdiff_max": float(px_diff.max()), "pixel_absdiff_mean": float(px_diff.mean())}
-    log(f"   torch-ops vs PIL preprocessing: normalized pixels |diff| max {float(px_diff.max()):.4f} "
-        f"mean {float(px_diff.mean()):.5f}; embeddings cos min {cos_t.min():.6f} mean {cos_t.mean():.6f}")
+    res["tensor_pre_vs_pil"] = {
+        "cos_min": float(cos_t.min()),
+        "cos_mean": float(cos_t.mean()),
+        "pixel_absdiff_max": float(px_diff.max()),
+        "pixel_absdiff_mean": float(px_diff.mean()),
+    }
+    log(
+        f"   torch-ops vs PIL preprocessing: normalized pixels |diff| max {float(px_diff.max()):.4f} "
+        f"mean {float(px_diff.mean()):.5f}; embeddings cos min {cos_t.min():.6f} mean {cos_t.mean():.6f}"
+    )
     if dev.type == "cuda" and "bf16" in precisions:
         cos_bf = cosine_rows(ref, emb.embed_images(chk))  # the framebus default (bf16 autocast)
         res["bf16_vs_fp32_cos"] = {"min": float(cos_bf.min()), "mean": float(cos_bf.mean())}
@@ -406,14 +455,27 @@ def bench_arch(arch: str, device: str, batch_sizes: list[int], n_images: int, pr
             t_pre, t_model = min((embed_images_instrumented(emb, imgs) for _ in range(repeat)), key=sum)
             a, b, d, e = n / t_a, n / t_b, n / t_d, n / t_e
             ms_b, ms_a = 1e3 / b, 1e3 / a
-            row = {"precision": prec, "batch": bs, "images": n, "fwd_ips": a, "framebus_ips": b, "ratio_b_a": b / a,
-                   "framebus_ms": ms_b, "fwd_ms": ms_a,
-                   # from the instrumented replica of (b), one run: shares add up to 100 %
-                   "pre_ms": t_pre / n * 1e3, "model_ms": t_model / n * 1e3,
-                   "pre_share": t_pre / (t_pre + t_model), "model_share": t_model / (t_pre + t_model),
-                   "fwd_of_model": min(1.0, ms_a / (t_model / n * 1e3)),
-                   "tensor_pre_ips": d, "ratio_d_a": d / a, "gain_d_b": d / b,
-                   "pil_threads_ips": e, "gain_e_b": e / b}
+            row = {
+                "precision": prec,
+                "batch": bs,
+                "images": n,
+                "fwd_ips": a,
+                "framebus_ips": b,
+                "ratio_b_a": b / a,
+                "framebus_ms": ms_b,
+                "fwd_ms": ms_a,
+                # from the instrumented replica of (b), one run: shares add up to 100 %
+                "pre_ms": t_pre / n * 1e3,
+                "model_ms": t_model / n * 1e3,
+                "pre_share": t_pre / (t_pre + t_model),
+                "model_share": t_model / (t_pre + t_model),
+                "fwd_of_model": min(1.0, ms_a / (t_model / n * 1e3)),
+                "tensor_pre_ips": d,
+                "ratio_d_a": d / a,
+                "gain_d_b": d / b,
+                "pil_threads_ips": e,
+                "gain_e_b": e / b,
+            }
             res["rows"].append(row)
             log(f"   .. {prec} batch {bs}: (a) {a:,.0f} (b) {b:,.0f} (d) {d:,.0f} (e) {e:,.0f} img/s")
     emb._autocast = saved
@@ -422,15 +484,46 @@ def bench_arch(arch: str, device: str, batch_sizes: list[int], n_images: int, pr
 
 
 def format_table(res: dict[str, Any], threads: int) -> str:
-    hdr = ["prec", "batch", "n", "(a) fwd img/s", "(b) framebus img/s", "b/a", "b ms/img", "pre ms", "pre %",
-           "model ms", "fwd/model", "(d) t-pre img/s", "d/a", "d/b", f"(e) pil x{threads} img/s", "e/b"]
+    hdr = [
+        "prec",
+        "batch",
+        "n",
+        "(a) fwd img/s",
+        "(b) framebus img/s",
+        "b/a",
+        "b ms/img",
+        "pre ms",
+        "pre %",
+        "model ms",
+        "fwd/model",
+        "(d) t-pre img/s",
+        "d/a",
+        "d/b",
+        f"(e) pil x{threads} img/s",
+        "e/b",
+    ]
     rows = []
     for r in res["rows"]:
-        rows.append([r["precision"], str(r["batch"]), str(r["images"]), f"{r['fwd_ips']:,.0f}",
-                     f"{r['framebus_ips']:,.0f}", f"{r['ratio_b_a']:.2f}", f"{r['framebus_ms']:.3f}",
-                     f"{r['pre_ms']:.3f}", f"{100 * r['pre_share']:.0f}", f"{r['model_ms']:.3f}",
-                     f"{100 * r['fwd_of_model']:.0f}%", f"{r['tensor_pre_ips']:,.0f}", f"{r['ratio_d_a']:.2f}",
-                     f"{r['gain_d_b']:.1f}x", f"{r['pil_threads_ips']:,.0f}", f"{r['gain_e_b']:.1f}x"])
+        rows.append(
+            [
+                r["precision"],
+                str(r["batch"]),
+                str(r["images"]),
+                f"{r['fwd_ips']:,.0f}",
+                f"{r['framebus_ips']:,.0f}",
+                f"{r['ratio_b_a']:.2f}",
+                f"{r['framebus_ms']:.3f}",
+                f"{r['pre_ms']:.3f}",
+                f"{100 * r['pre_share']:.0f}",
+                f"{r['model_ms']:.3f}",
+                f"{100 * r['fwd_of_model']:.0f}%",
+                f"{r['tensor_pre_ips']:,.0f}",
+                f"{r['ratio_d_a']:.2f}",
+                f"{r['gain_d_b']:.1f}x",
+                f"{r['pil_threads_ips']:,.0f}",
+                f"{r['gain_e_b']:.1f}x",
+            ]
+        )
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(hdr)]
     line = lambda cells: "| " + " | ".join(c.rjust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     out = [line(hdr), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
@@ -459,8 +552,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=3, help="timed runs per figure (median)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs before timing")
     p.add_argument("--threads", type=int, default=8, help="threads for the (e) PIL thread-pool variant")
-    p.add_argument("--max-batches", type=int, default=128,
-                   help="cap on batches per timed run (keeps batch 1 short; default 128)")
+    p.add_argument(
+        "--max-batches", type=int, default=128, help="cap on batches per timed run (keeps batch 1 short; default 128)"
+    )
     p.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     p.add_argument("--json", default=None, help="also write the results as JSON to this path")
     args = p.parse_args(argv)
@@ -488,15 +582,27 @@ def main(argv: list[str] | None = None) -> int:
     sf = settings_free_check()
     print("settings-free OpenClipEmbedder.tiny(): " + ", ".join(f"{k}={v}" for k, v in sf.items()))
     jpeg_ms, jpeg_how = jpeg_decode_ms(repeat=args.repeat)
-    print(f"embed agent JPEG decode ({FRAME_H}x{FRAME_W}, q85; {jpeg_how}), before embed_images: "
-          f"{jpeg_ms:.3f} ms/frame")
+    print(
+        f"embed agent JPEG decode ({FRAME_H}x{FRAME_W}, q85; {jpeg_how}), before embed_images: {jpeg_ms:.3f} ms/frame"
+    )
     results = {"argv": sys.argv, "env": env, "settings_free": sf, "jpeg_decode_ms": jpeg_ms, "archs": []}
     for arch in args.archs:
-        res = bench_arch(arch, device, args.batch_sizes, args.images, precisions, repeat=args.repeat,
-                         warmup=args.warmup, threads=args.threads, max_batches=args.max_batches)
+        res = bench_arch(
+            arch,
+            device,
+            args.batch_sizes,
+            args.images,
+            precisions,
+            repeat=args.repeat,
+            warmup=args.warmup,
+            threads=args.threads,
+            max_batches=args.max_batches,
+        )
         results["archs"].append(res)
-        print(f"\n{arch} on {res['device']} ({env.get('gpu', platform.processor() or 'cpu')}), images/s, "
-              f"best of {args.repeat}:")
+        print(
+            f"\n{arch} on {res['device']} ({env.get('gpu', platform.processor() or 'cpu')}), images/s, "
+            f"best of {args.repeat}:"
+        )
         print(format_table(res, args.threads))
     print("\n" + LEGEND)
     if args.json:

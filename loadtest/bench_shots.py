@@ -33,9 +33,9 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from framebus.loadtest.cuts import DEFAULT_CODECS, CutVideo, make_cut_set
 
@@ -101,8 +101,7 @@ def match(detected: list[float], truth: list[float], fps: float, tol_frames: int
     """One-to-one matching of detected to true cut times within ``tol_frames`` frames (plus a
     quarter frame for timestamp rounding, e.g. Matroska's milliseconds); closest pairs first."""
     tol = (tol_frames + 0.25) / fps
-    pairs = sorted((abs(d - t), i, j) for i, d in enumerate(detected)
-                   for j, t in enumerate(truth) if abs(d - t) <= tol)
+    pairs = sorted((abs(d - t), i, j) for i, d in enumerate(detected) for j, t in enumerate(truth) if abs(d - t) <= tol)
     used_d, used_t = set(), set()
     for _, i, j in pairs:
         if i not in used_d and j not in used_t:
@@ -172,8 +171,7 @@ class SetResult:
         return self.frames / self.cpu[method] if self.cpu.get(method) else 0.0
 
 
-def bench_set(name: str, videos: list[CutVideo], methods: list[str], repeat: int,
-              verbose: bool = False) -> SetResult:
+def bench_set(name: str, videos: list[CutVideo], methods: list[str], repeat: int, verbose: bool = False) -> SetResult:
     res = SetResult(name=name, videos=videos)
     for m in methods:
         res.scores[m] = {k: Score() for k in TOLERANCES}
@@ -207,23 +205,28 @@ def bench_set(name: str, videos: list[CutVideo], methods: list[str], repeat: int
                 errs[e] = errs.get(e, 0) + 1
         res.per_video.append(row)
         if verbose:
-            cells = "  ".join(f"{m}: tp={row[m]['tp']} fp={row[m]['fp']} fn={row[m]['fn']} "
-                              f"{row[m]['fps']:6.0f} fps" for m in methods)
+            cells = "  ".join(
+                f"{m}: tp={row[m]['tp']} fp={row[m]['fp']} fn={row[m]['fn']} {row[m]['fps']:6.0f} fps" for m in methods
+            )
             print(f"  {v.path.name:42s} cuts={len(v.cuts_s):2d}  {cells}", flush=True)
     return res
 
 
 def print_table(res: SetResult, methods: list[str]) -> None:
     print(f"\n== {res.name}: {len(res.videos)} videos, {res.frames} frames, {res.cuts} cuts ==")
-    head = (f"{'method':12s} {'P@1':>6s} {'R@1':>6s} {'F1@1':>6s} {'F1@0':>6s} {'F1@2':>6s} "
-            f"{'TP':>4s} {'FP':>4s} {'FN':>4s} {'fps(wall)':>10s} {'fps(cpu)':>9s}")
+    head = (
+        f"{'method':12s} {'P@1':>6s} {'R@1':>6s} {'F1@1':>6s} {'F1@0':>6s} {'F1@2':>6s} "
+        f"{'TP':>4s} {'FP':>4s} {'FN':>4s} {'fps(wall)':>10s} {'fps(cpu)':>9s}"
+    )
     print(head)
     print("-" * len(head))
     for m in methods:
         s = res.scores[m]
-        print(f"{m:12s} {s[1].precision:6.3f} {s[1].recall:6.3f} {s[1].f1:6.3f} {s[0].f1:6.3f} "
-              f"{s[2].f1:6.3f} {s[1].tp:4d} {s[1].fp:4d} {s[1].fn:4d} {res.fps(m):10.0f} "
-              f"{res.cpu_fps(m):9.0f}")
+        print(
+            f"{m:12s} {s[1].precision:6.3f} {s[1].recall:6.3f} {s[1].f1:6.3f} {s[0].f1:6.3f} "
+            f"{s[2].f1:6.3f} {s[1].tp:4d} {s[1].fp:4d} {s[1].fn:4d} {res.fps(m):10.0f} "
+            f"{res.cpu_fps(m):9.0f}"
+        )
     for m in methods:
         errs = res.errors.get(m) or {}
         if errs:
@@ -233,17 +236,22 @@ def print_table(res: SetResult, methods: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--videos", type=int, default=10, help="videos per set (default 10)")
-    ap.add_argument("--codecs", default=",".join(DEFAULT_CODECS),
-                    help="comma-separated codec keys of loadtest.videos.CODECS")
+    ap.add_argument(
+        "--codecs", default=",".join(DEFAULT_CODECS), help="comma-separated codec keys of loadtest.videos.CODECS"
+    )
     ap.add_argument("--seed", type=int, default=0, help="dev set seed (default 0)")
-    ap.add_argument("--holdout-seed", type=int, default=7,
-                    help="hold-out set seed (default 7; negative: no hold-out set)")
+    ap.add_argument(
+        "--holdout-seed", type=int, default=7, help="hold-out set seed (default 7; negative: no hold-out set)"
+    )
     ap.add_argument("--repeat", type=int, default=3, help="timed runs per method and video")
     ap.add_argument("--dir", type=Path, default=None, help="where to write the videos (temp)")
-    ap.add_argument("--same-scene", type=float, default=0.25,
-                    help="share of shots that keep the previous shot's palette (default 0.25)")
-    ap.add_argument("--grain", default="0,8",
-                    help="per-shot grain amplitude range in levels, 'lo,hi' (default 0,8)")
+    ap.add_argument(
+        "--same-scene",
+        type=float,
+        default=0.25,
+        help="share of shots that keep the previous shot's palette (default 0.25)",
+    )
+    ap.add_argument("--grain", default="0,8", help="per-shot grain amplitude range in levels, 'lo,hi' (default 0,8)")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("-v", "--verbose", action="store_true", help="per-video lines")
@@ -271,14 +279,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name, seed in sets:
             t = time.perf_counter()
-            vids = make_cut_set(root / f"{name}_seed{seed}", n=args.videos, seed=seed,
-                                codecs=codecs, same_scene_p=args.same_scene, grain=grain)
-            print(f"{name} (seed {seed}): generated {len(vids)} videos "
-                  f"({', '.join(sorted({v.codec for v in vids}))}) "
-                  f"in {time.perf_counter() - t:.1f} s",
-                  flush=True)
-            results.append(bench_set(f"{name} (seed {seed})", vids, methods, args.repeat,
-                                     args.verbose))
+            vids = make_cut_set(
+                root / f"{name}_seed{seed}",
+                n=args.videos,
+                seed=seed,
+                codecs=codecs,
+                same_scene_p=args.same_scene,
+                grain=grain,
+            )
+            print(
+                f"{name} (seed {seed}): generated {len(vids)} videos "
+                f"({', '.join(sorted({v.codec for v in vids}))}) "
+                f"in {time.perf_counter() - t:.1f} s",
+                flush=True,
+            )
+            results.append(bench_set(f"{name} (seed {seed})", vids, methods, args.repeat, args.verbose))
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -294,26 +309,46 @@ def main(argv: list[str] | None = None) -> int:
             best = max(psd, key=res.fps)
             ratio = res.fps("framebus") / res.fps(best) if res.fps(best) else float("inf")
             cpu_best = max(psd, key=res.cpu_fps)
-            cpu_ratio = (res.cpu_fps("framebus") / res.cpu_fps(cpu_best)
-                         if res.cpu_fps(cpu_best) else float("inf"))
+            cpu_ratio = res.cpu_fps("framebus") / res.cpu_fps(cpu_best) if res.cpu_fps(cpu_best) else float("inf")
             f_fb, f_psd = res.scores["framebus"][1].f1, res.scores[best][1].f1
             good = f_fb >= f_psd and ratio > 1.0
             ok &= good
-            print(f"{res.name}: framebus F1@1 {f_fb:.3f} vs PySceneDetect ({best}) {f_psd:.3f}; "
-                  f"speed framebus/PySceneDetect = {ratio:.2f}x wall, {cpu_ratio:.2f}x CPU "
-                  f"-> {'OK' if good else 'NOT MET'}")
+            print(
+                f"{res.name}: framebus F1@1 {f_fb:.3f} vs PySceneDetect ({best}) {f_psd:.3f}; "
+                f"speed framebus/PySceneDetect = {ratio:.2f}x wall, {cpu_ratio:.2f}x CPU "
+                f"-> {'OK' if good else 'NOT MET'}"
+            )
     if args.json:
         out = []
         for res in results:
-            out.append({
-                "set": res.name, "videos": len(res.videos), "frames": res.frames, "cuts": res.cuts,
-                "methods": {m: {"fps_wall": res.fps(m), "fps_cpu": res.cpu_fps(m),
-                                **{f"tol{k}": {"precision": s.precision, "recall": s.recall,
-                                               "f1": s.f1, "tp": s.tp, "fp": s.fp, "fn": s.fn}
-                                   for k, s in res.scores[m].items()}}
-                            for m in methods},
-                "per_video": res.per_video, "errors": res.errors,
-            })
+            out.append(
+                {
+                    "set": res.name,
+                    "videos": len(res.videos),
+                    "frames": res.frames,
+                    "cuts": res.cuts,
+                    "methods": {
+                        m: {
+                            "fps_wall": res.fps(m),
+                            "fps_cpu": res.cpu_fps(m),
+                            **{
+                                f"tol{k}": {
+                                    "precision": s.precision,
+                                    "recall": s.recall,
+                                    "f1": s.f1,
+                                    "tp": s.tp,
+                                    "fp": s.fp,
+                                    "fn": s.fn,
+                                }
+                                for k, s in res.scores[m].items()
+                            },
+                        }
+                        for m in methods
+                    },
+                    "per_video": res.per_video,
+                    "errors": res.errors,
+                }
+            )
         args.json.write_text(json.dumps(out, indent=2))
     return 0 if ok else 1
 

@@ -45,14 +45,14 @@ from __future__ import annotations
 
 import colorsys
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import av
 import numpy as np
 
-from framebus.loadtest.videos import CODECS, encode_frames, frame_from_rgb, open_stream, default_suffix
+from framebus.loadtest.videos import CODECS, default_suffix, encode_frames, frame_from_rgb, open_stream
 
 KINDS = ("gradient", "bounce", "pan", "fast_pan", "fast_shape", "stripes", "field")
 HARD_KINDS = ("fast_pan", "fast_shape")
@@ -115,8 +115,7 @@ class CutVideo:
 # ------------------------------------------------------------------------------------------------
 
 
-def _palette(rng: np.random.Generator, n: int = 3,
-             avoid_hue: float | None = None) -> list[tuple[int, int, int]]:
+def _palette(rng: np.random.Generator, n: int = 3, avoid_hue: float | None = None) -> list[tuple[int, int, int]]:
     base = rng.uniform(0, 1)
     if avoid_hue is not None:
         # keep the new palette's base hue at least 0.12 away from the previous one
@@ -139,9 +138,15 @@ def _base_hue(palette: Sequence[tuple[int, int, int]]) -> float:
     return colorsys.rgb_to_hsv(r / 255, g / 255, b / 255)[0]
 
 
-def plan_shots(n_frames: int, fps: float, seed: int = 0, min_shot_s: float = 0.8,
-               max_shot_s: float = 2.6, same_scene_p: float = 0.25,
-               grain: tuple[float, float] = (0.0, 8.0)) -> list[ShotSpec]:
+def plan_shots(
+    n_frames: int,
+    fps: float,
+    seed: int = 0,
+    min_shot_s: float = 0.8,
+    max_shot_s: float = 2.6,
+    same_scene_p: float = 0.25,
+    grain: tuple[float, float] = (0.0, 8.0),
+) -> list[ShotSpec]:
     """Split ``n_frames`` into shots with seeded kinds, palettes and hard negatives. With
     probability ``same_scene_p`` a shot keeps the previous shot's palette (a different kind of
     picture in the same colours: "same scene, another angle" - a harder cut). Each shot's grain
@@ -169,7 +174,7 @@ def plan_shots(n_frames: int, fps: float, seed: int = 0, min_shot_s: float = 0.8
     # modifiers: one fade and one flash at least (on distinct long-enough shots where possible)
     idx = rng.permutation(m).tolist()
     fade_shots = set(idx[: max(1, m // 5)])
-    flash_shots = set(idx[max(1, m // 5): max(1, m // 5) + max(1, m // 5)]) or {idx[0]}
+    flash_shots = set(idx[max(1, m // 5) : max(1, m // 5) + max(1, m // 5)]) or {idx[0]}
     shots: list[ShotSpec] = []
     start = 0
     prev_hue = None
@@ -185,8 +190,18 @@ def plan_shots(n_frames: int, fps: float, seed: int = 0, min_shot_s: float = 0.8
         if j in flash_shots and n > 2 * margin + 1:
             flash = int(rng.integers(margin, n - margin))
         params = _kind_params(kind, rng)
-        shots.append(ShotSpec(kind=kind, start=start, length=n, palette=pal, fade=fade,
-                              flash_at=flash, grain=float(rng.uniform(*grain)), params=params))
+        shots.append(
+            ShotSpec(
+                kind=kind,
+                start=start,
+                length=n,
+                palette=pal,
+                fade=fade,
+                flash_at=flash,
+                grain=float(rng.uniform(*grain)),
+                params=params,
+            )
+        )
         start += n
     return shots
 
@@ -194,30 +209,45 @@ def plan_shots(n_frames: int, fps: float, seed: int = 0, min_shot_s: float = 0.8
 def _kind_params(kind: str, rng: np.random.Generator) -> dict:
     p: dict = {"seed": int(rng.integers(0, 2**31))}
     if kind == "gradient":
-        p.update(angle=float(rng.uniform(0, np.pi)), drift=float(rng.uniform(-0.4, 0.4)),
-                 spin=float(rng.uniform(-0.3, 0.3)), period=float(rng.uniform(0.8, 2.0)))
+        p.update(
+            angle=float(rng.uniform(0, np.pi)),
+            drift=float(rng.uniform(-0.4, 0.4)),
+            spin=float(rng.uniform(-0.3, 0.3)),
+            period=float(rng.uniform(0.8, 2.0)),
+        )
     elif kind == "bounce":
         n = int(rng.integers(1, 4))
-        p.update(n=n, pos=rng.uniform(0.15, 0.85, (n, 2)).tolist(),
-                 vel=(rng.uniform(0.15, 0.6, (n, 2)) * rng.choice([-1, 1], (n, 2))).tolist(),
-                 size=rng.uniform(0.1, 0.22, n).tolist(), box=rng.integers(0, 2, n).tolist())
+        p.update(
+            n=n,
+            pos=rng.uniform(0.15, 0.85, (n, 2)).tolist(),
+            vel=(rng.uniform(0.15, 0.6, (n, 2)) * rng.choice([-1, 1], (n, 2))).tolist(),
+            size=rng.uniform(0.1, 0.22, n).tolist(),
+            box=rng.integers(0, 2, n).tolist(),
+        )
     elif kind in ("pan", "fast_pan"):
         ang = rng.uniform(0, 2 * np.pi)
         # speed in fractions of the width per frame
         sp = rng.uniform(0.004, 0.01) if kind == "pan" else rng.uniform(1 / 9, 1 / 6)
-        p.update(vx=float(np.cos(ang) * sp), vy=float(np.sin(ang) * sp * 0.5),
-                 scale=float(rng.uniform(0.08, 0.2)))
+        p.update(vx=float(np.cos(ang) * sp), vy=float(np.sin(ang) * sp * 0.5), scale=float(rng.uniform(0.08, 0.2)))
     elif kind == "fast_shape":
-        p.update(cross_s=float(rng.uniform(0.3, 0.5)), gap_s=float(rng.uniform(0.0, 0.3)),
-                 size=float(rng.uniform(0.25, 0.4)), y=float(rng.uniform(0.3, 0.7)),
-                 direction=int(rng.choice([-1, 1])), scale=float(rng.uniform(0.1, 0.25)))
+        p.update(
+            cross_s=float(rng.uniform(0.3, 0.5)),
+            gap_s=float(rng.uniform(0.0, 0.3)),
+            size=float(rng.uniform(0.25, 0.4)),
+            y=float(rng.uniform(0.3, 0.7)),
+            direction=int(rng.choice([-1, 1])),
+            scale=float(rng.uniform(0.1, 0.25)),
+        )
     elif kind == "stripes":
-        p.update(angle=float(rng.uniform(0, np.pi)), freq=float(rng.uniform(2, 7)),
-                 speed=float(rng.uniform(-0.8, 0.8)))
+        p.update(angle=float(rng.uniform(0, np.pi)), freq=float(rng.uniform(2, 7)), speed=float(rng.uniform(-0.8, 0.8)))
     elif kind == "field":
-        p.update(cx=float(rng.uniform(0.2, 0.8)), cy=float(rng.uniform(0.2, 0.8)),
-                 vx=float(rng.uniform(-0.15, 0.15)), vy=float(rng.uniform(-0.1, 0.1)),
-                 radius=float(rng.uniform(0.3, 0.7)))
+        p.update(
+            cx=float(rng.uniform(0.2, 0.8)),
+            cy=float(rng.uniform(0.2, 0.8)),
+            vx=float(rng.uniform(-0.15, 0.15)),
+            vy=float(rng.uniform(-0.1, 0.1)),
+            radius=float(rng.uniform(0.3, 0.7)),
+        )
     return p
 
 
@@ -252,7 +282,7 @@ def _periodic_texture(h: int, w: int, scale: float, seed: int) -> np.ndarray:
     fy = np.fft.fftfreq(h)[:, None]
     fx = np.fft.fftfreq(w)[None, :]
     sigma = 1.0 / max(2.0, scale * w)
-    lp = np.exp(-(fx ** 2 + fy ** 2) / (2 * sigma ** 2))
+    lp = np.exp(-(fx**2 + fy**2) / (2 * sigma**2))
     tex = np.real(np.fft.ifft2(np.fft.fft2(noise) * lp))
     tex -= tex.min()
     tex /= max(tex.max(), 1e-9)
@@ -349,8 +379,7 @@ def _bounce(x: float, lo: float, hi: float) -> float:
     return lo + (u if u <= span else 2 * span - u)
 
 
-def render_frames(plan: Sequence[ShotSpec], width: int, height: int, fps: float,
-                  seed: int = 0) -> Iterator[np.ndarray]:
+def render_frames(plan: Sequence[ShotSpec], width: int, height: int, fps: float, seed: int = 0) -> Iterator[np.ndarray]:
     """Every frame of ``plan`` as HxWx3 uint8 RGB, in order."""
     rng = np.random.default_rng([seed, 0x6A1])
     for spec in plan:
@@ -364,11 +393,21 @@ def render_frames(plan: Sequence[ShotSpec], width: int, height: int, fps: float,
 # ------------------------------------------------------------------------------------------------
 
 
-def make_cut_video(path: str | os.PathLike, codec: str = "h264", width: int = 320,
-                   height: int = 180, fps: float = 25.0, duration_s: float = 12.0, seed: int = 0,
-                   *, min_shot_s: float = 0.8, max_shot_s: float = 2.6,
-                   same_scene_p: float = 0.25, grain: tuple[float, float] = (0.0, 8.0),
-                   options: dict[str, str] | None = None) -> CutVideo:
+def make_cut_video(
+    path: str | os.PathLike,
+    codec: str = "h264",
+    width: int = 320,
+    height: int = 180,
+    fps: float = 25.0,
+    duration_s: float = 12.0,
+    seed: int = 0,
+    *,
+    min_shot_s: float = 0.8,
+    max_shot_s: float = 2.6,
+    same_scene_p: float = 0.25,
+    grain: tuple[float, float] = (0.0, 8.0),
+    options: dict[str, str] | None = None,
+) -> CutVideo:
     """Render and encode a video of shots with known cuts (``plan_shots`` for the knobs); the
     container follows the path's suffix (``default_suffix(codec)`` is a safe choice)."""
     if codec not in CODECS:
@@ -379,22 +418,36 @@ def make_cut_video(path: str | os.PathLike, codec: str = "h264", width: int = 32
     opts = {**ENCODE_OPTIONS.get(codec, {}), **(options or {})}
     with av.open(str(path), "w") as out:
         stream = open_stream(out, codec, width, height, fps, None, opts)
-        encode_frames(out, stream, (frame_from_rgb(img)
-                              for img in render_frames(plan, width, height, fps, seed)))
-    return CutVideo(path=path, codec=codec, width=width, height=height, fps=fps, n_frames=n,
-                    seed=seed, cuts_s=cut_times(plan, fps), cut_frames=cut_frames(plan), shots=plan)
+        encode_frames(out, stream, (frame_from_rgb(img) for img in render_frames(plan, width, height, fps, seed)))
+    return CutVideo(
+        path=path,
+        codec=codec,
+        width=width,
+        height=height,
+        fps=fps,
+        n_frames=n,
+        seed=seed,
+        cuts_s=cut_times(plan, fps),
+        cut_frames=cut_frames(plan),
+        shots=plan,
+    )
 
 
 # (width, height, fps) variants a set cycles through
 SET_FORMATS = ((320, 180, 25.0), (640, 360, 30.0), (320, 180, 24.0), (480, 270, 30.0))
 
 
-def make_cut_set(directory: str | os.PathLike, n: int = 10, seed: int = 0,
-                 codecs: Sequence[str] = DEFAULT_CODECS,
-                 duration_s: tuple[float, float] = (10.0, 18.0),
-                 formats: Sequence[tuple[int, int, float]] = SET_FORMATS, *,
-                 same_scene_p: float = 0.25,
-                 grain: tuple[float, float] = (0.0, 8.0)) -> list[CutVideo]:
+def make_cut_set(
+    directory: str | os.PathLike,
+    n: int = 10,
+    seed: int = 0,
+    codecs: Sequence[str] = DEFAULT_CODECS,
+    duration_s: tuple[float, float] = (10.0, 18.0),
+    formats: Sequence[tuple[int, int, float]] = SET_FORMATS,
+    *,
+    same_scene_p: float = 0.25,
+    grain: tuple[float, float] = (0.0, 8.0),
+) -> list[CutVideo]:
     """``n`` cut videos cycling through ``codecs`` and ``formats``; video ``k`` uses seed
     ``seed * 1000 + k``, so two sets with different ``seed`` share nothing."""
     directory = Path(directory)
@@ -407,6 +460,5 @@ def make_cut_set(directory: str | os.PathLike, n: int = 10, seed: int = 0,
         dur = float(np.round(rng.uniform(*duration_s), 1))
         s = seed * 1000 + k
         p = directory / f"cuts_s{s}_{codec}_{w}x{h}_{fps:g}{default_suffix(codec)}"
-        vids.append(make_cut_video(p, codec, w, h, fps, dur, s, same_scene_p=same_scene_p,
-                                   grain=grain))
+        vids.append(make_cut_video(p, codec, w, h, fps, dur, s, same_scene_p=same_scene_p, grain=grain))
     return vids

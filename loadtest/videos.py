@@ -18,9 +18,9 @@ Public helpers:
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import av
 import numpy as np
@@ -41,8 +41,7 @@ def default_suffix(codec: str) -> str:
 # ------------------------------------------------------------------------------------------------
 
 
-def render(pattern: str, i: int, width: int, height: int, fps: float = 24.0,
-           seed: int = 0) -> np.ndarray:
+def render(pattern: str, i: int, width: int, height: int, fps: float = 24.0, seed: int = 0) -> np.ndarray:
     """Frame ``i`` of ``pattern`` as an HxWx3 uint8 RGB array (display orientation)."""
     h, w = height, width
     t = i / fps
@@ -66,7 +65,7 @@ def render(pattern: str, i: int, width: int, height: int, fps: float = 24.0,
         img = np.full((h, w, 3), 235, np.uint8)
         s = max(4, min(h, w) // 8)
         off = int(t * 20)
-        m = (((xx + off) // s + (yy + off // 2) // s) % 3 == 0)
+        m = ((xx + off) // s + (yy + off // 2) // s) % 3 == 0
         img[m] = (20, 40, 200)
         return img
     if pattern == "waves":  # green gradient waves
@@ -83,9 +82,9 @@ def render(pattern: str, i: int, width: int, height: int, fps: float = 24.0,
     if pattern == "asym":  # quadrants: red TL, green TR, blue BL, white BR (orientation probe)
         img = np.empty((h, w, 3), np.uint8)
         img[: h // 2, : w // 2] = (255, 0, 0)
-        img[: h // 2, w // 2:] = (0, 255, 0)
-        img[h // 2:, : w // 2] = (0, 0, 255)
-        img[h // 2:, w // 2:] = (255, 255, 255)
+        img[: h // 2, w // 2 :] = (0, 255, 0)
+        img[h // 2 :, : w // 2] = (0, 0, 255)
+        img[h // 2 :, w // 2 :] = (255, 255, 255)
         return img
     if pattern == "mixed":  # waves + a moving ball + grain: a more camera-like bitrate
         img = render("waves", i, w, h, fps).astype(np.int16)
@@ -127,7 +126,7 @@ def read_counter(rgb: np.ndarray) -> int:
     for b in range(_COUNTER_BITS):
         x0, x1 = b * w // _COUNTER_BITS, (b + 1) * w // _COUNTER_BITS
         m = (x1 - x0) // 4
-        cell = rgb[y0:y1, x0 + m: max(x0 + m + 1, x1 - m)]
+        cell = rgb[y0:y1, x0 + m : max(x0 + m + 1, x1 - m)]
         value = (value << 1) | int(cell.mean() > 127)
     return value
 
@@ -137,11 +136,21 @@ def read_counter(rgb: np.ndarray) -> int:
 # ------------------------------------------------------------------------------------------------
 
 
-def make_clip(path: str | os.PathLike, codec: str = "h264", width: int = 64, height: int = 48,
-              fps: float = 24.0, duration_s: float = 1.0, pattern: str = "counter", *,
-              pix_fmt: str | None = None, options: dict[str, str] | None = None,
-              container_options: dict[str, str] | None = None, seed: int = 0,
-              audio_s: float | None = None) -> Path:
+def make_clip(
+    path: str | os.PathLike,
+    codec: str = "h264",
+    width: int = 64,
+    height: int = 48,
+    fps: float = 24.0,
+    duration_s: float = 1.0,
+    pattern: str = "counter",
+    *,
+    pix_fmt: str | None = None,
+    options: dict[str, str] | None = None,
+    container_options: dict[str, str] | None = None,
+    seed: int = 0,
+    audio_s: float | None = None,
+) -> Path:
     """Encode ``round(fps*duration_s)`` frames of ``pattern`` with ``codec``; returns the path.
 
     The container follows the path's suffix (``default_suffix(codec)`` is a safe choice).
@@ -154,11 +163,9 @@ def make_clip(path: str | os.PathLike, codec: str = "h264", width: int = 64, hei
         stream = open_stream(out, codec, width, height, fps, pix_fmt, options)
         astream = None
         if audio_s:
-            astream = out.add_stream("pcm_s16le" if path.suffix in (".mkv", ".mov", ".avi") else "aac",
-                                     rate=8000)
+            astream = out.add_stream("pcm_s16le" if path.suffix in (".mkv", ".mov", ".avi") else "aac", rate=8000)
             astream.layout = "mono"
-        encode_frames(out, stream, (frame_from_rgb(render(pattern, i, width, height, fps, seed))
-                              for i in range(n)))
+        encode_frames(out, stream, (frame_from_rgb(render(pattern, i, width, height, fps, seed)) for i in range(n)))
         if astream is not None:
             _encode_tone(out, astream, audio_s)
     return path
@@ -184,9 +191,16 @@ def _encode_tone(out, astream, seconds: float, rate: int = 8000) -> None:
         out.mux(pkt)
 
 
-def make_rotated_clip(path: str | os.PathLike, rotation: int = 90, width: int = 64,
-                      height: int = 48, fps: float = 24.0, duration_s: float = 1.0,
-                      codec: str = "h264", pattern: str = "asym") -> Path:
+def make_rotated_clip(
+    path: str | os.PathLike,
+    rotation: int = 90,
+    width: int = 64,
+    height: int = 48,
+    fps: float = 24.0,
+    duration_s: float = 1.0,
+    codec: str = "h264",
+    pattern: str = "asym",
+) -> Path:
     """A clip whose *display* is ``width``x``height`` showing ``pattern`` upright, stored as coded
     frames rotated the other way plus a display matrix telling the player to rotate ``rotation``
     degrees clockwise (the phone-portrait convention, ``rotate=90`` in old mp4 metadata).
@@ -206,14 +220,21 @@ def make_rotated_clip(path: str | os.PathLike, rotation: int = 90, width: int = 
         if not hasattr(stream, "set_display_rotation"):  # pragma: no cover - PyAV < 15
             raise RuntimeError("this PyAV cannot write a display matrix")
         stream.set_display_rotation(-rotation)  # PyAV takes counter-clockwise degrees
-        encode_frames(out, stream, (frame_from_rgb(np.rot90(render(pattern, i, width, height, fps), k))
-                              for i in range(n)))
+        encode_frames(
+            out, stream, (frame_from_rgb(np.rot90(render(pattern, i, width, height, fps), k)) for i in range(n))
+        )
     return path
 
 
-def make_vfr_clip(path: str | os.PathLike, pts_s: Sequence[float], width: int = 64,
-                  height: int = 48, codec: str = "h264", pattern: str = "counter",
-                  time_base: Fraction = Fraction(1, 1000)) -> Path:
+def make_vfr_clip(
+    path: str | os.PathLike,
+    pts_s: Sequence[float],
+    width: int = 64,
+    height: int = 48,
+    codec: str = "h264",
+    pattern: str = "counter",
+    time_base: Fraction = Fraction(1, 1000),
+) -> Path:
     """Frame ``i`` (showing counter ``i``) is presented at ``pts_s[i]`` seconds, exactly.
 
     ``pts_s`` must be increasing and representable in ``time_base``. Use .mkv (ms) or .mp4.
@@ -249,9 +270,20 @@ MATRICES = {"bt601": (0.299, 0.114, 6), "bt709": (0.2126, 0.0722, 1), "bt2020": 
 
 # Saturated primaries/secondaries (matrix-sensitive) and mid-tones (range-sensitive: a saturated
 # colour clips to 0/255 whichever range is assumed, a mid-tone does not).
-DEFAULT_BARS = [(255, 255, 255), (255, 255, 0), (0, 255, 255), (0, 255, 0), (255, 0, 255),
-                (255, 0, 0), (0, 0, 255), (0, 0, 0), (128, 128, 128), (200, 60, 40),
-                (40, 180, 90), (60, 80, 200)]
+DEFAULT_BARS = [
+    (255, 255, 255),
+    (255, 255, 0),
+    (0, 255, 255),
+    (0, 255, 0),
+    (255, 0, 255),
+    (255, 0, 0),
+    (0, 0, 255),
+    (0, 0, 0),
+    (128, 128, 128),
+    (200, 60, 40),
+    (40, 180, 90),
+    (60, 80, 200),
+]
 
 
 def rgb_to_ycbcr(rgb: np.ndarray, matrix: str, full_range: bool) -> np.ndarray:
@@ -269,14 +301,23 @@ def rgb_to_ycbcr(rgb: np.ndarray, matrix: str, full_range: bool) -> np.ndarray:
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
-def make_color_bars_clip(path: str | os.PathLike, colors: Sequence[tuple[int, int, int]] = DEFAULT_BARS,
-                         matrix: str = "bt709", full_range: bool = False, tagged: bool = True,
-                         width: int = 192, height: int = 48, fps: float = 10.0,
-                         duration_s: float = 0.5, codec: str = "h264") -> Path:
+def make_color_bars_clip(
+    path: str | os.PathLike,
+    colors: Sequence[tuple[int, int, int]] = DEFAULT_BARS,
+    matrix: str = "bt709",
+    full_range: bool = False,
+    tagged: bool = True,
+    width: int = 192,
+    height: int = 48,
+    fps: float = 10.0,
+    duration_s: float = 0.5,
+    codec: str = "h264",
+) -> Path:
     """Vertical bars of ``colors`` (left to right), converted to Y'CbCr here with ``matrix`` and
     range and encoded losslessly in 4:4:4 (``codec``: h264 = libx264 qp=0, hevc = libx265
     lossless) so the only error left is the decoder's conversion back to RGB. (FFmpeg's H.264
-    decoder reports full range as ``yuvj444p``, the HEVC one as ``yuv444p`` + a range flag.) With ``tagged`` the stream signals matrix and range (VUI + container); without it both
+    decoder reports full range as ``yuvj444p``, the HEVC one as ``yuv444p`` + a range flag.) With ``tagged`` the
+    stream signals matrix and range (VUI + container); without it both
     are left unspecified.
     """
     path = Path(path)
@@ -288,8 +329,10 @@ def make_color_bars_clip(path: str | os.PathLike, colors: Sequence[tuple[int, in
     n = max(1, int(round(fps * duration_s)))
     _, _, spc = MATRICES[matrix]
     with av.open(str(path), "w") as out:
-        lossless = {"h264": {"qp": "0", "preset": "ultrafast"},
-                    "hevc": {"x265-params": "lossless=1:log-level=error", "preset": "ultrafast"}}[codec]
+        lossless = {
+            "h264": {"qp": "0", "preset": "ultrafast"},
+            "hevc": {"x265-params": "lossless=1:log-level=error", "preset": "ultrafast"},
+        }[codec]
         stream = open_stream(out, codec, width, height, fps, "yuv444p", lossless)
         cc = stream.codec_context
         if tagged:
@@ -367,8 +410,7 @@ def make_corrupt_file(path: str | os.PathLike, kind: str = "random", seed: int =
         return path
     tmp = path.with_name(path.name + ".src.mp4")
     faststart = kind in ("truncated", "empty_payload")
-    make_clip(tmp, "h264", 64, 48, 24, 2.0, "noise",
-              container_options={"movflags": "faststart"} if faststart else None)
+    make_clip(tmp, "h264", 64, 48, 24, 2.0, "noise", container_options={"movflags": "faststart"} if faststart else None)
     data = bytearray(tmp.read_bytes())
     tmp.unlink()
     if kind == "truncated":
@@ -387,11 +429,11 @@ def make_corrupt_file(path: str | os.PathLike, kind: str = "random", seed: int =
 def _mdat_payload(data: bytes) -> tuple[int, int]:
     pos = 0
     while pos + 8 <= len(data):
-        size = int.from_bytes(data[pos:pos + 4], "big")
-        typ = data[pos + 4:pos + 8]
+        size = int.from_bytes(data[pos : pos + 4], "big")
+        typ = data[pos + 4 : pos + 8]
         hdr = 8
         if size == 1:
-            size = int.from_bytes(data[pos + 8:pos + 16], "big")
+            size = int.from_bytes(data[pos + 8 : pos + 16], "big")
             hdr = 16
         elif size == 0:
             size = len(data) - pos
@@ -421,7 +463,8 @@ def make_sample_set(directory: str | os.PathLike, width: int = 320, height: int 
     paths = []
     for name, pattern, fps, secs in SAMPLE_SET:
         p = directory / f"{name}.mp4"
-        make_clip(p, "h264", width, height, fps, secs, pattern,
-                  options={"preset": "ultrafast", "crf": "23"}, seed=len(paths))
+        make_clip(
+            p, "h264", width, height, fps, secs, pattern, options={"preset": "ultrafast", "crf": "23"}, seed=len(paths)
+        )
         paths.append(p)
     return paths

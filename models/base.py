@@ -23,11 +23,15 @@ class ModelSettings(Protocol):
     device: str
     #: the tiny models' training seed (``0``: the shipped weights)
     train_seed: int
+    #: explicit model directory (pretrained weights; the tiny models too when set), or None
+    model_dir: Path | None
+    #: user-level cache of trained tiny models (``framebus.models.training``)
+    cache_dir: Path
 
     @property
     def model_cache_dir(self) -> Path: ...
 
-    def model_copy(self, *, update: dict[str, Any]) -> "ModelSettings": ...
+    def model_copy(self, *, update: dict[str, Any]) -> ModelSettings: ...
 
 
 @dataclass(frozen=True)

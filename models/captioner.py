@@ -80,12 +80,33 @@ def build_word_tokenizer(words: list[str] | tuple[str, ...]):
                                                 unk_token=UNK, model_max_length=TINY_DECODER["n_positions"])
 
 
-def build_tiny_image_processor():
+def build_tiny_image_processor(image_size: int | None = None, *, crop: bool = False):
+    """The tiny captioner's image processor: resize to ``image_size`` (default ``TINY_ENCODER``'s) square,
+    normalise to [-1, 1]. ``crop``: resize the short side to ``image_size`` and take the centre square
+    (``CLIPImageProcessor``; shapes keep their aspect, as the tiny CLIP sees them) instead of squashing the
+    whole frame into the square (``ViTImageProcessor``)."""
     transformers = _transformers()
-    size = TINY_ENCODER["image_size"]
+    size = int(image_size or TINY_ENCODER["image_size"])
+    if crop:
+        return transformers.CLIPImageProcessor(do_resize=True, size={"shortest_edge": size}, resample=2,
+                                               do_center_crop=True, crop_size={"height": size, "width": size},
+                                               do_rescale=True, do_normalize=True, image_mean=[0.5, 0.5, 0.5],
+                                               image_std=[0.5, 0.5, 0.5], do_convert_rgb=True)
     return transformers.ViTImageProcessor(do_resize=True, size={"height": size, "width": size}, resample=2,
                                           do_rescale=True, do_normalize=True, image_mean=[0.5, 0.5, 0.5],
                                           image_std=[0.5, 0.5, 0.5])
+
+
+def _load_tiny_image_processor(path: Path):
+    """The image processor a trained tiny captioner directory saved: ``CLIPImageProcessor`` (centre crop)
+    or ``ViTImageProcessor`` (squash), whichever ``preprocessor_config.json`` names."""
+    transformers = _transformers()
+    try:
+        kind = json.loads((Path(path) / "preprocessor_config.json").read_text()).get("image_processor_type", "")
+    except (OSError, ValueError):
+        kind = ""
+    cls = transformers.CLIPImageProcessor if str(kind).startswith("CLIPImageProcessor") else transformers.ViTImageProcessor
+    return cls.from_pretrained(str(path))
 
 
 def tiny_generation_config(tokenizer, max_new_tokens: int = TINY_MAX_NEW_TOKENS):
@@ -98,17 +119,19 @@ def tiny_generation_config(tokenizer, max_new_tokens: int = TINY_MAX_NEW_TOKENS)
         suppress_tokens=[ids[PAD], ids[BOS], ids[UNK]], begin_suppress_tokens=[ids[EOS]])
 
 
-def build_tiny_model(tokenizer, *, seed: int = TINY_SEED):
+def build_tiny_model(tokenizer, *, seed: int = TINY_SEED, encoder: dict[str, Any] | None = None,
+                     decoder: dict[str, Any] | None = None):
     """The tiny ``VisionEncoderDecoderModel`` for ``tokenizer``'s vocabulary, seeded random init on CPU
-    (the caller's global RNG state is left alone)."""
+    (the caller's global RNG state is left alone). ``encoder`` / ``decoder``: ``ViTConfig`` /
+    ``GPT2Config`` fields (default ``TINY_ENCODER`` / ``TINY_DECODER``)."""
     import torch
 
     transformers = _transformers()
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    enc = transformers.ViTConfig(**TINY_ENCODER)
+    enc = transformers.ViTConfig(**(TINY_ENCODER if encoder is None else encoder))
     dec = transformers.GPT2Config(vocab_size=len(tokenizer), add_cross_attention=True, is_decoder=True,
                                   bos_token_id=ids[BOS], eos_token_id=ids[EOS], pad_token_id=ids[PAD],
-                                  **TINY_DECODER)
+                                  **(TINY_DECODER if decoder is None else decoder))
     cfg = transformers.VisionEncoderDecoderConfig.from_encoder_decoder_configs(enc, dec)
     cfg.decoder_start_token_id, cfg.pad_token_id, cfg.eos_token_id = ids[BOS], ids[PAD], ids[EOS]
     with torch.random.fork_rng(devices=[]):
@@ -247,7 +270,7 @@ class TransformersCaptioner:
             try:
                 model = transformers.VisionEncoderDecoderModel.from_pretrained(str(path))
                 tokenizer = transformers.PreTrainedTokenizerFast.from_pretrained(str(path))
-                image_processor = transformers.ViTImageProcessor.from_pretrained(str(path))
+                image_processor = _load_tiny_image_processor(path)
             except Exception as e:
                 raise ModelError(f"cannot load the tiny captioner from {path} (retrain it with `framebus models "
                                  f"train`): {type(e).__name__}: {e}") from e

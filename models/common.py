@@ -39,8 +39,9 @@ def file_digest(path: Path) -> str:
     return feed_file(hashlib.sha256(), Path(path)).hexdigest()
 
 
-def looks_like_missing_weights(exc: BaseException, kinds: tuple[type[BaseException], ...],
-                               markers: tuple[str, ...]) -> bool:
+def looks_like_missing_weights(
+    exc: BaseException, kinds: tuple[type[BaseException], ...], markers: tuple[str, ...]
+) -> bool:
     """Whether loading failed because weights are not there and could not be fetched: ``exc`` is one of
     ``kinds``, or its text (or its cause's) contains one of ``markers``."""
     text = f"{type(exc).__name__}: {exc}"

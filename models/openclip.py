@@ -11,9 +11,10 @@ import hashlib
 import json
 import logging
 import threading
+from collections.abc import Iterator
 from copy import deepcopy
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -70,12 +71,17 @@ def resolve_device(device: str | None) -> str:
         return "cpu"
     if dev.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ModelError(f"device {device!r} requested but CUDA is not available (torch {torch.__version__}); "
-                             "use device='cpu' or 'auto'", code="models.device_unavailable")
+            raise ModelError(
+                f"device {device!r} requested but CUDA is not available (torch {torch.__version__}); "
+                "use device='cpu' or 'auto'",
+                code="models.device_unavailable",
+            )
         idx = dev.partition(":")[2]
         if idx and (not idx.isdigit() or int(idx) >= torch.cuda.device_count()):
-            raise ModelError(f"device {device!r} does not exist ({torch.cuda.device_count()} CUDA devices)",
-                             code="models.device_unavailable")
+            raise ModelError(
+                f"device {device!r} does not exist ({torch.cuda.device_count()} CUDA devices)",
+                code="models.device_unavailable",
+            )
         return dev
     raise ModelError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N", code="models.device_unavailable")
 
@@ -111,8 +117,9 @@ def _state_dict_digest(model) -> str:
     return h.hexdigest()
 
 
-def weights_missing_message(arch: str, tag: str, *, cache_dir: Path | None, checkpoint: Path | None,
-                            cause: str = "") -> str:
+def weights_missing_message(
+    arch: str, tag: str, *, cache_dir: Path | None, checkpoint: Path | None, cause: str = ""
+) -> str:
     """The ``models.weights_missing`` text: what is missing, how to provide it, how to run offline."""
     repo = filename = ""
     try:
@@ -121,26 +128,41 @@ def weights_missing_message(arch: str, tag: str, *, cache_dir: Path | None, chec
         filename = filename or "open_clip_model.safetensors"  # what open_clip looks for first
     except Exception:  # the message must not fail
         pass
-    lines = [f"pretrained weights for open_clip model {arch} / {tag} are not available locally and could not "
-             f"be downloaded (offline, or the Hugging Face hub is unreachable)."]
+    lines = [
+        f"pretrained weights for open_clip model {arch} / {tag} are not available locally and could not "
+        f"be downloaded (offline, or the Hugging Face hub is unreachable)."
+    ]
     if cause:
         lines.append(f"cause: {cause}")
     lines.append("provide them in one of these ways:")
     if cache_dir is not None:
         if repo:
-            lines.append(f"  - fill the Hugging Face cache framebus uses, {cache_dir}: run framebus once with hub "
-                         f"access, or `hf download {repo} {filename} --cache-dir {cache_dir}`")
+            lines.append(
+                f"  - fill the Hugging Face cache framebus uses, {cache_dir}: run framebus once with hub "
+                f"access, or `hf download {repo} {filename} --cache-dir {cache_dir}`"
+            )
         else:
             lines.append(f"  - fill the Hugging Face cache framebus uses, {cache_dir}, by running once with hub access")
     if checkpoint is not None:
-        lines.append(f"  - put a local open_clip checkpoint (.safetensors, .pt or .bin) at {checkpoint} "
-                     f"(it lives under the data_dir setting, FRAMEBUS_DATA_DIR)")
-    lines.append("or run fully offline with the tiny model profile: FRAMEBUS_MODELS=tiny (models = \"tiny\").")
+        lines.append(
+            f"  - put a local open_clip checkpoint (.safetensors, .pt or .bin) at {checkpoint} "
+            f"(it lives under the data_dir setting, FRAMEBUS_DATA_DIR)"
+        )
+    lines.append('or run fully offline with the tiny model profile: FRAMEBUS_MODELS=tiny (models = "tiny").')
     return "\n".join(lines)
 
 
-_MISSING_MARKERS = ("Failed to download", "LocalEntryNotFound", "OfflineModeIsEnabled", "Connection", "Timeout",
-                    "offline", "hub is unreachable", "cannot find the requested files", "No such file")
+_MISSING_MARKERS = (
+    "Failed to download",
+    "LocalEntryNotFound",
+    "OfflineModeIsEnabled",
+    "Connection",
+    "Timeout",
+    "offline",
+    "hub is unreachable",
+    "cannot find the requested files",
+    "No such file",
+)
 
 
 def _is_missing_weights(exc: BaseException) -> bool:
@@ -150,8 +172,16 @@ def _is_missing_weights(exc: BaseException) -> bool:
 class OpenClipEmbedder:
     """``Embedder`` over an open_clip CLIP model. Use ``pretrained()`` or ``tiny()`` to build one."""
 
-    def __init__(self, model: Any, preprocess: Any, tokenizer: Any, info: ModelInfo, *, device: str,
-                 batch_size: int = DEFAULT_BATCH_SIZE):
+    def __init__(
+        self,
+        model: Any,
+        preprocess: Any,
+        tokenizer: Any,
+        info: ModelInfo,
+        *,
+        device: str,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ):
         import torch
 
         self.model = model.eval()
@@ -160,17 +190,27 @@ class OpenClipEmbedder:
         self.info = info
         self.device = torch.device(device)
         self.batch_size = max(1, int(batch_size))
-        self.dim = int(model.text_projection.shape[1]) if getattr(model, "text_projection", None) is not None \
+        self.dim = (
+            int(model.text_projection.shape[1])
+            if getattr(model, "text_projection", None) is not None
             else int(model.visual.output_dim)
+        )
         size = getattr(model.visual, "image_size", 224)
         self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
         self._lock = threading.Lock()
 
     # --- construction ------------------------------------------------------------------------------
     @classmethod
-    def pretrained(cls, arch: str, tag: str, *, cache_dir: Path | str | None = None,
-                   checkpoint: Path | str | None = None, device: str = "auto",
-                   batch_size: int = DEFAULT_BATCH_SIZE) -> "OpenClipEmbedder":
+    def pretrained(
+        cls,
+        arch: str,
+        tag: str,
+        *,
+        cache_dir: Path | str | None = None,
+        checkpoint: Path | str | None = None,
+        device: str = "auto",
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> OpenClipEmbedder:
         """Load ``arch`` with weights ``tag`` the way open_clip does (HF hub / ``cache_dir``).
 
         If ``checkpoint`` names an existing file it is loaded instead of the tag. Missing weights
@@ -185,20 +225,30 @@ class OpenClipEmbedder:
             cache.mkdir(parents=True, exist_ok=True)
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(
-                arch, pretrained=source, cache_dir=str(cache) if cache is not None else None, device=dev)
+                arch, pretrained=source, cache_dir=str(cache) if cache is not None else None, device=dev
+            )
             tokenizer = open_clip.get_tokenizer(arch, cache_dir=str(cache) if cache is not None else None)
         except Exception as e:
             if source == tag and _is_missing_weights(e):
-                raise ModelNotAvailable(weights_missing_message(arch, tag, cache_dir=cache, checkpoint=ckpt,
-                                                                cause=str(e).splitlines()[0][:300])) from e
+                raise ModelNotAvailable(
+                    weights_missing_message(
+                        arch, tag, cache_dir=cache, checkpoint=ckpt, cause=str(e).splitlines()[0][:300]
+                    )
+                ) from e
             raise ModelError(f"cannot load open_clip model {arch} / {source}: {type(e).__name__}: {e}") from e
         version = f"{arch}/{tag}" if source == tag else f"{arch}/{file_digest(Path(source))[:12]}"
         info = ModelInfo(name=f"open_clip/{arch}", version=version, task="embed")
         return cls(model, preprocess, tokenizer, info, device=dev, batch_size=batch_size)
 
     @classmethod
-    def tiny(cls, *, checkpoint: Path | str | None = None, device: str = "auto",
-             batch_size: int = DEFAULT_BATCH_SIZE, init_seed: int = TINY_SEED) -> "OpenClipEmbedder":
+    def tiny(
+        cls,
+        *,
+        checkpoint: Path | str | None = None,
+        device: str = "auto",
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        init_seed: int = TINY_SEED,
+    ) -> OpenClipEmbedder:
         """The offline tiny CLIP: trained weights from ``checkpoint`` if that file exists (the format
         ``pack_tiny_state`` writes, or a plain ``state_dict``), else the random init seeded with
         ``init_seed``. ``version`` hashes the weights actually loaded (12 hex chars)."""
@@ -217,8 +267,10 @@ class OpenClipEmbedder:
             tokenizer = open_clip.get_tokenizer(TINY_NAME)
         except Exception as e:
             where = f" from {ckpt}" if use_ckpt else ""
-            raise ModelError(f"cannot build the tiny model{where} (checkpoint must match models.openclip."
-                             f"TINY_CONFIG): {type(e).__name__}: {e}") from e
+            raise ModelError(
+                f"cannot build the tiny model{where} (checkpoint must match models.openclip."
+                f"TINY_CONFIG): {type(e).__name__}: {e}"
+            ) from e
         digest = file_digest(ckpt) if use_ckpt else _tiny_init_digest(model, init_seed)
         model = model.to(dev)
         info = ModelInfo(name=TINY_NAME, version=digest[:12], task="embed")
@@ -253,14 +305,18 @@ class OpenClipEmbedder:
         out = []
         for lo in range(0, len(batch), self.batch_size):
             with self._lock, torch.inference_mode(), self._autocast():
-                feats = self.model.encode_image(batch[lo:lo + self.batch_size].to(self.device, non_blocking=True))
+                feats = self.model.encode_image(batch[lo : lo + self.batch_size].to(self.device, non_blocking=True))
                 out.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy())
         return self._stack(out)
 
     def embed_images(self, images: list[np.ndarray]) -> np.ndarray:
         # preprocessing runs outside the lock, one model batch at a time
-        return self._stack([self.embed_prepared(self.prepare_images(images[lo:lo + self.batch_size]))
-                            for lo in range(0, len(images), self.batch_size)])
+        return self._stack(
+            [
+                self.embed_prepared(self.prepare_images(images[lo : lo + self.batch_size]))
+                for lo in range(0, len(images), self.batch_size)
+            ]
+        )
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         import torch
@@ -270,7 +326,7 @@ class OpenClipEmbedder:
         out = []
         for lo in range(0, len(texts), self.batch_size):
             with self._lock:
-                tokens = self.tokenizer([str(t) for t in texts[lo:lo + self.batch_size]])
+                tokens = self.tokenizer([str(t) for t in texts[lo : lo + self.batch_size]])
                 with torch.inference_mode(), self._autocast():
                     feats = self.model.encode_text(tokens.to(self.device, non_blocking=True))
                     out.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy())
@@ -311,9 +367,13 @@ def pack_tiny_state(state: dict, init_seed: int) -> dict:
     init = _seeded_tiny_model(init_seed)[0].state_dict()[_TOKENS]
     emb = state[_TOKENS].detach().cpu()
     rows = torch.nonzero((emb != init).any(dim=1)).flatten()
-    return {"format": TINY_FORMAT, "init_seed": int(init_seed),
-            "state": {k: v.detach().cpu().contiguous() for k, v in state.items() if k != _TOKENS},
-            "token_rows": rows, "token_values": emb[rows].clone()}
+    return {
+        "format": TINY_FORMAT,
+        "init_seed": int(init_seed),
+        "state": {k: v.detach().cpu().contiguous() for k, v in state.items() if k != _TOKENS},
+        "token_rows": rows,
+        "token_values": emb[rows].clone(),
+    }
 
 
 def unpack_tiny_state(packed: dict, model) -> dict:

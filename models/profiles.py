@@ -45,15 +45,30 @@ DEFAULT_CAPTIONER_NAME = "Salesforce/blip-image-captioning-base"
 # Zero-shot moderation policy of the default profile: category -> CLIP text prompts. Scores are a
 # softmax (temperature ``calibration.temperature``) of each category's prompts against the safe prompts.
 DEFAULT_MODERATION_POLICY: dict[str, tuple[str, ...]] = {
-    "violence": ("a photo of a violent fight", "a photo of people hitting each other",
-                 "a photo of blood and injuries", "a photo of a violent attack"),
+    "violence": (
+        "a photo of a violent fight",
+        "a photo of people hitting each other",
+        "a photo of blood and injuries",
+        "a photo of a violent attack",
+    ),
     "nudity": ("a photo of a naked person", "a photo containing nudity", "an explicit sexual photo"),
-    "weapons": ("a photo of a gun", "a photo of a person holding a firearm", "a photo of a knife used as a weapon",
-                "a photo of weapons"),
+    "weapons": (
+        "a photo of a gun",
+        "a photo of a person holding a firearm",
+        "a photo of a knife used as a weapon",
+        "a photo of weapons",
+    ),
 }
 DEFAULT_SAFE_PROMPTS: tuple[str, ...] = (
-    "a photo", "an ordinary everyday photo", "a photo of people", "a photo of a person", "a photo of an object",
-    "a photo of a landscape", "a photo of a room", "a screenshot", "a drawing",
+    "a photo",
+    "an ordinary everyday photo",
+    "a photo of people",
+    "a photo of a person",
+    "a photo of an object",
+    "a photo of a landscape",
+    "a photo of a room",
+    "a screenshot",
+    "a drawing",
 )
 DEFAULT_MODERATION_CALIBRATION: dict[str, float] = {"temperature": 0.01, "threshold": 0.5}
 
@@ -63,9 +78,14 @@ PROFILES: dict[str, Profile] = {
         description="pretrained models; weights come from the Hugging Face hub or a local cache/checkpoint",
         embedder=ModelSpec("open_clip", {"arch": DEFAULT_EMBEDDER_ARCH, "pretrained": DEFAULT_EMBEDDER_TAG}),
         captioner=ModelSpec("transformers", {"name": DEFAULT_CAPTIONER_NAME}),
-        moderator=ModelSpec("clip-zero-shot", {"categories": DEFAULT_MODERATION_POLICY,
-                                               "safe_prompts": DEFAULT_SAFE_PROMPTS,
-                                               "calibration": DEFAULT_MODERATION_CALIBRATION}),
+        moderator=ModelSpec(
+            "clip-zero-shot",
+            {
+                "categories": DEFAULT_MODERATION_POLICY,
+                "safe_prompts": DEFAULT_SAFE_PROMPTS,
+                "calibration": DEFAULT_MODERATION_CALIBRATION,
+            },
+        ),
     ),
     "tiny": Profile(
         name="tiny",
@@ -82,5 +102,8 @@ def get_profile(name: str | None) -> Profile:
     try:
         return PROFILES[key]
     except KeyError:
-        raise ModelError(f"unknown model profile {name!r}; known profiles: {', '.join(sorted(PROFILES))} "
-                         "(set with FRAMEBUS_MODELS or the 'models' setting)", code="models.unknown_profile") from None
+        raise ModelError(
+            f"unknown model profile {name!r}; known profiles: {', '.join(sorted(PROFILES))} "
+            "(set with FRAMEBUS_MODELS or the 'models' setting)",
+            code="models.unknown_profile",
+        ) from None

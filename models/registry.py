@@ -6,14 +6,14 @@ environment. Later tasks register their backends with ``@register("captioner", "
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from framebus.models.profiles import TASKS, get_profile
 from framebus.topics.errors import ModelError
 
 if TYPE_CHECKING:
-    from framebus.models.base import Captioner, Embedder, Moderator
-    from framebus.models.base import ModelSettings
+    from framebus.models.base import Captioner, Embedder, ModelSettings, Moderator
 
 Factory = Callable[..., Any]
 _FACTORIES: dict[tuple[str, str], Factory] = {}
@@ -34,17 +34,18 @@ def backends(task: str | None = None) -> list[tuple[str, str]]:
     return sorted(k for k in _FACTORIES if task is None or k[0] == task)
 
 
-def create(task: str, backend: str, settings: "ModelSettings", **options: Any) -> Any:
+def create(task: str, backend: str, settings: ModelSettings, **options: Any) -> Any:
     try:
         factory = _FACTORIES[(task, backend)]
     except KeyError:
         known = ", ".join(b for t, b in backends(task)) or "none"
-        raise ModelError(f"no {task} backend named {backend!r} (registered: {known})",
-                         code="models.unknown_backend") from None
+        raise ModelError(
+            f"no {task} backend named {backend!r} (registered: {known})", code="models.unknown_backend"
+        ) from None
     return factory(settings, **options)
 
 
-def load_embedder(settings: "ModelSettings") -> "Embedder":
+def load_embedder(settings: ModelSettings) -> Embedder:
     """The embedder of profile ``settings.models`` on ``settings.device``.
 
     Raises ``ModelError`` ``models.unknown_profile`` for an unknown profile and ``ModelNotAvailable``
@@ -54,21 +55,21 @@ def load_embedder(settings: "ModelSettings") -> "Embedder":
     return create("embedder", spec.backend, settings, **spec.options)
 
 
-def _spec(settings: "ModelSettings", task: str):
+def _spec(settings: ModelSettings, task: str):
     spec = get_profile(settings.models).spec(task)
     if spec is None:
         raise ModelError(f"model profile {settings.models!r} has no {task}", code="models.unknown_backend")
     return spec
 
 
-def load_captioner(settings: "ModelSettings") -> "Captioner":
+def load_captioner(settings: ModelSettings) -> Captioner:
     """The captioner of profile ``settings.models`` on ``settings.device`` (``ModelNotAvailable``
     ``models.weights_missing`` when pretrained weights are not available offline)."""
     spec = _spec(settings, "captioner")
     return create("captioner", spec.backend, settings, **spec.options)
 
 
-def load_moderator(settings: "ModelSettings", embedder: "Embedder") -> "Moderator":
+def load_moderator(settings: ModelSettings, embedder: Embedder) -> Moderator:
     """The moderator of profile ``settings.models``, on top of ``embedder`` (pass the one
     ``load_embedder(settings)`` returned). The tiny profile needs its trained head
     (``ModelNotAvailable`` telling to run ``framebus models train`` otherwise)."""
@@ -78,7 +79,8 @@ def load_moderator(settings: "ModelSettings", embedder: "Embedder") -> "Moderato
 
 # --- built-in backends -----------------------------------------------------------------------------
 
-def pretrained_checkpoint_path(settings: "ModelSettings", arch: str, tag: str) -> Any:
+
+def pretrained_checkpoint_path(settings: ModelSettings, arch: str, tag: str) -> Any:
     """Where a local checkpoint for ``arch``/``tag`` is looked for: the first existing file among
     ``<data_dir>/models/<arch>-<tag>.{safetensors,pt,bin}``, else the ``.safetensors`` name."""
     base = settings.model_cache_dir
@@ -86,51 +88,60 @@ def pretrained_checkpoint_path(settings: "ModelSettings", arch: str, tag: str) -
     return next((p for p in candidates if p.is_file()), candidates[0])
 
 
-def hf_cache_dir(settings: "ModelSettings") -> Any:
+def hf_cache_dir(settings: ModelSettings) -> Any:
     """The Hugging Face cache framebus downloads pretrained weights into: ``<data_dir>/models/hf``."""
     return settings.model_cache_dir / "hf"
 
 
 @register("embedder", "open_clip")
-def _open_clip_embedder(settings: "ModelSettings", *, arch: str, pretrained: str, **kw: Any) -> "Embedder":
+def _open_clip_embedder(settings: ModelSettings, *, arch: str, pretrained: str, **kw: Any) -> Embedder:
     from framebus.models.openclip import OpenClipEmbedder
 
-    return OpenClipEmbedder.pretrained(arch, pretrained, cache_dir=hf_cache_dir(settings),
-                                       checkpoint=pretrained_checkpoint_path(settings, arch, pretrained),
-                                       device=settings.device, **kw)
+    return OpenClipEmbedder.pretrained(
+        arch,
+        pretrained,
+        cache_dir=hf_cache_dir(settings),
+        checkpoint=pretrained_checkpoint_path(settings, arch, pretrained),
+        device=settings.device,
+        **kw,
+    )
 
 
 @register("embedder", "framebus_tiny_clip")
-def _tiny_clip_embedder(settings: "ModelSettings", **kw: Any) -> "Embedder":
-    from framebus.models.openclip import TINY_CHECKPOINT, OpenClipEmbedder
+def _tiny_clip_embedder(settings: ModelSettings, **kw: Any) -> Embedder:
+    from framebus.models.openclip import OpenClipEmbedder
+    from framebus.models.training import tiny_path
 
-    return OpenClipEmbedder.tiny(checkpoint=settings.model_cache_dir / TINY_CHECKPOINT, device=settings.device, **kw)
+    return OpenClipEmbedder.tiny(checkpoint=tiny_path(settings, "tiny-clip"), device=settings.device, **kw)
 
 
 @register("captioner", "transformers")
-def _transformers_captioner(settings: "ModelSettings", *, name: str, **kw: Any) -> "Captioner":
+def _transformers_captioner(settings: ModelSettings, *, name: str, **kw: Any) -> Captioner:
     from framebus.models.captioner import TransformersCaptioner
 
     return TransformersCaptioner.pretrained(name, cache_dir=hf_cache_dir(settings), device=settings.device, **kw)
 
 
 @register("captioner", "tiny")
-def _tiny_captioner(settings: "ModelSettings", **kw: Any) -> "Captioner":
-    from framebus.models.captioner import TINY_DIR, TransformersCaptioner
+def _tiny_captioner(settings: ModelSettings, **kw: Any) -> Captioner:
+    from framebus.models.captioner import TransformersCaptioner
+    from framebus.models.training import tiny_path
 
-    return TransformersCaptioner.tiny(settings.model_cache_dir / TINY_DIR, device=settings.device, **kw)
+    return TransformersCaptioner.tiny(tiny_path(settings, "tiny-captioner").parent, device=settings.device, **kw)
 
 
 @register("moderator", "clip-zero-shot")
-def _clip_zero_shot_moderator(settings: "ModelSettings", *, embedder: "Embedder", **kw: Any) -> "Moderator":
+def _clip_zero_shot_moderator(settings: ModelSettings, *, embedder: Embedder, **kw: Any) -> Moderator:
     from framebus.models.moderator import ClipZeroShotModerator
 
     return ClipZeroShotModerator(embedder, **kw)
 
 
 @register("moderator", "clip-head")
-def _clip_head_moderator(settings: "ModelSettings", *, embedder: "Embedder", path: str | None = None,
-                         **kw: Any) -> "Moderator":
-    from framebus.models.moderator import TINY_HEAD_FILE, ClipHeadModerator
+def _clip_head_moderator(
+    settings: ModelSettings, *, embedder: Embedder, path: str | None = None, **kw: Any
+) -> Moderator:
+    from framebus.models.moderator import ClipHeadModerator
+    from framebus.models.training import tiny_path
 
-    return ClipHeadModerator.load(path or settings.model_cache_dir / TINY_HEAD_FILE, embedder, **kw)
+    return ClipHeadModerator.load(path or tiny_path(settings, "tiny-moderator"), embedder, **kw)

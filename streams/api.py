@@ -11,16 +11,15 @@ import threading
 
 import numpy as np
 import uvicorn
-from PIL import Image
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, PlainTextResponse
+from PIL import Image
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from framebus.streams.broker import split_host_port
 from framebus.indexing.base import SegmentFilter
+from framebus.streams.broker import split_host_port
 from framebus.streams.search import SearchResponse, search
-
 
 TENANT = r"^[A-Za-z0-9._-]+$"
 MAX_IMAGE_BYTES = 10 * 1024 * 1024
@@ -44,8 +43,13 @@ def create_api(rt) -> FastAPI:
 
     @api.get("/health")
     def health() -> dict:
-        return {"status": "ok", "broker": settings.bootstrap, "models": settings.models,
-                "agents": getattr(rt, "agents", []), "stats": dict(rt.stats)}
+        return {
+            "status": "ok",
+            "broker": settings.bootstrap,
+            "models": settings.models,
+            "agents": getattr(rt, "agents", []),
+            "stats": dict(rt.stats),
+        }
 
     def where(flagged: bool | None, start_s: float | None, end_s: float | None) -> SegmentFilter | None:
         if flagged is None and start_s is None and end_s is None:
@@ -53,22 +57,27 @@ def create_api(rt) -> FastAPI:
         return SegmentFilter(flagged=flagged, start_s=start_s, end_s=end_s)
 
     @api.get("/search", response_model=SearchResponse)
-    def search_endpoint(q: str = Query(..., min_length=1, max_length=1000),
-                        tenant: str = Query(..., min_length=1, max_length=128, pattern=TENANT),
-                        limit: int = Query(10, ge=1, le=100),
-                        flagged: bool | None = Query(None, description="moderation verdict of the segment"),
-                        start_s: float | None = Query(None, ge=0, description="segments ending at or after"),
-                        end_s: float | None = Query(None, ge=0, description="segments starting at or before"),
-                        ) -> SearchResponse:
-        return search(settings, rt.embedder, rt.store, q, tenant=tenant, limit=limit,
-                      where=where(flagged, start_s, end_s))
+    def search_endpoint(
+        q: str = Query(..., min_length=1, max_length=1000),
+        tenant: str = Query(..., min_length=1, max_length=128, pattern=TENANT),
+        limit: int = Query(10, ge=1, le=100),
+        flagged: bool | None = Query(None, description="moderation verdict of the segment"),
+        start_s: float | None = Query(None, ge=0, description="segments ending at or after"),
+        end_s: float | None = Query(None, ge=0, description="segments starting at or before"),
+    ) -> SearchResponse:
+        return search(
+            settings, rt.embedder, rt.store, q, tenant=tenant, limit=limit, where=where(flagged, start_s, end_s)
+        )
 
     @api.post("/search/image", response_model=SearchResponse)
-    async def search_image(request: Request,
-                           tenant: str = Query(..., min_length=1, max_length=128, pattern=TENANT),
-                           limit: int = Query(10, ge=1, le=100), flagged: bool | None = Query(None),
-                           start_s: float | None = Query(None, ge=0),
-                           end_s: float | None = Query(None, ge=0)) -> SearchResponse:
+    async def search_image(
+        request: Request,
+        tenant: str = Query(..., min_length=1, max_length=128, pattern=TENANT),
+        limit: int = Query(10, ge=1, le=100),
+        flagged: bool | None = Query(None),
+        start_s: float | None = Query(None, ge=0),
+        end_s: float | None = Query(None, ge=0),
+    ) -> SearchResponse:
         """Query by example: the request body is an image (JPEG, PNG, WebP), at most 10 MB."""
         body = await request.body()
         if not body or len(body) > MAX_IMAGE_BYTES:
@@ -77,8 +86,17 @@ def create_api(rt) -> FastAPI:
             image = decode_image(body)
         except ValueError as exc:
             raise HTTPException(400, str(exc)) from None
-        return await run_in_threadpool(search, settings, rt.embedder, rt.store, None, tenant=tenant, image=image,
-                                       limit=limit, where=where(flagged, start_s, end_s))
+        return await run_in_threadpool(
+            search,
+            settings,
+            rt.embedder,
+            rt.store,
+            None,
+            tenant=tenant,
+            image=image,
+            limit=limit,
+            where=where(flagged, start_s, end_s),
+        )
 
     @api.get("/thumbnails/{relpath:path}")
     def thumbnail(relpath: str) -> FileResponse:
@@ -97,8 +115,7 @@ def create_api(rt) -> FastAPI:
 
 def serve_in_thread(rt) -> uvicorn.Server:
     host, port = split_host_port(rt.settings.http)
-    server = uvicorn.Server(uvicorn.Config(create_api(rt), host=host, port=port, log_level="warning",
-                                           access_log=False))
+    server = uvicorn.Server(uvicorn.Config(create_api(rt), host=host, port=port, log_level="warning", access_log=False))
     thread = threading.Thread(target=server.run, name="http-api", daemon=True)
     thread.start()
     return server

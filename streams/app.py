@@ -63,8 +63,15 @@ class FramebusWorker(faust.Worker):
 
 def run_worker(rt: Runtime, *, ready_line: str, loglevel: str = "warn", on_ready=None) -> None:
     """Run until SIGINT/SIGTERM. Blocks; returns after a clean stop."""
-    worker = FramebusWorker(rt.app, ready_line=ready_line, on_ready=on_ready, loglevel=loglevel, quiet=True,
-                            redirect_stdouts=False, override_logging=False)
+    worker = FramebusWorker(
+        rt.app,
+        ready_line=ready_line,
+        on_ready=on_ready,
+        loglevel=loglevel,
+        quiet=True,
+        redirect_stdouts=False,
+        override_logging=False,
+    )
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
@@ -75,8 +82,9 @@ def run_worker(rt: Runtime, *, ready_line: str, loglevel: str = "warn", on_ready
 
 
 def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     for noisy in ("aiokafka", "faust", "mode", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
@@ -89,8 +97,11 @@ def up(settings: Settings, *, with_api: bool = True, loglevel: str = "warning") 
     broker = None
     if not settings.broker:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        broker = EmbeddedBroker(settings.embedded_broker, log_path=settings.data_dir / "broker.log",
-                                on_restart=lambda: asyncio.run(ensure_topics(settings)))
+        broker = EmbeddedBroker(
+            settings.embedded_broker,
+            log_path=settings.data_dir / "broker.log",
+            on_restart=lambda: asyncio.run(ensure_topics(settings)),
+        )
         broker.start()
     try:
         asyncio.run(ensure_topics(settings))
@@ -99,9 +110,12 @@ def up(settings: Settings, *, with_api: bool = True, loglevel: str = "warning") 
         rt.load_models(agents)  # before joining the group: a missing model fails fast and clearly
         server = api.serve_in_thread(rt) if with_api else None
         where = f" http=http://{settings.http}" if server else ""
-        run_worker(rt, ready_line=f"framebus ready: broker={settings.bootstrap}{where} "
-                                  f"agents={','.join(agents)} models={settings.models}",
-                   loglevel="warn")
+        run_worker(
+            rt,
+            ready_line=f"framebus ready: broker={settings.bootstrap}{where} "
+            f"agents={','.join(agents)} models={settings.models}",
+            loglevel="warn",
+        )
         if server:
             server.should_exit = True
     finally:
@@ -114,5 +128,8 @@ def worker(settings: Settings, agents: list[str], *, name: str | None = None, lo
     asyncio.run(ensure_topics(settings))
     rt = build_runtime(settings, agents, worker_name=name)
     rt.load_models(agents)
-    run_worker(rt, ready_line=f"framebus worker ready: name={rt.worker_name} broker={settings.bootstrap} "
-                              f"agents={','.join(agents)}")
+    run_worker(
+        rt,
+        ready_line=f"framebus worker ready: name={rt.worker_name} broker={settings.bootstrap} "
+        f"agents={','.join(agents)}",
+    )

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 log = logging.getLogger("framebus.batching")
-I = TypeVar("I")
-O = TypeVar("O")
+In = TypeVar("In")
+Out = TypeVar("Out")
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -66,7 +66,7 @@ class BatchStats:
         del self.sizes[:-1000]  # bounded
 
 
-class AdaptiveBatcher(Generic[I, O]):
+class AdaptiveBatcher(Generic[In, Out]):
     """Run ``fn(items) -> outputs`` (same length, same order) in OOM-adaptive chunks. Thread-safe."""
 
     def __init__(self, name: str, batch_size: int, *, recover_after: int = 20):
@@ -78,12 +78,12 @@ class AdaptiveBatcher(Generic[I, O]):
         self._lock = threading.Lock()
         self.stats = BatchStats()
 
-    def run(self, fn: Callable[[Sequence[I]], Sequence[O]], items: Sequence[I]) -> list[O]:
-        out: list[O] = []
+    def run(self, fn: Callable[[Sequence[In]], Sequence[Out]], items: Sequence[In]) -> list[Out]:
+        out: list[Out] = []
         start = 0
         while start < len(items):
             size = min(self.limit, len(items) - start)
-            chunk = items[start:start + size]
+            chunk = items[start : start + size]
             t0 = time.perf_counter()
             try:
                 result = list(fn(chunk))

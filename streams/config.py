@@ -18,6 +18,12 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+def _user_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/framebus``, else ``~/.cache/framebus`` (where the Hugging Face cache lives too)."""
+    base = os.environ.get("XDG_CACHE_HOME")
+    return (Path(base) if base else Path.home() / ".cache") / "framebus"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FRAMEBUS_", extra="ignore")
 
@@ -30,8 +36,9 @@ class Settings(BaseSettings):
     app_id: str = Field("framebus", description="consumer group / faust app id")
     session_timeout_s: float = Field(10.0, gt=0, description="consumer group session timeout")
     closed_ttl_s: float = Field(3600.0, ge=0, description="how long publish remembers finished videos")
-    join_ttl_s: float = Field(3600.0, ge=0, description="how long index keeps a segment's results while it "
-                                                       "waits for the rest")
+    join_ttl_s: float = Field(
+        3600.0, ge=0, description="how long index keeps a segment's results while it waits for the rest"
+    )
     stream_buffer: int = Field(256, ge=1, description="bound of each agent's in-process event buffer")
     # Kafka security, passed through to every client (aiokafka and faust).
     security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL
@@ -49,12 +56,24 @@ class Settings(BaseSettings):
     collection_prefix: str = Field("framebus", description="vector collections are <prefix>_<model>_<version>")
 
     # --- models -------------------------------------------------------------------------------
-    model_dir: Path | None = Field(None, description="model weights and caches; unset = <data_dir>/models")
+    model_dir: Path | None = Field(
+        None,
+        description="pretrained weights and Hugging Face cache (unset = <data_dir>/"
+        "models); when set, the tiny models live there too",
+    )
+    cache_dir: Path = Field(
+        default_factory=lambda: _user_cache_dir(),
+        description="user-level cache of trained tiny models, by recipe id "
+        "(default ~/.cache/framebus or $XDG_CACHE_HOME/framebus)",
+    )
     models: str = Field("default", description="model profile: default or tiny")
     train_seed: int = Field(0, ge=0, description="seed of the tiny models' training recipe; 0 = the shipped weights")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
-    train_tiny: bool = Field(True, description="tiny profile: train missing or stale tiny models at start "
-                                               "(once, a few minutes on CPU; cached under model_dir)")
+    train_tiny: bool = Field(
+        True,
+        description="tiny profile: train missing tiny models at start (only when "
+        "no shipped weights match the recipe; cached in cache_dir)",
+    )
 
     # --- ingest limits and policy ---------------------------------------------------------
     ingest_roots: list[Path] = Field(default_factory=list, description="dirs file URIs may come from")
@@ -83,22 +102,32 @@ class Settings(BaseSettings):
     caption_batch_wait_s: float = Field(0.05, ge=0)
     moderate_batch_size: int = Field(32, ge=1)
     moderate_batch_wait_s: float = Field(0.05, ge=0)
-    model_batches_in_flight: int = Field(3, ge=1, le=8,
-                                         description="per model agent: batches in flight (one in the model, "
-                                                     "the others being collected, parsed and prepared)")
-    prep_threads: int = Field(2, ge=1, le=64, description="threads that decode frames and preprocess them for "
-                                                           "the models, overlapping the model thread")
+    model_batches_in_flight: int = Field(
+        3,
+        ge=1,
+        le=8,
+        description="per model agent: batches in flight (one in the model, "
+        "the others being collected, parsed and prepared)",
+    )
+    prep_threads: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="threads that decode frames and preprocess them for the models, overlapping the model thread",
+    )
     index_batch_size: int = Field(64, ge=1)
     index_batch_wait_s: float = Field(0.05, ge=0)
 
     # --- tasks and moderation policy -----------------------------------------------------------
-    tasks: list[str] = Field(default_factory=lambda: ["embed", "caption", "moderate"],
-                             description="what every video gets unless its request asks for less: "
-                                         "embed, caption, moderate")
+    tasks: list[str] = Field(
+        default_factory=lambda: ["embed", "caption", "moderate"],
+        description="what every video gets unless its request asks for less: embed, caption, moderate",
+    )
     moderation_threshold: float = Field(0.5, ge=0, le=1, description="default when the model has none")
     moderation_action: str = Field("flag", description="default action for a flagged category")
     moderation_policy: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description='per category: {"threshold": 0.7, "action": "block"}')
+        default_factory=dict, description='per category: {"threshold": 0.7, "action": "block"}'
+    )
 
     # --- HTTP ---------------------------------------------------------------------------------
     http: str = Field("127.0.0.1:8080", description="where the HTTP API listens")
@@ -121,8 +150,9 @@ class Settings(BaseSettings):
         return v
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
-                                   file_secret_settings):
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ):
         # Colon-separated FRAMEBUS_INGEST_ROOTS is not JSON; read it as a plain string.
         return (init_settings, _PlainEnv(settings_cls), file_secret_settings)
 
@@ -157,13 +187,17 @@ class Settings(BaseSettings):
         """Keyword arguments for aiokafka clients (faust takes the same via ``broker_credentials``)."""
         out: dict[str, Any] = {"security_protocol": self.security_protocol}
         if self.sasl_mechanism:
-            out.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=self.sasl_username,
-                       sasl_plain_password=self.sasl_password)
+            out.update(
+                sasl_mechanism=self.sasl_mechanism,
+                sasl_plain_username=self.sasl_username,
+                sasl_plain_password=self.sasl_password,
+            )
         if "SSL" in self.security_protocol:
             from aiokafka.helpers import create_ssl_context
 
-            out["ssl_context"] = create_ssl_context(cafile=self.ssl_cafile, certfile=self.ssl_certfile,
-                                                    keyfile=self.ssl_keyfile)
+            out["ssl_context"] = create_ssl_context(
+                cafile=self.ssl_cafile, certfile=self.ssl_certfile, keyfile=self.ssl_keyfile
+            )
         return out
 
     @property

@@ -23,8 +23,8 @@ import orjson
 from rich.console import Console
 from rich.markup import escape
 
-from framebus.streams.cliutil import print_metadata_table, print_search_results
 from framebus.streams.client import ingest
+from framebus.streams.cliutil import print_metadata_table, print_search_results
 from framebus.streams.config import load_settings
 from framebus.topics.events import IngestRequest
 
@@ -37,8 +37,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_process(cmd: list[str], env: dict[str, str], ready_marker: str, log_path: Path, *,
-                  timeout_s: float = 240.0, cwd: str | None = None) -> subprocess.Popen:
+def start_process(
+    cmd: list[str],
+    env: dict[str, str],
+    ready_marker: str,
+    log_path: Path,
+    *,
+    timeout_s: float = 240.0,
+    cwd: str | None = None,
+) -> subprocess.Popen:
     """Start a framebus command and return once its stdout printed ``ready_marker``.
 
     Its stdout and stderr go to ``log_path``; a process that exits or stays silent past ``timeout_s``
@@ -65,11 +72,17 @@ def start_process(cmd: list[str], env: dict[str, str], ready_marker: str, log_pa
     return proc
 
 
-def start_stack(env: dict[str, str], broker: str, http: str, log_path: Path,
-                timeout_s: float = 240.0) -> subprocess.Popen:
+def start_stack(
+    env: dict[str, str], broker: str, http: str, log_path: Path, timeout_s: float = 240.0
+) -> subprocess.Popen:
     """Start ``framebus up`` and return once it printed its ready line."""
-    return start_process([sys.executable, "-m", "framebus.streams.cli", "up", "--embedded-broker", broker, "--http", http],
-                         env, "framebus ready", log_path, timeout_s=timeout_s)
+    return start_process(
+        [sys.executable, "-m", "framebus.streams.cli", "up", "--embedded-broker", broker, "--http", http],
+        env,
+        "framebus ready",
+        log_path,
+        timeout_s=timeout_s,
+    )
 
 
 def stop_stack(proc: subprocess.Popen) -> None:
@@ -95,22 +108,28 @@ def make_demo_videos(directory: Path) -> list[Path]:
 
     paths = []
     for v, (name, shots) in enumerate(DEMO_VIDEOS):
-        specs = [ShotSpec(shape=a, colour=b, motion=c, background=(v + k) % 6, seed=1000 + 10 * v + k)
-                 for k, (a, b, c) in enumerate(shots)]
+        specs = [
+            ShotSpec(shape=a, colour=b, motion=c, background=(v + k) % 6, seed=1000 + 10 * v + k)
+            for k, (a, b, c) in enumerate(shots)
+        ]
         paths.append(make_world_video(directory / f"{name}.mp4", specs, fps=24, width=320, height=240).path)
     return paths
 
 
 def train_tiny_models(settings) -> None:
     """Train the tiny models that are missing or stale (the first run only), saying so and how long it took."""
-    from framebus.models.training import ensure_tiny_models, missing_models
+    from framebus.models.training import TRAINERS, ensure_tiny_models, missing_models, tiny_path
 
     todo = missing_models(settings)
     if not todo:
-        console.print(f"tiny models: trained, cached in {settings.model_cache_dir}")
+        where = sorted({str(tiny_path(settings, t.name).parent) for t in TRAINERS})
+        console.print(f"tiny models: {', '.join(where)}")
         return
-    console.print(f"training the tiny models on the synthetic world ({', '.join(todo)}) into "
-                  f"{settings.model_cache_dir}: first run only, about 6-7 minutes on 2 CPU cores...")
+    console.print(
+        f"training the tiny models on the synthetic world ({', '.join(todo)}) into "
+        f"{settings.cache_dir if settings.model_dir is None else settings.model_dir}: no shipped "
+        f"weights match this recipe (seed {settings.train_seed}); once per recipe, a few minutes on 2 CPU cores..."
+    )
     started = time.monotonic()
     ensure_tiny_models(settings, progress=lambda line: console.print(f"  {line}"))
     console.print(f"trained in {time.monotonic() - started:.0f}s")
@@ -126,24 +145,29 @@ def run_demo(workdir: Path | None = None, *, keep: bool = False) -> int:
     videos = make_demo_videos(videos_dir)
     not_a_video = videos_dir / "notes.mp4"
     not_a_video.write_text("this is a text file with a video extension\n")
-    console.print(f"made {len(videos)} videos of a synthetic world in {videos_dir} "
-                  f"({time.monotonic() - started:.1f}s)")
+    console.print(f"made {len(videos)} videos of a synthetic world in {videos_dir} ({time.monotonic() - started:.1f}s)")
 
     profile = os.environ.get("FRAMEBUS_MODELS", "tiny")
-    model_dir = Path(os.environ.get("FRAMEBUS_MODEL_DIR", Path.cwd() / "framebus-data" / "models")).resolve()
-    settings = load_settings(models=profile, model_dir=model_dir)
+    settings = load_settings(models=profile)
     tasks = ",".join(settings.tasks)
     if profile == "tiny" and settings.train_tiny:
         train_tiny_models(settings)
 
     broker, http = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-    env = {**os.environ, "FRAMEBUS_MODELS": profile, "FRAMEBUS_MODEL_DIR": str(model_dir), "FRAMEBUS_TASKS": tasks,
-           "FRAMEBUS_DATA_DIR": str(work / "data"), "FRAMEBUS_INGEST_ROOTS": str(videos_dir),
-           "FRAMEBUS_SESSION_TIMEOUT_S": os.environ.get("FRAMEBUS_SESSION_TIMEOUT_S", "6")}
+    env = {
+        **os.environ,
+        "FRAMEBUS_MODELS": profile,
+        "FRAMEBUS_TASKS": tasks,
+        "FRAMEBUS_DATA_DIR": str(work / "data"),
+        "FRAMEBUS_INGEST_ROOTS": str(videos_dir),
+        "FRAMEBUS_SESSION_TIMEOUT_S": os.environ.get("FRAMEBUS_SESSION_TIMEOUT_S", "6"),
+    }
     env.pop("FRAMEBUS_BROKER", None)
     proc = start_stack(env, broker, http, work / "framebus-up.log")
-    console.print(f"framebus up is ready: broker {broker}, API http://{http} "
-                  f"({time.monotonic() - started:.1f}s); log in {work / 'framebus-up.log'}")
+    console.print(
+        f"framebus up is ready: broker {broker}, API http://{http} "
+        f"({time.monotonic() - started:.1f}s); log in {work / 'framebus-up.log'}"
+    )
     try:
         settings = load_settings(embedded_broker=broker)
         requests = [IngestRequest(video_id=p.stem, uri=p.as_uri(), tenant="demo") for p in [*videos, not_a_video]]
@@ -160,8 +184,11 @@ def run_demo(workdir: Path | None = None, *, keep: bool = False) -> int:
                 flagged = bool(shot.moderation and shot.moderation.flagged)
                 flag = f"  [red]{shot.moderation.action}: {', '.join(shot.moderation.flagged)}[/]" if flagged else ""
                 caption = f' "{shot.caption}"' if shot.caption else ""
-                quality = ", ".join(f"{k} {v:.2f}" for k, v in (shot.quality or {}).items()
-                                    if k in ("sharpness_norm", "motion", "temporal_consistency"))
+                quality = ", ".join(
+                    f"{k} {v:.2f}"
+                    for k, v in (shot.quality or {}).items()
+                    if k in ("sharpness_norm", "motion", "temporal_consistency")
+                )
                 known = truth.get(doc.video_id, [])
                 check = ""
                 if shot.index < len(known) and len(doc.shots) == len(known):  # the truth, to compare with
@@ -171,23 +198,28 @@ def run_demo(workdir: Path | None = None, *, keep: bool = False) -> int:
                     right["captions"] += shot.caption == f"a {colour} {shape} moving {motion}"
                     right["verdicts"] += flagged == unsafe
                     check = f"  (truth: a {colour} {shape} moving {motion}, {'unsafe' if unsafe else 'safe'})"
-                console.print(f"  {doc.video_id} shot {shot.index} {shot.start_s:5.2f}-{shot.end_s:5.2f}s"
-                              f"{escape(caption)}{flag}  {escape('[' + quality + ']')}{check}")
+                console.print(
+                    f"  {doc.video_id} shot {shot.index} {shot.start_s:5.2f}-{shot.end_s:5.2f}s"
+                    f"{escape(caption)}{flag}  {escape('[' + quality + ']')}{check}"
+                )
         if right["shots"]:
-            console.print(f"against the truth: {right['captions']}/{right['shots']} captions exactly right, "
-                          f"{right['verdicts']}/{right['shots']} moderation verdicts right (tiny models trained "
-                          f"here; `framebus models eval` measures them on held-out videos)")
+            console.print(
+                f"against the truth: {right['captions']}/{right['shots']} captions exactly right, "
+                f"{right['verdicts']}/{right['shots']} moderation verdicts right (tiny models trained "
+                f"here; `framebus models eval` measures them on held-out videos)"
+            )
         if "moderate" in tasks:
             console.print(f"moderation feed (framebus.moderation): {len(alerts.alerts)} alerts")
         for a in alerts.alerts:
-            console.print(f"  {a['video_id']} {a['start_s']:.2f}-{a['end_s']:.2f}s {a['category']} "
-                          f"score {a['score']:.2f} >= {a['threshold']:.2f} -> {a['action']}")
+            console.print(
+                f"  {a['video_id']} {a['start_s']:.2f}-{a['end_s']:.2f}s {a['category']} "
+                f"score {a['score']:.2f} >= {a['threshold']:.2f} -> {a['action']}"
+            )
         for query in QUERIES:
             resp = httpx.get(f"http://{http}/search", params={"q": query, "tenant": "demo", "limit": 3}, timeout=60)
             resp.raise_for_status()
             print_search_results(resp.json())
-        resp = httpx.get(f"http://{http}/search", params={"q": "a shape", "tenant": "demo", "start_s": 3.0},
-                         timeout=60)
+        resp = httpx.get(f"http://{http}/search", params={"q": "a shape", "tenant": "demo", "start_s": 3.0}, timeout=60)
         resp.raise_for_status()
         console.print("only shots after the first 3 seconds of their video:")
         print_search_results(resp.json())
@@ -212,8 +244,13 @@ class AlertWatcher:
     async def around(self, coro):
         from aiokafka import AIOKafkaConsumer
 
-        consumer = AIOKafkaConsumer(self.settings.topic("framebus.moderation"), bootstrap_servers=self.settings.bootstrap,
-                                    group_id=None, auto_offset_reset="latest", **self.settings.kafka_security())
+        consumer = AIOKafkaConsumer(
+            self.settings.topic("framebus.moderation"),
+            bootstrap_servers=self.settings.bootstrap,
+            group_id=None,
+            auto_offset_reset="latest",
+            **self.settings.kafka_security(),
+        )
         await consumer.start()
         try:
             await consumer.seek_to_end()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -22,17 +22,20 @@ def _fmt(v: Any) -> str:
 
 
 @models_app.command()
-def train(force: Annotated[bool, typer.Option("--force", help="retrain even if the file exists")] = False,
-          data_dir: DataOpt = None, config: ConfigOpt = None,
-          json_out: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False) -> None:
-    """Train the tiny models that are missing under <data_dir>/models (all of them with --force)."""
+def train(
+    force: Annotated[bool, typer.Option("--force", help="retrain even if the file exists")] = False,
+    data_dir: DataOpt = None,
+    config: ConfigOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+) -> None:
+    """Train the tiny models that no shipped or cached weights match (all of them with --force)."""
     from framebus.models.training import TRAINERS, ensure_tiny_models, missing_models
     from framebus.topics.errors import FramebusError
 
     settings = settings_or_exit(config, data_dir=data_dir)
     todo = [t.name for t in TRAINERS] if force else missing_models(settings)
     if todo:
-        err_console.print(f"training {', '.join(todo)} into {settings.model_cache_dir} (a few minutes on CPU)...")
+        err_console.print(f"training {', '.join(todo)} (seed {settings.train_seed}; a few minutes on CPU)...")
     try:
         result = ensure_tiny_models(settings, force=force, progress=err_console.print)
     except FramebusError as err:
@@ -40,21 +43,32 @@ def train(force: Annotated[bool, typer.Option("--force", help="retrain even if t
     if json_out:
         typer.echo(json.dumps(result, indent=2, sort_keys=True))
         return
-    table = Table(title=f"tiny models in {settings.model_cache_dir}")
-    for col in ("model", "status", "version", "steps", "seconds", "final loss", "path"):
+    table = Table(title=f"tiny models, seed {settings.train_seed}")
+    for col in ("model", "status", "version", "recipe", "steps", "seconds", "final loss", "path"):
         table.add_column(col, overflow="fold")
     for name, entry in result.items():
         st = entry.get("stats") or {}
-        table.add_row(name, entry["status"], _fmt(st.get("version")), _fmt(st.get("steps")),
-                      _fmt(st.get("seconds")), _fmt(st.get("final_loss")), entry["path"])
+        table.add_row(
+            name,
+            entry["status"],
+            _fmt(st.get("version")),
+            _fmt(st.get("recipe_id")),
+            _fmt(st.get("steps")),
+            _fmt(st.get("seconds")),
+            _fmt(st.get("final_loss")),
+            entry["path"],
+        )
     console.print(table)
 
 
 @models_app.command("eval")
-def eval_(data_dir: DataOpt = None, config: ConfigOpt = None,
-          models: Annotated[str, typer.Option("--models", help="model profile to evaluate")] = "tiny",
-          device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda, cuda:N")] = None,
-          json_out: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False) -> None:
+def eval_(
+    data_dir: DataOpt = None,
+    config: ConfigOpt = None,
+    models: Annotated[str, typer.Option("--models", help="model profile to evaluate")] = "tiny",
+    device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+) -> None:
     """Evaluate the models of a profile (default: tiny) on held-out synthetic world videos."""
     from framebus.models.training import missing_models
     from framebus.streams.evaluate import evaluate
@@ -62,8 +76,10 @@ def eval_(data_dir: DataOpt = None, config: ConfigOpt = None,
 
     settings = settings_or_exit(config, data_dir=data_dir, models=models, device=device)
     if settings.models == "tiny" and missing_models(settings) and not json_out:
-        err_console.print(f"[yellow]note:[/] not trained yet ({', '.join(missing_models(settings))}): evaluating "
-                          "the untrained seeded init; run `framebus models train` first")
+        err_console.print(
+            f"[yellow]note:[/] not trained yet ({', '.join(missing_models(settings))}): evaluating "
+            "the untrained seeded init; run `framebus models train` first"
+        )
     try:
         result = evaluate(settings)
     except FramebusError as err:
@@ -79,22 +95,43 @@ def print_report(result: dict[str, Any]) -> None:
     search = result.get("search")
     if search:
         model = search.get("model", {})
-        title = (f"text -> video search, {model.get('name')} {model.get('version')} ({held.get('videos')} "
-                 f"held-out videos, {held.get('shots')} shots, {search.get('segments')} segments)")
+        title = (
+            f"text -> video search, {model.get('name')} {model.get('version')} ({held.get('videos')} "
+            f"held-out videos, {held.get('shots')} shots, {search.get('segments')} segments)"
+        )
         table = Table(title=title)
         for col in ("queries", "n", "metric", "@1", "@5", "chance@1", "chance@5"):
             table.add_column(col)
         cap = search["caption"]
-        table.add_row("caption (right video + shot)", _fmt(cap.get("queries")), "recall",
-                      _fmt(cap.get("recall@1")), _fmt(cap.get("recall@5")),
-                      _fmt(cap.get("chance@1")), _fmt(cap.get("chance@5")))
+        table.add_row(
+            "caption (right video + shot)",
+            _fmt(cap.get("queries")),
+            "recall",
+            _fmt(cap.get("recall@1")),
+            _fmt(cap.get("recall@5")),
+            _fmt(cap.get("chance@1")),
+            _fmt(cap.get("chance@5")),
+        )
         for attr, m in search.get("caption_attributes", {}).items():
-            table.add_row(f"caption -> top-1 has right {attr}", _fmt(cap.get("queries")), "accuracy",
-                          _fmt(m.get("accuracy@1")), "-", _fmt(m.get("chance")), "-")
+            table.add_row(
+                f"caption -> top-1 has right {attr}",
+                _fmt(cap.get("queries")),
+                "accuracy",
+                _fmt(m.get("accuracy@1")),
+                "-",
+                _fmt(m.get("chance")),
+                "-",
+            )
         for kind, m in search.get("queries", {}).items():
-            table.add_row(f"'{kind}' queries", _fmt(m.get("queries")), "precision",
-                          _fmt(m.get("precision@1")), _fmt(m.get("precision@5")), _fmt(m.get("chance")),
-                          _fmt(m.get("chance")))
+            table.add_row(
+                f"'{kind}' queries",
+                _fmt(m.get("queries")),
+                "precision",
+                _fmt(m.get("precision@1")),
+                _fmt(m.get("precision@5")),
+                _fmt(m.get("chance")),
+                _fmt(m.get("chance")),
+            )
         console.print(table)
     # other evaluations (captioning, moderation, ...) print generically
     for key, value in result.items():

@@ -25,14 +25,15 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
+import anyio
 import faust
 from prometheus_client import Counter, Histogram
 
 from framebus.streams.batching import AdaptiveBatcher, DeadlineThread
 from framebus.streams.config import Settings
-from framebus.topics.errors import DecodeError, FramebusError
 from framebus.topics import codec, registry
 from framebus.topics import events as ev
+from framebus.topics.errors import DecodeError, FramebusError
 from framebus.topics.registry import TopicSpec
 
 log = logging.getLogger("framebus.runtime")
@@ -47,13 +48,22 @@ MODEL_SLACK_S = {"moderate": 0.0, "embed": 0.25, "caption": 0.5}
 
 #: per-batch timings of a model agent (``Runtime.batched_agent``; ``Runtime._timed`` adds to them)
 BATCH_TIMINGS = ("prep_wait_s", "prep_s", "model_wait_s", "model_s", "forward_s")
-_BATCH_TIMES: contextvars.ContextVar[dict[str, float] | None] = contextvars.ContextVar("framebus_batch_times",
-                                                                                      default=None)
+_BATCH_TIMES: contextvars.ContextVar[dict[str, float] | None] = contextvars.ContextVar(
+    "framebus_batch_times", default=None
+)
 EVENTS = Counter("framebus_events", "events produced, dead-lettered and processed, by name", ["name"])
-BATCH_ITEMS = Histogram("framebus_batch_items", "events per micro-batch of a model agent", ["agent"],
-                        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
-BATCH_SECONDS = Histogram("framebus_batch_seconds", "handler time per micro-batch of a model agent", ["agent"],
-                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
+BATCH_ITEMS = Histogram(
+    "framebus_batch_items",
+    "events per micro-batch of a model agent",
+    ["agent"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
+BATCH_SECONDS = Histogram(
+    "framebus_batch_seconds",
+    "handler time per micro-batch of a model agent",
+    ["agent"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
 
 
 def kafka_urls(bootstrap: str) -> list[str]:
@@ -64,9 +74,12 @@ def broker_credentials(settings: Settings):
     sec = settings.kafka_security()
     proto = settings.security_protocol.upper()
     if proto.startswith("SASL"):
-        return faust.SASLCredentials(username=settings.sasl_username, password=settings.sasl_password,
-                                     mechanism=settings.sasl_mechanism or "PLAIN",
-                                     ssl_context=sec.get("ssl_context"))
+        return faust.SASLCredentials(
+            username=settings.sasl_username,
+            password=settings.sasl_password,
+            mechanism=settings.sasl_mechanism or "PLAIN",
+            ssl_context=sec.get("ssl_context"),
+        )
     if proto == "SSL":
         return faust.SSLCredentials(sec["ssl_context"])
     return None
@@ -99,14 +112,18 @@ class Runtime:
             producer_max_request_size=max(settings.max_event_bytes * 2, 1_048_576),
         )
         self.topics: dict[str, faust.TopicT] = {
-            spec.name: self.app.topic(settings.topic(spec.name), key_type=bytes, value_type=bytes,
-                                      partitions=settings.partitions)
+            spec.name: self.app.topic(
+                settings.topic(spec.name), key_type=bytes, value_type=bytes, partitions=settings.partitions
+            )
             for spec in registry.ALL
         }
         self.model_executor = DeadlineThread("model")
         # frame decoding and model preprocessing, overlapping the model thread
         self.prep_executor = ThreadPoolExecutor(settings.prep_threads, thread_name_prefix="prep")
-        self.io_executor = ThreadPoolExecutor(2, thread_name_prefix="io")
+        # vector-store calls and the decode queue's blocking reads: anyio worker threads, at most this many
+        # at once (anyio's default limiter, 40 threads, is shared with everything else in the process)
+        self.io_limiter = anyio.CapacityLimiter(2)
+        self.queue_limiter = anyio.CapacityLimiter(max(1, settings.decode_workers or multiprocessing.cpu_count()))
         self._process_pool: ProcessPoolExecutor | None = None
         self._manager = None
         self._embedder = None
@@ -134,17 +151,25 @@ class Runtime:
         so the model thread is not idle while each ack comes back one by one)."""
         await asyncio.gather(*(self.send(spec, key, event, trace) for key, event, trace in items))
 
-    async def dead_letter(self, stage: str, spec: TopicSpec, event: faust.EventT, error: FramebusError,
-                          trace_id: str | None = None) -> None:
+    async def dead_letter(
+        self, stage: str, spec: TopicSpec, event: faust.EventT, error: FramebusError, trace_id: str | None = None
+    ) -> None:
         raw = event.value if isinstance(event.value, bytes) else bytes(event.value or b"")
         try:
             original, encoding = raw.decode("utf-8"), "utf-8"
         except UnicodeDecodeError:
             original, encoding = base64.b64encode(raw).decode(), "base64"
         key = event.key.decode("utf-8", "replace") if isinstance(event.key, bytes) else event.key
-        letter = ev.DeadLetter(stage=stage, topic=self.settings.topic(spec.name), key=key,
-                               error=ev.ErrorInfo(**error.as_dict()), error_class=type(error).__name__,
-                               original=original, original_encoding=encoding, trace_id=trace_id)
+        letter = ev.DeadLetter(
+            stage=stage,
+            topic=self.settings.topic(spec.name),
+            key=key,
+            error=ev.ErrorInfo(**error.as_dict()),
+            error_class=type(error).__name__,
+            original=original,
+            original_encoding=encoding,
+            trace_id=trace_id,
+        )
         log.warning("%s: dead-lettered %s: %s %s", stage, key, error.code, error.message)
         # The DLQ keeps the original even when it is near the size limit.
         value = codec.encode(letter)
@@ -153,11 +178,13 @@ class Runtime:
         await fut
         self.count(f"dlq.{stage}")
 
-    async def fail_video(self, *, video_id: str, tenant: str, error: FramebusError, trace_id: str | None,
-                         uri: str | None = None) -> None:
+    async def fail_video(
+        self, *, video_id: str, tenant: str, error: FramebusError, trace_id: str | None, uri: str | None = None
+    ) -> None:
         """Tell publish that the video failed; it emits the ``status: failed`` document."""
-        done = ev.SegmentDone(video_id=video_id, tenant=tenant, uri=uri, trace_id=trace_id,
-                              error=ev.ErrorInfo(**error.as_dict()))
+        done = ev.SegmentDone(
+            video_id=video_id, tenant=tenant, uri=uri, trace_id=trace_id, error=ev.ErrorInfo(**error.as_dict())
+        )
         await self.send(registry.PROGRESS, video_id, done, trace_id)
 
     async def parse_batch(self, stage: str, spec: TopicSpec, events: list[faust.EventT]) -> list[tuple[Any, Any]]:
@@ -173,16 +200,16 @@ class Runtime:
                 await self.dead_letter(stage, spec, event, err, self.trace_id(event))
         return pairs
 
-    async def fail_batch(self, stage: str, spec: TopicSpec, pairs: list[tuple[Any, Any]],
-                         error: FramebusError) -> None:
+    async def fail_batch(self, stage: str, spec: TopicSpec, pairs: list[tuple[Any, Any]], error: FramebusError) -> None:
         """Dead-letter every item of a batch that failed as a whole, and fail each video once."""
         failed: set[str] = set()
         for item, event in pairs:
             await self.dead_letter(stage, spec, event, error, item.trace_id)
             if item.video_id not in failed:
                 failed.add(item.video_id)
-                await self.fail_video(video_id=item.video_id, tenant=item.tenant, error=error,
-                                      trace_id=item.trace_id, uri=item.uri)
+                await self.fail_video(
+                    video_id=item.video_id, tenant=item.tenant, error=error, trace_id=item.trace_id, uri=item.uri
+                )
 
     @staticmethod
     def trace_id(event: faust.EventT) -> str:
@@ -214,8 +241,9 @@ class Runtime:
             self._process_pool = None
             raise DecodeError("the decoder process crashed on this input", code="decode.crashed") from None
 
-    async def in_process_streaming(self, fn: Callable[..., T], *args: Any, on_item: Callable[[Any], Any],
-                                   bound: int = 4) -> T:
+    async def in_process_streaming(
+        self, fn: Callable[..., T], *args: Any, on_item: Callable[[Any], Any], bound: int = 4
+    ) -> T:
         """Run ``fn(*args, queue)`` in the process pool, where ``fn`` puts results into ``queue`` as it
         goes; ``await on_item(item)`` for each here, in order, while it runs; return what ``fn`` returns.
         The queue holds at most ``bound`` items (the child waits), so memory stays bounded."""
@@ -233,7 +261,7 @@ class Runtime:
         try:
             while True:
                 try:
-                    item = await asyncio.to_thread(q.get, True, 0.1)
+                    item = await anyio.to_thread.run_sync(q.get, True, 0.1, limiter=self.queue_limiter)
                 except queue.Empty:
                     if fut.done():
                         break
@@ -248,7 +276,8 @@ class Runtime:
             return await fut
         except BaseException as exc:
             if not fut.done() and not isinstance(exc, asyncio.CancelledError):
-                await asyncio.to_thread(drain_until_done)  # (on shutdown, closing the manager frees it)
+                # (on shutdown, closing the manager frees it)
+                await anyio.to_thread.run_sync(drain_until_done, limiter=self.queue_limiter)
             if isinstance(exc, BrokenProcessPool):
                 self._process_pool = None
                 raise DecodeError("the decoder process crashed on this input", code="decode.crashed") from None
@@ -276,8 +305,7 @@ class Runtime:
     def _model_busy_s(self) -> float:
         return sum(b.stats.busy_s for b in self.batchers.values())
 
-    async def _timed(self, submit: Callable[[Callable[[], T]], Any], kind: str, fn: Callable[..., T],
-                     *args: Any) -> T:
+    async def _timed(self, submit: Callable[[Callable[[], T]], Any], kind: str, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` through ``submit`` (a thread's ``submit(call) -> Future``); inside a model
         agent's batch (``batched_agent``), add to its timings the wait for the thread
         (``<kind>_wait_s``), the time in it (``<kind>_s``) and, in the model thread, the time inside the
@@ -300,7 +328,8 @@ class Runtime:
         return await asyncio.wrap_future(submit(call))
 
     async def in_io_thread(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.io_executor, fn, *args)
+        """``fn(*args)`` in an io thread (vector-store calls), at most ``io_limiter`` at once."""
+        return await anyio.to_thread.run_sync(fn, *args, limiter=self.io_limiter)
 
     # --- models and store (loaded once, lazily, off the loop) -----------------------------------
 
@@ -342,11 +371,23 @@ class Runtime:
             if agent in agents:
                 started = time.monotonic()
                 model = getattr(self, attr)
-                log.info("%s model %s/%s ready in %.1fs", agent, model.info.name, model.info.version,
-                         time.monotonic() - started)
+                log.info(
+                    "%s model %s/%s ready in %.1fs",
+                    agent,
+                    model.info.name,
+                    model.info.version,
+                    time.monotonic() - started,
+                )
 
-    def batched_agent(self, name: str, spec: TopicSpec, handle_batch: Callable[[Runtime, list], Any], *,
-                      batch_size: int, wait_s: float) -> None:
+    def batched_agent(
+        self,
+        name: str,
+        spec: TopicSpec,
+        handle_batch: Callable[[Runtime, list], Any],
+        *,
+        batch_size: int,
+        wait_s: float,
+    ) -> None:
         """Register a model agent on ``spec``: micro-batches from all its partitions, one handler call each.
 
         The same events feed every model agent (each has its own stream of the topic); a batch is
@@ -374,12 +415,18 @@ class Runtime:
                     items_hist.observe(len(batch))
                     seconds_hist.observe(took)
                     # one line per batch at debug level (loadtest.bench_batching reads these)
-                    log.debug("batch agent=%s items=%d handler_s=%.5f %s", name, len(batch), took,
-                              " ".join(f"{k}={v:.5f}" for k, v in times.items()))
+                    log.debug(
+                        "batch agent=%s items=%d handler_s=%.5f %s",
+                        name,
+                        len(batch),
+                        took,
+                        " ".join(f"{k}={v:.5f}" for k, v in times.items()),
+                    )
 
         agent.__name__ = name
-        self.app.agent(self.topic(spec), name=f"framebus.{name}",
-                       concurrency=self.settings.model_batches_in_flight)(agent)
+        self.app.agent(self.topic(spec), name=f"framebus.{name}", concurrency=self.settings.model_batches_in_flight)(
+            agent
+        )
 
     @property
     def store(self):
@@ -394,6 +441,5 @@ class Runtime:
             self._process_pool.shutdown(cancel_futures=True)
         self.model_executor.shutdown(cancel_futures=True)
         self.prep_executor.shutdown(wait=False, cancel_futures=True)
-        self.io_executor.shutdown(wait=False, cancel_futures=True)
         if self._store is not None:
             self._store.close()

@@ -47,9 +47,18 @@ def thumbnail_url(settings: Settings, thumbnail: str | None) -> str | None:
     return f"/thumbnails/{quote(path.relative_to(root).as_posix())}" if path.is_relative_to(root) else None
 
 
-def search(settings: Settings, embedder, store, query: str | None = None, *, tenant: str,
-           image: np.ndarray | None = None, limit: int = 10, segments_per_video: int = 3,
-           where: SegmentFilter | None = None) -> SearchResponse:
+def search(
+    settings: Settings,
+    embedder,
+    store,
+    query: str | None = None,
+    *,
+    tenant: str,
+    image: np.ndarray | None = None,
+    limit: int = 10,
+    segments_per_video: int = 3,
+    where: SegmentFilter | None = None,
+) -> SearchResponse:
     """The best videos of ``tenant`` for a text ``query`` or an ``image`` (RGB uint8), best segments each.
 
     The tenant filter (and ``where``: moderation verdict, time range) is applied inside the store query;
@@ -59,14 +68,32 @@ def search(settings: Settings, embedder, store, query: str | None = None, *, ten
         raise ValueError("give a text query or an image, not both")
     vector = embedder.embed_texts([query])[0] if image is None else embedder.embed_images([image])[0]
     collection = collection_name(settings.collection_prefix, embedder.info)
-    hits = store.search(collection, vector, tenant=tenant, limit=limit, segments_per_video=segments_per_video,
-                        where=where)
-    results = [VideoResult(video_id=h.video_id, score=h.score,
-                           segments=[SegmentResult(index=s.segment_index, start_s=s.start_s, end_s=s.end_s,
-                                                   score=s.score, thumbnail=s.thumbnail,
-                                                   thumbnail_url=thumbnail_url(settings, s.thumbnail),
-                                                   caption=s.caption, flagged=s.flagged)
-                                     for s in h.segments])
-               for h in hits]
-    return SearchResponse(query=query if query is not None else "<image>", tenant=tenant,
-                          model=f"{embedder.info.name}/{embedder.info.version}", results=results)
+    hits = store.search(
+        collection, vector, tenant=tenant, limit=limit, segments_per_video=segments_per_video, where=where
+    )
+    results = [
+        VideoResult(
+            video_id=h.video_id,
+            score=h.score,
+            segments=[
+                SegmentResult(
+                    index=s.segment_index,
+                    start_s=s.start_s,
+                    end_s=s.end_s,
+                    score=s.score,
+                    thumbnail=s.thumbnail,
+                    thumbnail_url=thumbnail_url(settings, s.thumbnail),
+                    caption=s.caption,
+                    flagged=s.flagged,
+                )
+                for s in h.segments
+            ],
+        )
+        for h in hits
+    ]
+    return SearchResponse(
+        query=query if query is not None else "<image>",
+        tenant=tenant,
+        model=f"{embedder.info.name}/{embedder.info.version}",
+        results=results,
+    )

@@ -38,7 +38,13 @@ def load_default_offline(loader: str, data_dir: Path) -> dict:
     raised as ``{"type", "code", "message", "transient"}`` (``{"type": None}`` when it loaded)."""
     hf_home = data_dir.parent / "empty-hf-home"
     hf_home.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run([sys.executable, "-c", _LOAD, str(data_dir), loader], capture_output=True, text=True,
-                          cwd=REPO, env=clean_env(HF_HUB_OFFLINE="1", HF_HOME=str(hf_home)), timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", _LOAD, str(data_dir), loader],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=clean_env(HF_HUB_OFFLINE="1", HF_HOME=str(hf_home)),
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -3,6 +3,8 @@
 Every failure that can reach a user carries a ``code`` of the form ``<stage>.<reason>``
 (``ingest.outside_allowed_roots``, ``decode.unsupported_codec``). The code is part of the public
 contract: it ends up in the failed VideoMetadata document (``error.code``) and in the DLQ entry.
+Every code, its class and when it is raised: the error-code table in ``topics/CONTRACTS.md``
+(section 4); a new code goes there too (``tests/unit/test_contracts_doc.py`` checks).
 """
 
 from __future__ import annotations

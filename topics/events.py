@@ -1,7 +1,8 @@
 """Event models: one pydantic model per topic value, defined once and imported everywhere.
 
-Public events (DESIGN.md contracts) carry a ``schema`` field such as ``"framebus.ingest/v1"``. A breaking
-change to a public event means a new ``/vN`` and a new model; additive optional fields do not.
+Public events (their contracts: ``topics/CONTRACTS.md``) carry a ``schema`` field such as
+``"framebus.ingest/v1"``. A breaking change to a public event means a new ``/vN`` and a new model;
+additive optional fields do not.
 Internal events (agent to agent) are versioned the same way but may change with the code.
 """
 

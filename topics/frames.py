@@ -45,8 +45,9 @@ def decode_jpeg(data: bytes, min_side: int | None = None) -> np.ndarray:
         raise DecodeError(f"cannot decode JPEG: {e}", code="decode.corrupt") from None
 
 
-def output_size(coded_w: int, coded_h: int, short_side: int, rotation: int = 0,
-                pixel_aspect: float = 1.0) -> tuple[int, int]:
+def output_size(
+    coded_w: int, coded_h: int, short_side: int, rotation: int = 0, pixel_aspect: float = 1.0
+) -> tuple[int, int]:
     """(width, height) to scale the *coded* picture to, so that once rotated by ``rotation``
     (clockwise) its shorter side is ``short_side`` and its aspect is the display aspect."""
     if short_side < 1:

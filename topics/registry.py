@@ -1,8 +1,8 @@
 """Every topic framebus reads or writes: name, key, value model, visibility.
 
 Names get ``Settings.topic_prefix`` in front. Public topics are the contract with producers and
-consumers (DESIGN.md); internal ones carry work between agents and are keyed by video id so that all
-events of one video stay in one partition, in order.
+consumers (``topics/CONTRACTS.md``); internal ones carry work between agents and are keyed by video
+id so that all events of one video stay in one partition, in order.
 """
 
 from __future__ import annotations

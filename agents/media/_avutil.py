@@ -17,14 +17,54 @@ from framebus.topics.errors import DecodeError, FramebusError, IngestError
 # Demuxers we are willing to run on untrusted input. Anything else (playlists such as hls/dash
 # that open further URLs, concat, image sequences, tty/ansi text, devices, lavfi ...) fails to
 # open and is reported as ``ingest.not_a_video``.
-DEMUXER_WHITELIST = ",".join([
-    "mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "avi", "flv", "live_flv",
-    "mpegts", "mpeg", "mpegvideo", "asf", "ogg", "mxf", "nut", "ivf", "obu", "h264", "hevc",
-    "vvc", "m4v", "mjpeg", "gif", "apng", "yuv4mpegpipe", "dv", "rm", "wtv", "h261", "h263",
-    "vc1", "cavsvideo", "dirac", "avs2", "avs3",
-    # audio-only containers: accepted so that they are reported precisely (no video stream)
-    "wav", "mp3", "aac", "flac", "w64",
-])
+DEMUXER_WHITELIST = ",".join(
+    [
+        "mov",
+        "mp4",
+        "m4a",
+        "3gp",
+        "3g2",
+        "mj2",
+        "matroska",
+        "webm",
+        "avi",
+        "flv",
+        "live_flv",
+        "mpegts",
+        "mpeg",
+        "mpegvideo",
+        "asf",
+        "ogg",
+        "mxf",
+        "nut",
+        "ivf",
+        "obu",
+        "h264",
+        "hevc",
+        "vvc",
+        "m4v",
+        "mjpeg",
+        "gif",
+        "apng",
+        "yuv4mpegpipe",
+        "dv",
+        "rm",
+        "wtv",
+        "h261",
+        "h263",
+        "vc1",
+        "cavsvideo",
+        "dirac",
+        "avs2",
+        "avs3",
+        # audio-only containers: accepted so that they are reported precisely (no video stream)
+        "wav",
+        "mp3",
+        "aac",
+        "flac",
+        "w64",
+    ]
+)
 
 OPEN_OPTIONS = {
     "format_whitelist": DEMUXER_WHITELIST,
@@ -36,13 +76,13 @@ NOT_VIDEO_CODECS = {"ansi", "bintext", "xbin", "idf", "tty", "text"}
 
 # AVColorSpace -> swscale colour matrix
 _MATRIX = {
-    1: Colorspace.ITU709,      # BT709
-    4: Colorspace.FCC,         # FCC
-    5: Colorspace.ITU601,      # BT470BG
-    6: Colorspace.ITU601,      # SMPTE170M
-    7: Colorspace.SMPTE240M,   # SMPTE240M
-    9: Colorspace.BT2020,      # BT2020_NCL
-    10: Colorspace.BT2020,     # BT2020_CL (approximated by the NCL matrix)
+    1: Colorspace.ITU709,  # BT709
+    4: Colorspace.FCC,  # FCC
+    5: Colorspace.ITU601,  # BT470BG
+    6: Colorspace.ITU601,  # SMPTE170M
+    7: Colorspace.SMPTE240M,  # SMPTE240M
+    9: Colorspace.BT2020,  # BT2020_NCL
+    10: Colorspace.BT2020,  # BT2020_CL (approximated by the NCL matrix)
 }
 _FULL_RANGE_CODECS = {"mjpeg", "jpeg2000", "ljpeg", "jpegls", "mjpegb", "smvjpeg"}
 
@@ -92,8 +132,7 @@ def open_error(path: Path, e: Exception) -> FramebusError:
     if isinstance(e, av.InvalidDataError) and looks_like_isobmff(path):
         # An MP4/MOV whose index (moov) is missing: the classic result of an interrupted
         # upload or copy of a file written index-last.
-        return DecodeError(f"MP4/MOV without an index (moov), probably truncated: {e}",
-                           code="decode.truncated")
+        return DecodeError(f"MP4/MOV without an index (moov), probably truncated: {e}", code="decode.truncated")
     return IngestError(f"not a recognised video container: {_msg(e)}", code="ingest.not_a_video")
 
 
@@ -104,7 +143,8 @@ def _msg(e: Exception) -> str:
 def av_error(e: Exception, what: str = "decode") -> DecodeError:
     """Map a PyAV/FFmpeg error raised while demuxing or decoding."""
     if isinstance(e, (av.DecoderNotFoundError, av.PatchWelcomeError)) or (
-            isinstance(e, av.FFmpegError) and isinstance(e, NotImplementedError)):
+        isinstance(e, av.FFmpegError) and isinstance(e, NotImplementedError)
+    ):
         return DecodeError(f"{what}: codec not supported: {_msg(e)}", code="decode.unsupported_codec")
     if isinstance(e, av.EOFError):
         return DecodeError(f"{what}: unexpected end of file: {_msg(e)}", code="decode.truncated")

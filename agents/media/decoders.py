@@ -18,20 +18,20 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import av
 import numpy as np
 from av.video.reformatter import ColorRange, Interpolation, VideoReformatter
 
+from framebus.agents.media._avutil import av_error, opened_for_decode, sar, source_colour, video_stream
+from framebus.agents.media.probe import Limits, ProbeResult, probe_detailed
+from framebus.agents.media.sampling import FrameSelector, effective_fps, iter_grid, merge_targets, select_frames
 from framebus.topics.errors import DecodeError, FramebusError
 from framebus.topics.frames import output_size
-
-from ._avutil import av_error, opened_for_decode, sar, source_colour, video_stream
-from .probe import Limits, ProbeResult, probe_detailed
-from .sampling import FrameSelector, effective_fps, iter_grid, merge_targets, select_frames
 
 
 @dataclass
@@ -88,9 +88,17 @@ class Decoder(Protocol):
     name: str
     observes_all_frames: bool
 
-    def sample(self, path: str | os.PathLike, fps: float, max_frames: int, short_side: int, *,
-               extra_times: Sequence[float] = (), probe: ProbeResult | None = None,
-               observer: FrameObserver | None = None) -> Iterator[SampledFrame]:
+    def sample(
+        self,
+        path: str | os.PathLike,
+        fps: float,
+        max_frames: int,
+        short_side: int,
+        *,
+        extra_times: Sequence[float] = (),
+        probe: ProbeResult | None = None,
+        observer: FrameObserver | None = None,
+    ) -> Iterator[SampledFrame]:
         """``observer(pts_s, frame)``, when given and supported (``observes_all_frames``), sees every
         decoded frame (an ``av.VideoFrame``), not only the sampled ones: shot detection hooks in here."""
         ...
@@ -109,8 +117,7 @@ def upright(rgb: np.ndarray, rotation: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(rgb, k=-k))
 
 
-def _targets(fps: float, max_frames: int, extra_times: Iterable[float],
-             duration_s: float | None) -> Iterator[float]:
+def _targets(fps: float, max_frames: int, extra_times: Iterable[float], duration_s: float | None) -> Iterator[float]:
     f = effective_fps(duration_s, fps, max_frames) if duration_s and duration_s > 0 else fps
     return merge_targets(iter_grid(f, max_frames), sorted(extra_times))
 
@@ -151,8 +158,7 @@ class PyAVDecoder:
     name = "pyav"
     observes_all_frames = True
 
-    def __init__(self, threads: int = 0, thread_type: str = "AUTO",
-                 interpolation: Interpolation | None = None):
+    def __init__(self, threads: int = 0, thread_type: str = "AUTO", interpolation: Interpolation | None = None):
         self.threads = threads
         self.thread_type = thread_type
         self.interpolation = interpolation
@@ -165,38 +171,72 @@ class PyAVDecoder:
         base = Interpolation.AREA if dst_w * dst_h < src_w * src_h else Interpolation.BICUBIC
         return base | Interpolation.ACCURATE_RND
 
-    def sample(self, path: str | os.PathLike, fps: float, max_frames: int, short_side: int, *,
-               extra_times: Sequence[float] = (), probe: ProbeResult | None = None,
-               observer: FrameObserver | None = None) -> SampleRun:
+    def sample(
+        self,
+        path: str | os.PathLike,
+        fps: float,
+        max_frames: int,
+        short_side: int,
+        *,
+        extra_times: Sequence[float] = (),
+        probe: ProbeResult | None = None,
+        observer: FrameObserver | None = None,
+    ) -> SampleRun:
         _check_args(fps, max_frames, short_side)
         path = Path(path)
-        return SampleRun(lambda stats: self._run(path, fps, max_frames, short_side,
-                                                 tuple(extra_times), probe, stats, observer))
+        return SampleRun(
+            lambda stats: self._run(path, fps, max_frames, short_side, tuple(extra_times), probe, stats, observer)
+        )
 
-    def _run(self, path: Path, fps: float, max_frames: int, short_side: int,
-             extra_times: tuple[float, ...], probe: ProbeResult | None,
-             stats: SampleStats, observer: FrameObserver | None = None) -> Iterator[SampledFrame]:
+    def _run(
+        self,
+        path: Path,
+        fps: float,
+        max_frames: int,
+        short_side: int,
+        extra_times: tuple[float, ...],
+        probe: ProbeResult | None,
+        stats: SampleStats,
+        observer: FrameObserver | None = None,
+    ) -> Iterator[SampledFrame]:
         pr = _probe(path, probe)
         info = pr.info
         with opened_for_decode(path) as container:
             yield from self._decode(container, path, pr, fps, max_frames, short_side, extra_times, stats, observer)
         if stats.frames_decoded == 0:
             raise DecodeError("no frame could be decoded", code="decode.corrupt")
-        if (stats.complete and stats.reached_eof and pr.duration_source == "stream"
-                and stats.end_s is not None and info.fps > 0
-                and stats.end_s < 0.9 * info.duration_s - 1.0 / info.fps):
+        if (
+            stats.complete
+            and stats.reached_eof
+            and pr.duration_source == "stream"
+            and stats.end_s is not None
+            and info.fps > 0
+            and stats.end_s < 0.9 * info.duration_s - 1.0 / info.fps
+        ):
             stats.truncated = True  # the index promises frames the file no longer holds
         if stats.truncated:
-            raise DecodeError(f"the file ends early: decoded {stats.frames_decoded} frames up to "
-                              f"{stats.end_s or 0:.3f} s of {info.duration_s:.3f} s",
-                              code="decode.truncated")
+            raise DecodeError(
+                f"the file ends early: decoded {stats.frames_decoded} frames up to "
+                f"{stats.end_s or 0:.3f} s of {info.duration_s:.3f} s",
+                code="decode.truncated",
+            )
         if stats.decode_errors > max(10, stats.frames_decoded):
-            raise DecodeError(f"{stats.decode_errors} undecodable packets for "
-                              f"{stats.frames_decoded} frames", code="decode.corrupt")
+            raise DecodeError(
+                f"{stats.decode_errors} undecodable packets for {stats.frames_decoded} frames", code="decode.corrupt"
+            )
 
-    def _decode(self, container, path: Path, pr: ProbeResult, fps: float, max_frames: int,
-                short_side: int, extra_times: tuple[float, ...],
-                stats: SampleStats, observer: FrameObserver | None = None) -> Iterator[SampledFrame]:
+    def _decode(
+        self,
+        container,
+        path: Path,
+        pr: ProbeResult,
+        fps: float,
+        max_frames: int,
+        short_side: int,
+        extra_times: tuple[float, ...],
+        stats: SampleStats,
+        observer: FrameObserver | None = None,
+    ) -> Iterator[SampledFrame]:
         info = pr.info
         stream = video_stream(container)
         if stream is None:  # pragma: no cover - probe said otherwise
@@ -210,7 +250,8 @@ class PyAVDecoder:
         aspect = sar(stream)
         nominal = 1.0 / info.fps if info.fps > 0 else 1.0 / 25
         selector: FrameSelector = FrameSelector(
-            _targets(fps, max_frames, extra_times, info.duration_s), eps=_tolerance(tb, info.fps))
+            _targets(fps, max_frames, extra_times, info.duration_s), eps=_tolerance(tb, info.fps)
+        )
         reformatter = VideoReformatter()
         codec = info.codec
 
@@ -218,10 +259,16 @@ class PyAVDecoder:
             idx, frame = item
             tw, th = output_size(frame.width, frame.height, short_side, rotation, aspect)
             matrix, crange = source_colour(frame, codec)
-            out = reformatter.reformat(frame, width=tw, height=th, format="rgb24",
-                                       src_colorspace=matrix, src_color_range=crange,
-                                       dst_color_range=ColorRange.JPEG,
-                                       interpolation=self._interp(frame.width, frame.height, tw, th))
+            out = reformatter.reformat(
+                frame,
+                width=tw,
+                height=th,
+                format="rgb24",
+                src_colorspace=matrix,
+                src_color_range=crange,
+                dst_color_range=ColorRange.JPEG,
+                interpolation=self._interp(frame.width, frame.height, tw, th),
+            )
             rgb = out.to_ndarray()  # may be a padded view into the frame's buffer
             rgb = upright(rgb, rotation) if rotation else np.array(rgb, order="C", copy=True)
             return SampledFrame(index=idx, pts_s=pts_s, rgb=rgb)
@@ -312,17 +359,34 @@ class DecordDecoder:
     def __init__(self, threads: int = 0):
         self.threads = threads
 
-    def sample(self, path: str | os.PathLike, fps: float, max_frames: int, short_side: int, *,
-               extra_times: Sequence[float] = (), probe: ProbeResult | None = None,
-               observer: FrameObserver | None = None) -> SampleRun:
+    def sample(
+        self,
+        path: str | os.PathLike,
+        fps: float,
+        max_frames: int,
+        short_side: int,
+        *,
+        extra_times: Sequence[float] = (),
+        probe: ProbeResult | None = None,
+        observer: FrameObserver | None = None,
+    ) -> SampleRun:
         _check_args(fps, max_frames, short_side)
         path = Path(path)
-        return SampleRun(lambda stats: self._run(path, fps, max_frames, short_side,
-                                                 tuple(extra_times), probe, stats, observer))
+        return SampleRun(
+            lambda stats: self._run(path, fps, max_frames, short_side, tuple(extra_times), probe, stats, observer)
+        )
 
-    def _run(self, path: Path, fps: float, max_frames: int, short_side: int,
-             extra_times: tuple[float, ...], probe: ProbeResult | None,
-             stats: SampleStats, observer: FrameObserver | None = None) -> Iterator[SampledFrame]:
+    def _run(
+        self,
+        path: Path,
+        fps: float,
+        max_frames: int,
+        short_side: int,
+        extra_times: tuple[float, ...],
+        probe: ProbeResult | None,
+        stats: SampleStats,
+        observer: FrameObserver | None = None,
+    ) -> Iterator[SampledFrame]:
         try:
             import decord
         except ImportError as e:  # pragma: no cover
@@ -333,13 +397,13 @@ class DecordDecoder:
         # output size in display orientation; the display aspect already has the SAR applied.
         tw, th = output_size(info.width, info.height, short_side)
         try:
-            vr = decord.VideoReader(os.fspath(path), ctx=decord.cpu(0), width=tw, height=th,
-                                    num_threads=self.threads)
+            vr = decord.VideoReader(os.fspath(path), ctx=decord.cpu(0), width=tw, height=th, num_threads=self.threads)
             n = len(vr)
             ts = np.asarray(vr.get_frame_timestamp(np.arange(n)), dtype=np.float64).reshape(n, 2)
         except Exception as e:  # noqa: BLE001 - decord raises its own DECORDError / RuntimeError
-            raise DecodeError(f"decord cannot open this video: {str(e).splitlines()[0][:200]}",
-                              code="decode.unsupported_codec") from None
+            raise DecodeError(
+                f"decord cannot open this video: {str(e).splitlines()[0][:200]}", code="decode.unsupported_codec"
+            ) from None
         if n == 0:
             raise DecodeError("no frame could be decoded", code="decode.corrupt")
         starts = ts[:, 0] - ts[:, 0].min()
@@ -351,17 +415,18 @@ class DecordDecoder:
         stats.end_s = end
         if pr.duration_source == "stream":
             end = max(end, info.duration_s)
-        chosen = select_frames(starts_sorted.tolist(),
-                               _targets(fps, max_frames, extra_times, info.duration_s),
-                               end_s=end, eps=1e-3)
+        chosen = select_frames(
+            starts_sorted.tolist(), _targets(fps, max_frames, extra_times, info.duration_s), end_s=end, eps=1e-3
+        )
         idxs = [int(order[i]) for i in chosen]
         for k in range(0, len(idxs), self.batch):
-            chunk = idxs[k:k + self.batch]
+            chunk = idxs[k : k + self.batch]
             try:
                 arr = vr.get_batch(chunk).asnumpy()
             except Exception as e:  # noqa: BLE001
-                raise DecodeError(f"decord failed mid-file: {str(e).splitlines()[0][:200]}",
-                                  code="decode.corrupt") from None
+                raise DecodeError(
+                    f"decord failed mid-file: {str(e).splitlines()[0][:200]}", code="decode.corrupt"
+                ) from None
             for j, fi in enumerate(chunk):
                 yield SampledFrame(index=fi, pts_s=float(starts[fi]), rgb=np.ascontiguousarray(arr[j]))
         stats.complete = True
@@ -381,5 +446,6 @@ def get_decoder(name: str | None = None, *, threads: int = 0) -> Decoder:
     try:
         return DECODERS[key](threads=threads)
     except KeyError:
-        raise DecodeError(f"unknown decoder {name!r}; choose from {sorted(DECODERS)}",
-                          code="decode.unknown_decoder") from None
+        raise DecodeError(
+            f"unknown decoder {name!r}; choose from {sorted(DECODERS)}", code="decode.unknown_decoder"
+        ) from None

@@ -33,22 +33,27 @@ import math
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import av
 
+from framebus.agents.media._avutil import av_error
+from framebus.agents.media.decoders import DEFAULT_DECODER, get_decoder
+from framebus.agents.media.probe import Limits, VideoInfo, probe_detailed
+from framebus.agents.media.quality import quality_scores
+from framebus.agents.media.sampling import (
+    assign_frames_to_segments,
+    keyframe_index,
+    plan_segments,
+    sample_times,
+    segment_midpoints_without_targets,
+)
+from framebus.agents.media.shots import ShotDetector, Shrinker, detect_file, shots_from_cuts
 from framebus.topics.errors import DecodeError, FramebusError
-
-from ._avutil import av_error
-from .decoders import DEFAULT_DECODER, get_decoder
 from framebus.topics.frames import decode_jpeg, encode_jpeg
-from .probe import Limits, VideoInfo, probe_detailed
-from .quality import quality_scores
-from .shots import ShotDetector, Shrinker, detect_file, shots_from_cuts
-from .sampling import (assign_frames_to_segments, keyframe_index, plan_segments,
-                       sample_times, segment_midpoints_without_targets)
 
 
 @dataclass
@@ -72,16 +77,25 @@ class DecodeJob:
     quality: bool = True
 
     @classmethod
-    def from_settings(cls, settings: Any, path: str | os.PathLike, video_id: str,
-                      thumb_dir: str | os.PathLike | None = None) -> DecodeJob:
+    def from_settings(
+        cls, settings: Any, path: str | os.PathLike, video_id: str, thumb_dir: str | os.PathLike | None = None
+    ) -> DecodeJob:
         """A job with every knob taken from ``framebus.streams.config.Settings``."""
-        return cls(path=os.fspath(path), video_id=video_id, sample_fps=settings.sample_fps,
-                   segment_s=settings.segment_s, max_frames=settings.max_frames,
-                   short_side=settings.frame_size, jpeg_quality=settings.jpeg_quality,
-                   decoder=settings.decoder,
-                   thumb_dir=os.fspath(thumb_dir) if thumb_dir is not None else None,
-                   limits=Limits.from_settings(settings), shots=settings.shot_detection,
-                   min_shot_s=settings.min_shot_s, threads=settings.decode_threads)
+        return cls(
+            path=os.fspath(path),
+            video_id=video_id,
+            sample_fps=settings.sample_fps,
+            segment_s=settings.segment_s,
+            max_frames=settings.max_frames,
+            short_side=settings.frame_size,
+            jpeg_quality=settings.jpeg_quality,
+            decoder=settings.decoder,
+            thumb_dir=os.fspath(thumb_dir) if thumb_dir is not None else None,
+            limits=Limits.from_settings(settings),
+            shots=settings.shot_detection,
+            min_shot_s=settings.min_shot_s,
+            threads=settings.decode_threads,
+        )
 
 
 @dataclass
@@ -164,8 +178,9 @@ def _decode_video(job: DecodeJob, emit: Callable[[DecodedSegment], None] | None 
     extra = [] if job.shots else segment_midpoints_without_targets(segments, grid)
     shots = _ShotObserver(info.fps, job.min_shot_s) if job.shots and decoder.observes_all_frames else None
 
-    run = decoder.sample(path, job.sample_fps, job.max_frames, job.short_side,
-                         extra_times=extra, probe=pr, observer=shots)
+    run = decoder.sample(
+        path, job.sample_fps, job.max_frames, job.short_side, extra_times=extra, probe=pr, observer=shots
+    )
     thumb_root = _thumb_root(job)
     early = _EarlyShots(job, thumb_root, emit) if shots is not None and emit is not None else None
     frames: list[tuple[float, bytes]] = []
@@ -185,9 +200,11 @@ def _decode_video(job: DecodeJob, emit: Callable[[DecodedSegment], None] | None 
     if stats is not None and stats.complete and stats.end_s:
         end = float(stats.end_s)
         slack = 1.5 / info.fps if info.fps > 0 else 0.1
-        refine = {"scan": abs(end - info.duration_s) > 1e-6,
-                  "container": abs(end - info.duration_s) > slack,
-                  "stream": end > info.duration_s + slack}.get(pr.duration_source, False)
+        refine = {
+            "scan": abs(end - info.duration_s) > 1e-6,
+            "container": abs(end - info.duration_s) > slack,
+            "stream": end > info.duration_s + slack,
+        }.get(pr.duration_source, False)
         if refine:
             info = dataclasses.replace(info, duration_s=end)
             segments = plan_segments(info.duration_s, job.segment_s)
@@ -210,8 +227,9 @@ def _decode_video(job: DecodeJob, emit: Callable[[DecodedSegment], None] | None 
             if emit is not None:
                 emit(seg)
         out.append(seg)
-    return DecodedVideo(info=info, segments=out, frames_decoded=frames_decoded,
-                        emitted_early=len(sent), segment_count=len(out))
+    return DecodedVideo(
+        info=info, segments=out, frames_decoded=frames_decoded, emitted_early=len(sent), segment_count=len(out)
+    )
 
 
 def decode_video_to_queue(job: DecodeJob, queue: Any) -> DecodedVideo:
@@ -222,16 +240,24 @@ def decode_video_to_queue(job: DecodeJob, queue: Any) -> DecodedVideo:
     return dataclasses.replace(decoded, segments=[])
 
 
-def _segment(job: DecodeJob, thumb_root: Path | None, index: int, bounds: tuple[float, float],
-             own: list[tuple[float, bytes]]) -> DecodedSegment:
+def _segment(
+    job: DecodeJob, thumb_root: Path | None, index: int, bounds: tuple[float, float], own: list[tuple[float, bytes]]
+) -> DecodedSegment:
     """A segment from its own frames (sorted by pts, not empty): keyframe nearest its middle,
     thumbnail, quality scores."""
     pts = [p for p, _ in own]
     key = keyframe_index(pts, list(range(len(own))), bounds)
     thumb = _write_atomic(thumb_root / f"{index}.jpg", own[key][1]) if thumb_root is not None else None
     quality = quality_scores([decode_jpeg(jpeg) for _, jpeg in own], flow=False) if job.quality else None
-    return DecodedSegment(index=index, start_s=bounds[0], end_s=bounds[1], keyframe_s=pts[key], frames=own,
-                          thumbnail=thumb, quality=quality)
+    return DecodedSegment(
+        index=index,
+        start_s=bounds[0],
+        end_s=bounds[1],
+        keyframe_s=pts[key],
+        frames=own,
+        thumbnail=thumb,
+        quality=quality,
+    )
 
 
 class _EarlyShots:
@@ -243,10 +269,10 @@ class _EarlyShots:
     def __init__(self, job: DecodeJob, thumb_root: Path | None, emit: Callable[[DecodedSegment], None]):
         self.job, self.thumb_root, self.emit = job, thumb_root, emit
         self.sent: dict[int, DecodedSegment] = {}
-        self.index = 0       # index of the shot now open
-        self.start = 0.0     # its start
-        self.cuts_seen = 0   # detector cuts already turned into shot boundaries
-        self.first = 0       # frames[first:] are not in a closed shot yet
+        self.index = 0  # index of the shot now open
+        self.start = 0.0  # its start
+        self.cuts_seen = 0  # detector cuts already turned into shot boundaries
+        self.first = 0  # frames[first:] are not in a closed shot yet
 
     def advance(self, cuts: list[float], frames: list[tuple[float, bytes]]) -> None:
         latest = frames[-1][0]
@@ -258,7 +284,7 @@ class _EarlyShots:
             end = self.first
             while end < len(frames) and frames[end][0] < cut:
                 end += 1
-            own = frames[self.first:end]
+            own = frames[self.first : end]
             if own:
                 seg = _segment(self.job, self.thumb_root, self.index, (self.start, cut), own)
                 self.sent[self.index] = seg
@@ -281,8 +307,9 @@ class _ShotObserver:
         return list(self.detector.cuts)
 
 
-def _frames_for_empty_segments(decoder, job: DecodeJob, path: Path, pr, segments, pts: list[float]
-                               ) -> list[tuple[float, bytes]]:
+def _frames_for_empty_segments(
+    decoder, job: DecodeJob, path: Path, pr, segments, pts: list[float]
+) -> list[tuple[float, bytes]]:
     """A shot shorter than the sampling interval may own no sampled frame: sample its midpoint in a
     second, targeted pass (rare; short shots only), so every shot is described by its own picture."""
     missing = [(a + b) / 2 for a, b in segments if not any(a <= p < b for p in pts)]

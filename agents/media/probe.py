@@ -22,10 +22,19 @@ from typing import Any
 
 import av
 
+from framebus.agents.media._avutil import (
+    NOT_VIDEO_CODECS,
+    av_error,
+    bit_depth,
+    codec_name,
+    open_error,
+    open_input,
+    rotation_cw,
+    sar,
+    to_seconds,
+    video_stream,
+)
 from framebus.topics.errors import DecodeError, FramebusError, IngestError
-
-from ._avutil import (NOT_VIDEO_CODECS, av_error, bit_depth, codec_name, open_error, open_input,
-                      rotation_cw, sar, to_seconds, video_stream)
 
 #: Packets read at most while looking for the first decodable frame (a long open GOP at the
 #: start of a cut stream can delay it; a hostile file cannot make us read forever).
@@ -66,17 +75,21 @@ class Limits:
 
     @classmethod
     def from_settings(cls, settings: Any) -> Limits:
-        return cls(max_file_bytes=settings.max_file_bytes, max_duration_s=settings.max_duration_s,
-                   max_width=settings.max_width, max_height=settings.max_height)
+        return cls(
+            max_file_bytes=settings.max_file_bytes,
+            max_duration_s=settings.max_duration_s,
+            max_width=settings.max_width,
+            max_height=settings.max_height,
+        )
 
     @classmethod
     def unlimited(cls) -> Limits:
-        return cls(max_file_bytes=1 << 62, max_duration_s=math.inf, max_width=1 << 30,
-                   max_height=1 << 30)
+        return cls(max_file_bytes=1 << 62, max_duration_s=math.inf, max_width=1 << 30, max_height=1 << 30)
 
     def fits(self, width: int, height: int) -> bool:
-        return ((width <= self.max_width and height <= self.max_height)
-                or (width <= self.max_height and height <= self.max_width))
+        return (width <= self.max_width and height <= self.max_height) or (
+            width <= self.max_height and height <= self.max_width
+        )
 
 
 @dataclass(frozen=True)
@@ -134,8 +147,9 @@ def _check_file(path: Path, limits: Limits) -> int:
     if st.st_size == 0:
         raise IngestError("the file is empty", code="ingest.empty")
     if st.st_size > limits.max_file_bytes:
-        raise IngestError(f"file is {st.st_size} bytes, over the limit of {limits.max_file_bytes}",
-                          code="ingest.too_large")
+        raise IngestError(
+            f"file is {st.st_size} bytes, over the limit of {limits.max_file_bytes}", code="ingest.too_large"
+        )
     return st.st_size
 
 
@@ -158,8 +172,10 @@ def _probe_open(path: Path, container, size: int, limits: Limits) -> ProbeResult
     if cc is None:
         raise DecodeError(f"no decoder for codec {codec!r}", code="decode.unsupported_codec")
     if cc.width and cc.height and not limits.fits(cc.width, cc.height):
-        raise IngestError(f"resolution {cc.width}x{cc.height} is over the limit of "
-                          f"{limits.max_width}x{limits.max_height}", code="ingest.resolution_too_large")
+        raise IngestError(
+            f"resolution {cc.width}x{cc.height} is over the limit of {limits.max_width}x{limits.max_height}",
+            code="ingest.resolution_too_large",
+        )
 
     tb = stream.time_base
     start_s = to_seconds(stream.start_time, tb)
@@ -172,8 +188,9 @@ def _probe_open(path: Path, container, size: int, limits: Limits) -> ProbeResult
     elif container.duration and container.duration > 0:
         duration, source = container.duration / av.time_base, "container"
     if duration is not None and duration > limits.max_duration_s:
-        raise IngestError(f"video is {duration:.1f} s long, over the limit of "
-                          f"{limits.max_duration_s:.0f} s", code="ingest.too_long")
+        raise IngestError(
+            f"video is {duration:.1f} s long, over the limit of {limits.max_duration_s:.0f} s", code="ingest.too_long"
+        )
 
     # --- first frame: proves the stream decodes; gives pix_fmt, rotation, real size -----------
     frame = _first_frame(container, stream)
@@ -181,8 +198,10 @@ def _probe_open(path: Path, container, size: int, limits: Limits) -> ProbeResult
         raise DecodeError("the container opens but no frame decodes", code="decode.corrupt")
     w, h = frame.width, frame.height
     if not limits.fits(w, h):
-        raise IngestError(f"resolution {w}x{h} is over the limit of "
-                          f"{limits.max_width}x{limits.max_height}", code="ingest.resolution_too_large")
+        raise IngestError(
+            f"resolution {w}x{h} is over the limit of {limits.max_width}x{limits.max_height}",
+            code="ingest.resolution_too_large",
+        )
     if start_s is None:
         start_s = float(frame.time) if frame.time is not None else 0.0
     rotation = rotation_cw(frame, stream)
@@ -192,8 +211,10 @@ def _probe_open(path: Path, container, size: int, limits: Limits) -> ProbeResult
     if duration is None:
         duration, source = _scan_duration(path, start_s, fps), "scan"
         if duration > limits.max_duration_s:
-            raise IngestError(f"video is {duration:.1f} s long, over the limit of "
-                              f"{limits.max_duration_s:.0f} s", code="ingest.too_long")
+            raise IngestError(
+                f"video is {duration:.1f} s long, over the limit of {limits.max_duration_s:.0f} s",
+                code="ingest.too_long",
+            )
     if not fps and duration > 0 and stream.frames:
         fps = stream.frames / duration
 
@@ -201,11 +222,19 @@ def _probe_open(path: Path, container, size: int, limits: Limits) -> ProbeResult
     dh = h
     if rotation in (90, 270):
         dw, dh = dh, dw
-    info = VideoInfo(duration_s=float(duration), fps=float(fps), width=dw, height=dh, codec=codec,
-                     pix_fmt=pix_fmt, bit_depth=bit_depth(pix_fmt), rotation=rotation,
-                     container=_container_name(container, path), size_bytes=size)
-    return ProbeResult(info=info, duration_source=source, start_s=float(start_s),
-                       coded_width=w, coded_height=h)
+    info = VideoInfo(
+        duration_s=float(duration),
+        fps=float(fps),
+        width=dw,
+        height=dh,
+        codec=codec,
+        pix_fmt=pix_fmt,
+        bit_depth=bit_depth(pix_fmt),
+        rotation=rotation,
+        container=_container_name(container, path),
+        size_bytes=size,
+    )
+    return ProbeResult(info=info, duration_source=source, start_s=float(start_s), coded_width=w, coded_height=h)
 
 
 def _fps(stream) -> float:

@@ -20,12 +20,20 @@ Measures (``quality_scores`` keys):
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["ANALYSIS_SIZE", "SHARPNESS_HALF", "flow_magnitude", "laplacian_variance",
-           "mean_abs_diff", "prepare", "quality_scores", "ssim"]
+__all__ = [
+    "ANALYSIS_SIZE",
+    "SHARPNESS_HALF",
+    "flow_magnitude",
+    "laplacian_variance",
+    "mean_abs_diff",
+    "prepare",
+    "quality_scores",
+    "ssim",
+]
 
 ANALYSIS_SIZE = 128
 SHARPNESS_HALF = 200.0
@@ -61,8 +69,7 @@ def _resize(y: np.ndarray, w: int, h: int) -> np.ndarray:
     if (W, H) != (w, h):
         from PIL import Image
 
-        y = np.asarray(Image.fromarray(np.ascontiguousarray(y, np.float32))
-                       .resize((w, h), Image.BILINEAR), np.float32)
+        y = np.asarray(Image.fromarray(np.ascontiguousarray(y, np.float32)).resize((w, h), Image.BILINEAR), np.float32)
     return y
 
 
@@ -107,12 +114,12 @@ def _filter_valid(x: np.ndarray, g: np.ndarray) -> np.ndarray:
     """Separable 'valid' filtering of a 2-D array with the 1-D kernel ``g``."""
     n = len(g)
     h, w = x.shape
-    rows = g[0] * x[0: h - n + 1]
+    rows = g[0] * x[0 : h - n + 1]
     for k in range(1, n):
-        rows = rows + g[k] * x[k: h - n + 1 + k]
-    out = g[0] * rows[:, 0: w - n + 1]
+        rows = rows + g[k] * x[k : h - n + 1 + k]
+    out = g[0] * rows[:, 0 : w - n + 1]
     for k in range(1, n):
-        out = out + g[k] * rows[:, k: w - n + 1 + k]
+        out = out + g[k] * rows[:, k : w - n + 1 + k]
     return out
 
 
@@ -161,8 +168,9 @@ def flow_magnitude(a: np.ndarray, b: np.ndarray) -> float:
     return float(mag.mean() / max(a.shape))
 
 
-def quality_scores(frames: Sequence[np.ndarray], *, flow: bool | None = None,
-                   size: int = ANALYSIS_SIZE, digits: int = 4) -> dict[str, float]:
+def quality_scores(
+    frames: Sequence[np.ndarray], *, flow: bool | None = None, size: int = ANALYSIS_SIZE, digits: int = 4
+) -> dict[str, float]:
     """Quality of one shot from its sampled frames (in time order); see the module docstring
     for each key. ``flow``: None = include ``flow`` when OpenCV is importable, True = require
     it, False = never. Raises ``ValueError`` on an empty sequence."""

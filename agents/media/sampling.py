@@ -17,7 +17,8 @@ import heapq
 import itertools
 import math
 from bisect import bisect_right
-from typing import Generic, Iterable, Iterator, Sequence, TypeVar
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -110,8 +111,7 @@ def nearest_index(values: Sequence[float], x: float) -> int:
     return best
 
 
-def segment_midpoints_without_targets(segments: Sequence[tuple[float, float]],
-                                      targets: Sequence[float]) -> list[float]:
+def segment_midpoints_without_targets(segments: Sequence[tuple[float, float]], targets: Sequence[float]) -> list[float]:
     """Midpoints of the segments that no target falls into; sampling these as well guarantees
     every segment a frame displayed inside it."""
     hit = [False] * len(segments)
@@ -120,8 +120,7 @@ def segment_midpoints_without_targets(segments: Sequence[tuple[float, float]],
     return [(a + b) / 2 for (a, b), h in zip(segments, hit) if not h]
 
 
-def assign_frames_to_segments(frame_pts: Sequence[float],
-                              segments: Sequence[tuple[float, float]]) -> list[list[int]]:
+def assign_frames_to_segments(frame_pts: Sequence[float], segments: Sequence[tuple[float, float]]) -> list[list[int]]:
     """For each segment, the indices (into ``frame_pts``) of the frames it gets.
 
     A frame belongs to the segment containing its pts (clamped: before 0 -> first segment, after
@@ -206,8 +205,9 @@ class FrameSelector(Generic[T]):
         return None
 
 
-def select_frames(frame_pts: Sequence[float], targets: Iterable[float],
-                  end_s: float = math.inf, eps: float = EPS) -> list[int]:
+def select_frames(
+    frame_pts: Sequence[float], targets: Iterable[float], end_s: float = math.inf, eps: float = EPS
+) -> list[int]:
     """Offline ``FrameSelector``: indices of the frames (``frame_pts`` in presentation order)
     displayed at the sorted ``targets``, each index once, ascending."""
     sel: FrameSelector[int] = FrameSelector(targets, eps)

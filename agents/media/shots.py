@@ -58,40 +58,46 @@ import os
 import queue
 import threading
 from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 from av.video.reformatter import Interpolation, VideoReformatter
 
+from framebus.agents.media._avutil import opened_for_decode, video_stream
 from framebus.topics.errors import DecodeError
 
-from ._avutil import opened_for_decode, video_stream
-
-__all__ = ["ShotDetector", "ShotResult", "Signature", "detect_cuts", "detect_file",
-           "frame_signature", "prefetched", "shots_from_cuts", "signature_distance",
-           "small_frames", "small_size"]
+__all__ = [
+    "ShotDetector",
+    "ShotResult",
+    "Signature",
+    "detect_cuts",
+    "detect_file",
+    "frame_signature",
+    "prefetched",
+    "shots_from_cuts",
+    "signature_distance",
+    "small_frames",
+    "small_size",
+]
 
 # ------------------------------------------------------------------------------------------------
 # frame signatures
 # ------------------------------------------------------------------------------------------------
 
-_BINS = 16          # histogram bins per channel (soft: linearly interpolated)
-_THUMB_SHORT = 9    # cells on the thumbnail's shorter side
+_BINS = 16  # histogram bins per channel (soft: linearly interpolated)
+_THUMB_SHORT = 9  # cells on the thumbnail's shorter side
 _LUMA_WEIGHT = 2.0  # luma counts twice as much as each chroma channel in the pixel term
 
 # RGB (0..255) @ _RGB2YCC = Y', Cb - 128, Cr - 128 (BT.601, full range)
-_RGB2YCC = np.array([[0.299, -0.168736, 0.5],
-                     [0.587, -0.331264, -0.418688],
-                     [0.114, 0.5, -0.081312]], np.float32)
+_RGB2YCC = np.array([[0.299, -0.168736, 0.5], [0.587, -0.331264, -0.418688], [0.114, 0.5, -0.081312]], np.float32)
 # histogram coordinate of a value: (value - channel mean) * _BINS / 256 + _H_CENTRE, bin centres
 # at integers, the mean at the middle
 _H_SCALE = _RGB2YCC * (_BINS / 256.0)
 _H_CENTRE = _BINS / 2.0 - 0.5
 # channel means are kept in bins: back to levels, luma weighted, /255
-_M_WEIGHT = (np.array([_LUMA_WEIGHT, 1.0, 1.0], np.float32) * (256.0 / _BINS)
-             / (255.0 * (_LUMA_WEIGHT + 2.0)))
+_M_WEIGHT = np.array([_LUMA_WEIGHT, 1.0, 1.0], np.float32) * (256.0 / _BINS) / (255.0 * (_LUMA_WEIGHT + 2.0))
 _H_BASE = (np.arange(3) * _BINS).astype(np.intp)
 _T_WEIGHT = np.array([_LUMA_WEIGHT, 1.0, 1.0], np.float32)
 
@@ -113,7 +119,7 @@ def _block_matrix(n: int, blk: int) -> np.ndarray:
     m = n // blk
     out = np.zeros((m, n), np.float32)
     for k in range(m):
-        out[k, k * blk:(k + 1) * blk] = 1.0 / blk
+        out[k, k * blk : (k + 1) * blk] = 1.0 / blk
     return out
 
 
@@ -125,7 +131,7 @@ def _plan(h: int, w: int) -> tuple:
     h2, w2 = h // f, w // f
     blk = max(1, min(h2, w2) // _THUMB_SHORT)
     bh, bw = max(1, h2 // blk), max(1, w2 // blk)
-    tleft = _block_matrix(h2, blk)                                                 # (bh, h2)
+    tleft = _block_matrix(h2, blk)  # (bh, h2)
     # block means of RGB, converted to Y'CbCr and luma-weighted, in one product
     tright = np.kron(_block_matrix(w2, blk).T, _RGB2YCC * _T_WEIGHT).astype(np.float32)
     return f, h2, w2, tleft, tright, bh, bw
@@ -183,8 +189,7 @@ def _shifted_diff(a: np.ndarray, b: np.ndarray) -> float:
 def _plan_for_thumb(bh: int, bw: int) -> tuple:
     if bh >= 3 and bw >= 3:
         idx = np.arange(bh * bw * 3).reshape(bh, bw, 3)
-        shifts = np.stack([idx[dy:dy + bh - 2, dx:dx + bw - 2].ravel()
-                           for dy in range(3) for dx in range(3)])
+        shifts = np.stack([idx[dy : dy + bh - 2, dx : dx + bw - 2].ravel() for dy in range(3) for dx in range(3)])
         core = idx[1:-1, 1:-1].ravel()
     else:
         shifts = np.arange(bh * bw * 3)[None, :]
@@ -192,8 +197,7 @@ def _plan_for_thumb(bh: int, bw: int) -> tuple:
     return shifts, core
 
 
-def signature_distance(a: Signature, b: Signature, pixel_weight: float = 2.0,
-                       mean_weight: float = 3.0) -> float:
+def signature_distance(a: Signature, b: Signature, pixel_weight: float = 2.0, mean_weight: float = 3.0) -> float:
     """``D(a, b)``: mean over Y', Cb, Cr of half the L1 distance of the mean-centred soft
     histograms (0..1), plus ``mean_weight`` times the difference of the channel means (luma
     weighted, 0..1), plus ``pixel_weight`` times the shift-tolerant thumbnail difference (0..1)."""
@@ -224,10 +228,22 @@ class ShotDetector:
     0.1 ms per frame at 64x36, and a few distances more at each candidate peak.
     """
 
-    def __init__(self, fps: float, min_shot_s: float = 0.4, *, window_s: float = 1.0,
-                 min_score: float = 0.18, k_mad: float = 5.0, ratio: float = 2.0,
-                 peak_ratio: float = 2.0, peak_margin: float = 0.15, flash_ratio: float = 0.5,
-                 flash_s: float = 0.2, pixel_weight: float = 2.0, keep_scores: bool = False):
+    def __init__(
+        self,
+        fps: float,
+        min_shot_s: float = 0.4,
+        *,
+        window_s: float = 1.0,
+        min_score: float = 0.18,
+        k_mad: float = 5.0,
+        ratio: float = 2.0,
+        peak_ratio: float = 2.0,
+        peak_margin: float = 0.15,
+        flash_ratio: float = 0.5,
+        flash_s: float = 0.2,
+        pixel_weight: float = 2.0,
+        keep_scores: bool = False,
+    ):
         if not (fps > 0) or not math.isfinite(fps):
             fps = 25.0
         self.fps = float(fps)
@@ -249,9 +265,9 @@ class ShotDetector:
         keep = self.window + self.lookahead + 3
         self._sig: deque[Signature] = deque(maxlen=2 * self.lookahead + 3)
         self._pts: deque[float] = deque(maxlen=keep)
-        self._d1: deque[float] = deque(maxlen=keep)   # d[t] = D(t-1, t); d[0] = 0
-        self._n = 0            # frames pushed
-        self._next = 1         # next frame to decide on
+        self._d1: deque[float] = deque(maxlen=keep)  # d[t] = D(t-1, t); d[0] = 0
+        self._n = 0  # frames pushed
+        self._next = 1  # next frame to decide on
         self._first_pts: float | None = None
         self._last_cut: float | None = None
         self._finished = False
@@ -377,8 +393,7 @@ def detect_cuts(frames: Iterable[tuple[float, np.ndarray]], fps: float, **kw) ->
     return list(det.cuts)
 
 
-def shots_from_cuts(cuts: Iterable[float], duration_s: float,
-                    start_s: float = 0.0) -> list[tuple[float, float]]:
+def shots_from_cuts(cuts: Iterable[float], duration_s: float, start_s: float = 0.0) -> list[tuple[float, float]]:
     """``[(start, end), ...]`` covering ``[start_s, duration_s]``, split at ``cuts`` (sorted,
     cuts outside the range or not after the previous boundary ignored)."""
     bounds = [start_s]
@@ -417,13 +432,24 @@ class Shrinker:
     def __call__(self, frame) -> np.ndarray:
         if self.size_wh is None:
             self.size_wh = small_size(frame.width, frame.height, self.size)
-        return self.reformatter.reformat(frame, width=self.size_wh[0], height=self.size_wh[1], format=self.fmt,
-                                         interpolation=Interpolation.AREA, threads=1).to_ndarray()
+        return self.reformatter.reformat(
+            frame,
+            width=self.size_wh[0],
+            height=self.size_wh[1],
+            format=self.fmt,
+            interpolation=Interpolation.AREA,
+            threads=1,
+        ).to_ndarray()
 
 
-def small_frames(path: str | os.PathLike, size: int | tuple[int, int] = 36, *,
-                 threads: int = 0, fmt: str = "rgb24",
-                 info: dict | None = None) -> Iterator[tuple[float, np.ndarray]]:
+def small_frames(
+    path: str | os.PathLike,
+    size: int | tuple[int, int] = 36,
+    *,
+    threads: int = 0,
+    fmt: str = "rgb24",
+    info: dict | None = None,
+) -> Iterator[tuple[float, np.ndarray]]:
     """Decode every frame of ``path`` (PyAV, frame+slice threads) and yield ``(pts_s, small)``:
     ``pts_s`` in seconds from the stream start, ``small`` an HxWx3 uint8 array converted by
     swscale straight from the decoded picture (area averaging; shorter side ``size``, or an
@@ -529,9 +555,15 @@ class ShotResult:
     trace: list[tuple[float, float, str]] | None = field(default=None, repr=False)
 
 
-def detect_file(path: str | os.PathLike, size: int | tuple[int, int] = 36, *,
-                threads: int = 0, prefetch: int = 64, keep_scores: bool = False,
-                **kw) -> ShotResult:
+def detect_file(
+    path: str | os.PathLike,
+    size: int | tuple[int, int] = 36,
+    *,
+    threads: int = 0,
+    prefetch: int = 64,
+    keep_scores: bool = False,
+    **kw,
+) -> ShotResult:
     """``small_frames`` + ``ShotDetector`` over a whole file. ``kw`` go to ``ShotDetector``;
     ``fps`` is the stream's (override with ``fps=``). ``prefetch``: decode that many frames
     ahead in a background thread (0: decode and detect in turn, in this thread)."""
@@ -554,5 +586,12 @@ def detect_file(path: str | os.PathLike, size: int | tuple[int, int] = 36, *,
         det = ShotDetector(fps, keep_scores=keep_scores, **kw)
     det.finish()
     dur = last + 1.0 / fps if n else 0.0
-    return ShotResult(cuts=list(det.cuts), shots=shots_from_cuts(det.cuts, dur), frames=n,
-                      fps=fps, duration_s=dur, scores=det.scores, trace=det.trace)
+    return ShotResult(
+        cuts=list(det.cuts),
+        shots=shots_from_cuts(det.cuts, dur),
+        frames=n,
+        fps=fps,
+        duration_s=dur,
+        scores=det.scores,
+        trace=det.trace,
+    )

@@ -21,8 +21,8 @@ from __future__ import annotations
 import os
 import re
 import stat
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 from urllib.parse import unquote, urlsplit
 
 from framebus.topics.errors import IngestError
@@ -40,8 +40,9 @@ def _local_path(uri: str) -> str:
         return uri
     scheme = m.group(1).lower()
     if scheme != "file":
-        raise _fail("ingest.unsupported_scheme",
-                    f"scheme {scheme!r} is not supported (only local files and file:// URIs)")
+        raise _fail(
+            "ingest.unsupported_scheme", f"scheme {scheme!r} is not supported (only local files and file:// URIs)"
+        )
     try:
         parts = urlsplit(uri)
     except ValueError as e:
@@ -49,8 +50,10 @@ def _local_path(uri: str) -> str:
     if parts.query or parts.fragment or uri.endswith(("?", "#")):
         raise _fail("ingest.bad_uri", "a file URI may not carry a query or fragment")
     if parts.netloc not in ("", "localhost"):
-        raise _fail("ingest.unsupported_scheme",
-                    f"file URI names a remote host {parts.netloc!r}; remote files are not supported")
+        raise _fail(
+            "ingest.unsupported_scheme",
+            f"file URI names a remote host {parts.netloc!r}; remote files are not supported",
+        )
     path = unquote(parts.path, errors="strict") if parts.path else ""
     if not path:
         raise _fail("ingest.bad_uri", "file URI without a path")

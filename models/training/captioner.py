@@ -33,18 +33,50 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from framebus.models.captioner import TINY_DECODER, TINY_ENCODER
 from framebus.models.training import deterministic_torch
+from framebus.models.world import RENDER_VERSION
 
-DEFAULT_EPOCHS = 30
-DEFAULT_BATCH = 32
-DEFAULT_LR = 1e-3
-#: weight of the auxiliary attribute loss (0 = off)
-DEFAULT_AUX = 3.0
-#: mirror half of each batch horizontally (swapping "left" and "right")
-DEFAULT_HFLIP = True
-DEFAULT_THREADS = 2
-#: frames per training shot (0 s and 1 s of a 2 s shot: the decode agent's 1 fps instants)
-FRAMES_PER_SHOT = 2
+#: Every hyperparameter that determines the trained weights (with the seed and the torch build):
+#: ``framebus.models.training`` hashes it to key its cache of trained models, so change a value here,
+#: never in code that reads it.
+RECIPE: dict[str, Any] = {
+    "world_seed": 0,  # training shots: framebus.models.world.split(world_seed)[0]
+    #: frames per training shot, evenly over the shot (frame_times)
+    "frames_per_shot": 2,
+    #: frames as the decode agent sends them (training_pairs)
+    "frame": {"width": 320, "height": 240, "short_side": 224, "jpeg_quality": 85},
+    "image_size": 64,
+    #: True: short side to image_size + centre crop (CLIPImageProcessor); False: squash (ViTImageProcessor)
+    "crop": False,
+    "encoder": dict(TINY_ENCODER),
+    "decoder": dict(TINY_DECODER),
+    "init_seed_offset": 1,  # the model's init seed is seed + this
+    "epochs": 30,
+    "batch_size": 32,
+    "lr": 1e-3,
+    "warmup": 40,  # steps, at most a tenth of them
+    "weight_decay": 0.01,
+    "betas": [0.9, 0.98],
+    "grad_clip": 1.0,
+    #: weight of the auxiliary attribute loss (0 = off)
+    "aux_weight": 3.0,
+    "label_smoothing": 0.0,
+    #: mirror half of each batch horizontally (swapping "left" and "right")
+    "hflip": True,
+    #: random translation of each training image by up to this many pixels (of the model input)
+    "shift": 0,
+    #: torch intra-op threads (part of the result)
+    "threads": 2,
+    "render_version": RENDER_VERSION,
+}
+DEFAULT_EPOCHS = RECIPE["epochs"]
+DEFAULT_BATCH = RECIPE["batch_size"]
+DEFAULT_LR = RECIPE["lr"]
+DEFAULT_AUX = RECIPE["aux_weight"]
+DEFAULT_HFLIP = RECIPE["hflip"]
+DEFAULT_THREADS = RECIPE["threads"]
+FRAMES_PER_SHOT = RECIPE["frames_per_shot"]
 TRAIN_INFO_FILE = "framebus-training.json"
 
 
@@ -106,39 +138,52 @@ def save_pretrained_atomic(out_dir: Path, *parts: Any, extra: dict[str, Any] | N
     return out_dir
 
 
-def train_tiny_captioner(out_dir: Path | str | None, *, seed: int = 0, epochs: int = DEFAULT_EPOCHS,
-                         batch_size: int = DEFAULT_BATCH, lr: float = DEFAULT_LR, weight_decay: float = 0.01,
-                         aux_weight: float = DEFAULT_AUX, hflip: bool = DEFAULT_HFLIP,
-                         threads: int = DEFAULT_THREADS, world_seed: int = 0,
-                         frames_per_shot: int = FRAMES_PER_SHOT, max_shots: int | None = None,
-                         device: str = "cpu", log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def train_tiny_captioner(out_dir: Path | str | None, *, seed: int = 0, max_shots: int | None = None,
+                         device: str = "cpu", log: Callable[[str], None] | None = None,
+                         **overrides: Any) -> dict[str, Any]:
     """Train the tiny captioner on the world and save it to ``out_dir`` (skipped when ``None``).
+
+    The hyperparameters are ``RECIPE``'s; any of its keys may be overridden as a keyword (``epochs=1``
+    for a quick test). ``seed`` varies the init, the data order and the augmentation; ``max_shots``
+    keeps only the first training shots (tests).
 
     Returns stats: ``steps``, ``seconds``, ``data_seconds``, ``initial_loss``, ``final_loss`` (caption loss,
     mean of the last 10 steps), ``train_token_accuracy`` (teacher-forced, last 10 steps), ``frames``,
-    ``shots``, ``vocab``, ``path``, ``version`` (what ``TransformersCaptioner.tiny`` reports) and
-    ``state_digest`` (sha256 of the trained weights, for determinism checks).
+    ``shots``, ``vocab``, ``path``, ``version`` (what ``TransformersCaptioner.tiny`` reports),
+    ``state_digest`` (sha256 of the trained weights, for determinism checks) and ``recipe``.
     """
     import torch
+    import torch.nn.functional as F
 
     from framebus.models.world import COLOURS, MOTIONS, SHAPES, split, training_pairs
     from framebus.models.captioner import (TINY_WORDS, build_tiny_image_processor, build_tiny_model,
-                                  build_word_tokenizer, _dir_digest)
+                                           build_word_tokenizer, _dir_digest)
     from framebus.models.openclip import _state_dict_digest, resolve_device
+
+    unknown = set(overrides) - set(RECIPE)
+    if unknown:
+        raise TypeError(f"unknown captioner recipe keys: {sorted(unknown)}")
+    r = {**RECIPE, **overrides}
+    epochs, batch_size, lr = int(r["epochs"]), int(r["batch_size"]), float(r["lr"])
+    frames_per_shot, shift, hflip = int(r["frames_per_shot"]), int(r["shift"]), bool(r["hflip"])
+    aux_weight, smoothing = float(r["aux_weight"]), float(r["label_smoothing"])
+    encoder = {**r["encoder"], "image_size": int(r["image_size"])}
+    fr = r["frame"]
 
     t0 = time.monotonic()
     dev = torch.device(resolve_device(device))
-    with deterministic_torch(threads):
+    with deterministic_torch(int(r["threads"])):
         with torch.random.fork_rng(devices=[]):
-            train, _ = split(world_seed)
+            train, _ = split(int(r["world_seed"]))
             if max_shots is not None:
                 train = train[:max_shots]
-            frames, specs = training_pairs(train, frames_per_shot)
+            frames, specs = training_pairs(train, frames_per_shot, size=fr["short_side"], width=fr["width"],
+                                           height=fr["height"], jpeg_quality=fr["jpeg_quality"])
             captions = [s.caption for s in specs]
             words = list(TINY_WORDS) + ["a", "moving", *COLOURS, *SHAPES, *MOTIONS] + \
                 [w for c in captions for w in c.split()]
             tokenizer = build_word_tokenizer(words)
-            image_processor = build_tiny_image_processor()
+            image_processor = build_tiny_image_processor(int(r["image_size"]), crop=bool(r["crop"]))
             x_all = pixel_values(image_processor, frames)
             y_all = caption_labels(tokenizer, captions)
             del frames
@@ -150,29 +195,38 @@ def train_tiny_captioner(out_dir: Path | str | None, *, seed: int = 0, epochs: i
             lr_motion = (MOTIONS.index("left"), MOTIONS.index("right"))
 
             torch.manual_seed(int(seed))
-            model = build_tiny_model(tokenizer, seed=int(seed) + 1).to(dev).train()
+            model = build_tiny_model(tokenizer, seed=int(seed) + int(r["init_seed_offset"]), encoder=encoder,
+                                     decoder=dict(r["decoder"])).to(dev).train()
             hidden = model.config.encoder.hidden_size
             aux = torch.nn.ModuleList([torch.nn.Linear(hidden, len(vals)) for vals, _ in attrs]).to(dev)
             named = list(model.named_parameters()) + [(f"aux.{n}", p) for n, p in aux.named_parameters()]
             decay = [p for n, p in named if p.ndim >= 2 and "embed" not in n]
             no_decay = [p for n, p in named if not (p.ndim >= 2 and "embed" not in n)]
-            opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                                     {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98))
+            opt = torch.optim.AdamW([{"params": decay, "weight_decay": float(r["weight_decay"])},
+                                     {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=tuple(r["betas"]))
             n = x_all.shape[0]
+            side = x_all.shape[-1]
+            if shift:  # edge-padded once; each step crops every image at a random offset
+                x_all = F.pad(x_all, (shift, shift, shift, shift), mode="replicate")
             per_epoch = max(1, n // batch_size)
-            steps = per_epoch * int(epochs)
-            warmup = max(1, min(40, steps // 10))
+            steps = per_epoch * epochs
+            warmup = max(1, min(int(r["warmup"]), steps // 10))
             rng = np.random.default_rng([int(seed), 0xCA9])
             losses: list[float] = []
             accs: list[float] = []
             step = 0
-            for epoch in range(int(epochs)):
+            for epoch in range(epochs):
                 order = rng.permutation(n)
                 for b in range(per_epoch):
-                    idx = torch.from_numpy(order[b * batch_size:(b + 1) * batch_size].copy())
+                    idx = order[b * batch_size:(b + 1) * batch_size]
                     for g in opt.param_groups:
                         g["lr"] = _lr_at(step, steps, lr, warmup)
-                    xb, labels, ab = x_all[idx], y_all[idx].clone(), a_all[idx].clone()
+                    labels, ab = y_all[idx].clone(), a_all[idx].clone()
+                    if shift:
+                        offs = rng.integers(0, 2 * shift + 1, (len(idx), 2))
+                        xb = torch.stack([x_all[i, :, oy:oy + side, ox:ox + side] for i, (ox, oy) in zip(idx, offs)])
+                    else:
+                        xb = x_all[torch.from_numpy(idx.copy())]
                     if hflip:  # mirror half the batch: left <-> right in caption and motion label
                         flip = torch.from_numpy(rng.random(len(idx)) < 0.5)
                         xb = torch.where(flip[:, None, None, None], xb.flip(3), xb)
@@ -182,19 +236,23 @@ def train_tiny_captioner(out_dir: Path | str | None, *, seed: int = 0, epochs: i
                     xb, labels, ab = xb.to(dev), labels.to(dev), ab.to(dev)
                     enc = model.encoder(pixel_values=xb)
                     out = model(encoder_outputs=enc, labels=labels)
-                    loss = out.loss
+                    logits = out.logits
+                    cap_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                               ignore_index=-100, label_smoothing=smoothing)
+                    loss = cap_loss
                     if aux_weight:
                         pooled = enc.last_hidden_state.mean(dim=1)
-                        loss = loss + aux_weight * sum(torch.nn.functional.cross_entropy(head(pooled), ab[:, j])
+                        loss = loss + aux_weight * sum(F.cross_entropy(head(pooled), ab[:, j], label_smoothing=smoothing)
                                                        for j, head in enumerate(aux))
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
-                    torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
+                    torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]],
+                                                   float(r["grad_clip"]))
                     opt.step()
                     with torch.no_grad():
                         mask = labels != -100
-                        acc = (out.logits.argmax(-1)[mask] == labels[mask]).float().mean()
-                    losses.append(float(out.loss.detach()))
+                        acc = (logits.argmax(-1)[mask] == labels[mask]).float().mean()
+                    losses.append(float(cap_loss.detach()))
                     accs.append(float(acc))
                     step += 1
                 if log is not None:
@@ -208,11 +266,11 @@ def train_tiny_captioner(out_dir: Path | str | None, *, seed: int = 0, epochs: i
         "model": "tiny-captioner",
         "path": str(out_dir) if out_dir is not None else None,
         "seed": int(seed),
-        "epochs": int(epochs),
+        "epochs": epochs,
         "steps": int(step),
-        "batch_size": int(batch_size),
-        "aux_weight": float(aux_weight),
-        "hflip": bool(hflip),
+        "batch_size": batch_size,
+        "aux_weight": aux_weight,
+        "hflip": hflip,
         "shots": len(train),
         "frames": int(len(specs)),
         "vocab": len(tokenizer),
@@ -221,15 +279,15 @@ def train_tiny_captioner(out_dir: Path | str | None, *, seed: int = 0, epochs: i
         "initial_loss": round(losses[0], 4) if losses else None,
         "final_loss": round(float(np.mean(tail)), 4),
         "train_token_accuracy": round(float(np.mean(accs[-10:])), 4) if accs else None,
-        "threads": int(threads),
+        "threads": int(r["threads"]),
         "state_digest": state_digest,
+        "recipe": r,
         "version": None,
     }
     if out_dir is not None:
         # only deterministic fields go into the directory (its bytes name the model version)
         keep = {k: stats[k] for k in ("model", "seed", "epochs", "steps", "batch_size", "shots", "frames", "vocab",
-                                      "aux_weight", "hflip",
-                                      "final_loss", "state_digest")}
+                                      "aux_weight", "hflip", "final_loss", "state_digest", "recipe")}
         save_pretrained_atomic(Path(out_dir), model, tokenizer, image_processor, extra=keep)
         stats["version"] = _dir_digest(Path(out_dir))[:12]
     stats["seconds"] = round(time.monotonic() - t0, 2)
@@ -313,7 +371,7 @@ def train_for_settings(out_path: Path, settings: Any) -> dict[str, Any]:
     """``TrainSpec.train`` for ``framebus.models.training.TRAINERS``: ``out_path`` is
     ``<model dir>/tiny-captioner/model.safetensors``; trains into its directory, always on CPU (the
     same bytes, and model version, on every machine with this torch build)."""
-    return train_tiny_captioner(Path(out_path).parent, device="cpu")
+    return train_tiny_captioner(Path(out_path).parent, seed=int(getattr(settings, "train_seed", 0) or 0), device="cpu")
 
 
 # --- models.training.evaluate entry ----------------------------------------------------------------

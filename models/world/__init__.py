@@ -211,7 +211,7 @@ def _shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, r: float, look: _Loo
         theta = np.arctan2(v, u) + math.pi / 2
         phase = (theta * look.points / (2 * math.pi)) % 1.0
         tri = np.abs(phase - 0.5) * 2  # 1 at a tip, 0 in a valley
-        bound = R * (look.inner + (1 - look.inner) * tri ** 1.6)
+        bound = R * (look.inner + (1 - look.inner) * tri**1.6)
         return u * u + v * v <= bound * bound
     raise ValueError(f"unknown shape {shape!r}")
 
@@ -277,9 +277,9 @@ def all_combinations() -> list[tuple[str, str, str]]:
     return list(itertools.product(SHAPES, COLOURS, MOTIONS))
 
 
-def sample_shots(rng: np.random.Generator | int, n: int, *,
-                 exclude: set[tuple[str, str, str]] | None = None,
-                 duration_s: float = 2.0) -> list[ShotSpec]:
+def sample_shots(
+    rng: np.random.Generator | int, n: int, *, exclude: set[tuple[str, str, str]] | None = None, duration_s: float = 2.0
+) -> list[ShotSpec]:
     """``n`` shots, balanced over the ``(shape, colour, motion)`` combinations not in ``exclude``:
     the combinations are taken in shuffled rounds, so each appears ``n // combos`` or one more
     times. Background and seed are random. Deterministic for an int ``rng``."""
@@ -295,8 +295,16 @@ def sample_shots(rng: np.random.Generator | int, n: int, *,
             if len(out) >= n:
                 break
             shape, colour, motion = combos[int(k)]
-            out.append(ShotSpec(shape, colour, motion, background=int(gen.integers(N_BACKGROUNDS)),
-                                seed=int(gen.integers(0, 2**31 - 1)), duration_s=duration_s))
+            out.append(
+                ShotSpec(
+                    shape,
+                    colour,
+                    motion,
+                    background=int(gen.integers(N_BACKGROUNDS)),
+                    seed=int(gen.integers(0, 2**31 - 1)),
+                    duration_s=duration_s,
+                )
+            )
     return out
 
 
@@ -316,6 +324,32 @@ def split(seed: int = 0) -> tuple[list[ShotSpec], list[ShotSpec]]:
     train = [ShotSpec(s.shape, s.colour, s.motion, s.background, (s.seed // 2) * 2, s.duration_s) for s in train]
     held = [ShotSpec(s.shape, s.colour, s.motion, s.background, (s.seed // 2) * 2 + 1, s.duration_s) for s in held]
     return train, held
+
+
+#: ``extra_shots`` streams (``split`` uses 1 for train and 2 for held-out)
+FIT_STREAM = 3
+VALIDATION_STREAM = 4
+
+
+def extra_shots(seed: int = 0, per_combo: int = 2, *, stream: int = VALIDATION_STREAM) -> list[ShotSpec]:
+    """Shots outside ``split(seed)``: every combination ``per_combo`` times, drawn from their own random
+    stream (``stream`` >= 3; ``split`` uses 1 and 2), so a set for fitting or validating a model on top of
+    the tiny models, or for calibrating its thresholds, that is distinct from both the training and the
+    held-out shots. Seeds are even, like the train shots', and none equals a seed of ``split(seed)``."""
+    if int(stream) in (1, 2):
+        raise ValueError("streams 1 and 2 are split()'s train and held-out shots")
+    combos = len(all_combinations())
+    shots = sample_shots(np.random.default_rng([int(seed), int(stream)]), combos * int(per_combo))
+    train, held = split(seed)
+    taken = {s.seed for s in train} | {s.seed for s in held}
+    out = []
+    for s in shots:
+        k = (s.seed // 2) * 2
+        while k in taken:
+            k += 2
+        taken.add(k)
+        out.append(ShotSpec(s.shape, s.colour, s.motion, s.background, k, s.duration_s))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -340,13 +374,20 @@ class WorldVideo:
         return len(self.bounds) - 1
 
 
-def make_world_video(path: str | os.PathLike, shots: list[ShotSpec], *, fps: float = 24,
-                     width: int = 320, height: int = 240, codec: str = "h264") -> WorldVideo:
+def make_world_video(
+    path: str | os.PathLike,
+    shots: list[ShotSpec],
+    *,
+    fps: float = 24,
+    width: int = 320,
+    height: int = 240,
+    codec: str = "h264",
+) -> WorldVideo:
     """Encode ``shots`` back to back with hard cuts; each shot gets ``round(duration_s * fps)``
     frames, so shot ``i`` starts at (frames before it) / fps seconds."""
-    from framebus.models.world.encode import encode_frames, frame_from_rgb, open_stream
-
     import av
+
+    from framebus.models.world.encode import encode_frames, frame_from_rgb, open_stream
 
     if not shots:
         raise ValueError("a world video needs at least one shot")
@@ -375,9 +416,15 @@ def frame_times(spec: ShotSpec, frames_per_shot: int) -> list[float]:
     return [k * spec.duration_s / frames_per_shot for k in range(frames_per_shot)]
 
 
-def training_pairs(shots: list[ShotSpec], frames_per_shot: int, *, size: int = 224,
-                   width: int = 320, height: int = 240,
-                   jpeg_quality: int = 85) -> tuple[list[np.ndarray], list[ShotSpec]]:
+def training_pairs(
+    shots: list[ShotSpec],
+    frames_per_shot: int,
+    *,
+    size: int = 224,
+    width: int = 320,
+    height: int = 240,
+    jpeg_quality: int = 85,
+) -> tuple[list[np.ndarray], list[ShotSpec]]:
     """Frames of each shot (``frame_times``) as the decode agent sends them: rendered at
     ``width``x``height``, scaled so the short side is ``size`` and passed through a JPEG encode /
     decode round trip. Returns ``(frames, specs)``, shot-major, one spec per frame."""

@@ -11,12 +11,14 @@ import numpy as np
 # codec key -> (encoder, default pix_fmt, default container suffix, encoder options)
 CODECS: dict[str, tuple[str, str, str, dict[str, str]]] = {
     "h264": ("libx264", "yuv420p", ".mp4", {"preset": "veryfast", "crf": "18"}),
-    "hevc": ("libx265", "yuv420p", ".mp4", {"preset": "ultrafast", "crf": "18",
-                                           "x265-params": "log-level=error"}),
-    "hevc10": ("libx265", "yuv420p10le", ".mp4", {"preset": "ultrafast", "crf": "18",
-                                                 "x265-params": "log-level=error"}),
-    "vp9": ("libvpx-vp9", "yuv420p", ".webm", {"deadline": "realtime", "cpu-used": "8",
-                                               "crf": "20", "b": "0"}),
+    "hevc": ("libx265", "yuv420p", ".mp4", {"preset": "ultrafast", "crf": "18", "x265-params": "log-level=error"}),
+    "hevc10": (
+        "libx265",
+        "yuv420p10le",
+        ".mp4",
+        {"preset": "ultrafast", "crf": "18", "x265-params": "log-level=error"},
+    ),
+    "vp9": ("libvpx-vp9", "yuv420p", ".webm", {"deadline": "realtime", "cpu-used": "8", "crf": "20", "b": "0"}),
     "av1": ("libsvtav1", "yuv420p", ".mkv", {"preset": "12", "crf": "25"}),
     "mpeg4": ("mpeg4", "yuv420p", ".mp4", {"qscale": "2"}),
     "mjpeg": ("mjpeg", "yuvj420p", ".avi", {"q:v": "2"}),
@@ -37,8 +39,16 @@ def _odd_safe_pix_fmt(codec: str, pix_fmt: str, width: int, height: int) -> str:
     return pix_fmt
 
 
-def open_stream(out, codec: str, width: int, height: int, fps: float, pix_fmt: str | None,
-                 options: dict[str, str] | None = None, time_base: Fraction | None = None):
+def open_stream(
+    out,
+    codec: str,
+    width: int,
+    height: int,
+    fps: float,
+    pix_fmt: str | None,
+    options: dict[str, str] | None = None,
+    time_base: Fraction | None = None,
+):
     encoder, default_pix, _, opts = CODECS[codec]
     opts = {**opts, **(options or {})}
     rate = Fraction(fps).limit_denominator(1001)

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from framebus.streams.client import ingest
-from tests.conftest import MODEL_DIR
 from framebus.streams.config import Settings, load_settings
 from framebus.streams.demo import free_port, start_stack, stop_stack
 from framebus.topics.events import IngestRequest, VideoMetadata
@@ -19,13 +18,24 @@ from framebus.topics.events import IngestRequest, VideoMetadata
 pytestmark = pytest.mark.integration
 
 
-
-
 def stack_env(data_dir: Path, roots: list[Path], **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FRAMEBUS_")}
-    env.update({"FRAMEBUS_MODELS": "tiny", "FRAMEBUS_DATA_DIR": str(data_dir), "FRAMEBUS_MODEL_DIR": str(MODEL_DIR),
-                "FRAMEBUS_INGEST_ROOTS": ":".join(map(str, roots)), "FRAMEBUS_SESSION_TIMEOUT_S": "6",
-                "FRAMEBUS_DECODE_WORKERS": "2", "PYTHONUNBUFFERED": "1", **extra})
+    # the training seed and the model cache pass through: the stack serves the models the tests were given
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("FRAMEBUS_") or k in ("FRAMEBUS_TRAIN_SEED", "FRAMEBUS_CACHE_DIR")
+    }
+    env.update(
+        {
+            "FRAMEBUS_MODELS": "tiny",
+            "FRAMEBUS_DATA_DIR": str(data_dir),
+            "FRAMEBUS_INGEST_ROOTS": ":".join(map(str, roots)),
+            "FRAMEBUS_SESSION_TIMEOUT_S": "6",
+            "FRAMEBUS_DECODE_WORKERS": "2",
+            "PYTHONUNBUFFERED": "1",
+            **extra,
+        }
+    )
     return env
 
 

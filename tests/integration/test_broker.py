@@ -20,8 +20,9 @@ pytestmark = pytest.mark.integration
 def test_topics_are_created_with_the_configured_partitions_and_recreated_after_a_crash():
     settings = load_settings(embedded_broker=f"127.0.0.1:{free_port()}", partitions=3, topic_prefix="t.")
     restarted = []
-    broker = EmbeddedBroker(settings.embedded_broker,
-                            on_restart=lambda: restarted.append(asyncio.run(ensure_topics(settings))))
+    broker = EmbeddedBroker(
+        settings.embedded_broker, on_restart=lambda: restarted.append(asyncio.run(ensure_topics(settings)))
+    )
     broker.start()
     try:
         found = asyncio.run(ensure_topics(settings))

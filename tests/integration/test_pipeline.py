@@ -34,20 +34,22 @@ def check_segments(doc, duration: float) -> None:
 
 def test_foreign_kafka_client_round_trip(stack):
     """A plain confluent-kafka script (no framebus code) publishes an IngestRequest and reads the metadata."""
-    shots = [world.ShotSpec(shape=s, colour=c, motion="left", background=k, seed=k)
-             for k, (s, c) in enumerate([("circle", "red"), ("square", "blue"), ("triangle", "green")])]
+    shots = [
+        world.ShotSpec(shape=s, colour=c, motion="left", background=k, seed=k)
+        for k, (s, c) in enumerate([("circle", "red"), ("square", "blue"), ("triangle", "green")])
+    ]
     path = world.make_world_video(stack.media / "foreign.mp4", shots, fps=25, width=160, height=120).path
     video_id = f"foreign-{uuid.uuid4().hex[:8]}"
     conf = {"bootstrap.servers": stack.broker}
     consumer = Consumer({**conf, "group.id": f"t-{video_id}", "enable.auto.commit": False})
     meta = consumer.list_topics("framebus.metadata", timeout=10).topics["framebus.metadata"]
     parts = [TopicPartition("framebus.metadata", p) for p in meta.partitions]
-    ends = [TopicPartition(tp.topic, tp.partition, consumer.get_watermark_offsets(tp, timeout=10)[1])
-            for tp in parts]
+    ends = [TopicPartition(tp.topic, tp.partition, consumer.get_watermark_offsets(tp, timeout=10)[1]) for tp in parts]
     consumer.assign(ends)  # read from the current end, no group join needed
     producer = Producer(conf)
-    value = json.dumps({"schema": "framebus.ingest/v1", "video_id": video_id, "uri": f"file://{path}",
-                        "tenant": "acme"}).encode()
+    value = json.dumps(
+        {"schema": "framebus.ingest/v1", "video_id": video_id, "uri": f"file://{path}", "tenant": "acme"}
+    ).encode()
     producer.produce("framebus.ingest", key=video_id.encode(), value=value)
     assert producer.flush(10) == 0
     doc, deadline = None, time.monotonic() + 180
@@ -80,11 +82,14 @@ CODEC_CASES = {
     "mpeg4": (lambda p: videos.make_clip(p / "mpeg4.avi", "mpeg4", 96, 64, 25, 2.0), 2.0, (96, 64), "mpeg4"),
     "mjpeg": (lambda p: videos.make_clip(p / "mjpeg.mkv", "mjpeg", 96, 64, 25, 2.0), 2.0, (96, 64), "mjpeg"),
     "prores": (lambda p: videos.make_clip(p / "prores.mov", "prores", 96, 64, 24, 2.0), 2.0, (96, 64), "prores"),
-    "rotated": (lambda p: videos.make_rotated_clip(p / "rotated.mp4", 90, 96, 64, 24, 2.0), 2.0, (96, 64),
-                "h264"),
+    "rotated": (lambda p: videos.make_rotated_clip(p / "rotated.mp4", 90, 96, 64, 24, 2.0), 2.0, (96, 64), "h264"),
     "odd": (lambda p: videos.make_clip(p / "odd.mkv", "h264", 97, 61, 24, 2.0), 2.0, (97, 61), "h264"),
-    "vfr": (lambda p: videos.make_vfr_clip(p / "vfr.mkv", [0, 0.04, 0.1, 0.5, 0.55, 1.3, 1.9, 2.0, 2.6]),
-            None, (64, 48), "h264"),
+    "vfr": (
+        lambda p: videos.make_vfr_clip(p / "vfr.mkv", [0, 0.04, 0.1, 0.5, 0.55, 1.3, 1.9, 2.0, 2.6]),
+        None,
+        (64, 48),
+        "h264",
+    ),
 }
 
 
@@ -93,8 +98,10 @@ def test_codecs_containers_and_odd_files(stack):
     case_dir = stack.media / f"codecs-{uuid.uuid4().hex[:6]}"
     case_dir.mkdir()
     paths = {name: maker(case_dir) for name, (maker, *_rest) in CODEC_CASES.items()}
-    requests = [IngestRequest(video_id=f"codec-{name}-{case_dir.name}", uri=str(p), tenant="codecs")
-                for name, p in paths.items()]
+    requests = [
+        IngestRequest(video_id=f"codec-{name}-{case_dir.name}", uri=str(p), tenant="codecs")
+        for name, p in paths.items()
+    ]
     docs = stack.ingest(requests)
     for (name, (_m, duration, size, codec)), req in zip(CODEC_CASES.items(), requests):
         doc = docs.get(req.video_id)
@@ -138,19 +145,24 @@ def test_bad_input_fails_clearly_and_the_worker_goes_on(stack):
 
 
 def test_malformed_events_go_to_the_dlq(stack):
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
     import asyncio
+
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
     async def run():
         marker = uuid.uuid4().hex[:8]
-        consumer = AIOKafkaConsumer("framebus.dlq", bootstrap_servers=stack.broker, group_id=f"dlq-{marker}",
-                                    auto_offset_reset="earliest")
+        consumer = AIOKafkaConsumer(
+            "framebus.dlq", bootstrap_servers=stack.broker, group_id=f"dlq-{marker}", auto_offset_reset="earliest"
+        )
         await consumer.start()
         producer = AIOKafkaProducer(bootstrap_servers=stack.broker)
         await producer.start()
         await producer.send_and_wait("framebus.ingest", key=f"junk-{marker}".encode(), value=b"\xff not json")
-        await producer.send_and_wait("framebus.ingest", key=f"bad-{marker}".encode(),
-                                     value=json.dumps({"video_id": f"bad-{marker}", "tenant": "t"}).encode())
+        await producer.send_and_wait(
+            "framebus.ingest",
+            key=f"bad-{marker}".encode(),
+            value=json.dumps({"video_id": f"bad-{marker}", "tenant": "t"}).encode(),
+        )
         await producer.stop()
         found, deadline = {}, time.monotonic() + 60
         while len(found) < 2 and time.monotonic() < deadline:
@@ -177,9 +189,11 @@ def test_search_finds_segments_and_never_crosses_tenants(stack):
     ball = videos.make_clip(d / "ball.mp4", "h264", 128, 96, 24, 4.0, "ball")
     waves = videos.make_clip(d / "waves.mp4", "h264", 128, 96, 24, 4.0, "waves")
     ta, tb = f"ta{d.name}", f"tb{d.name}"
-    requests = [IngestRequest(video_id=f"a-ball-{d.name}", uri=str(ball), tenant=ta),
-                IngestRequest(video_id=f"a-waves-{d.name}", uri=str(waves), tenant=ta),
-                IngestRequest(video_id=f"b-ball-{d.name}", uri=str(ball), tenant=tb)]
+    requests = [
+        IngestRequest(video_id=f"a-ball-{d.name}", uri=str(ball), tenant=ta),
+        IngestRequest(video_id=f"a-waves-{d.name}", uri=str(waves), tenant=ta),
+        IngestRequest(video_id=f"b-ball-{d.name}", uri=str(ball), tenant=tb),
+    ]
     docs = stack.ingest(requests)
     assert all(doc.status == "ok" for doc in docs.values()) and len(docs) == 3
 
@@ -197,11 +211,27 @@ def test_search_finds_segments_and_never_crosses_tenants(stack):
             assert thumb.status_code == 200 and thumb.content[:2] == b"\xff\xd8"  # a JPEG
 
     # the CLI goes through the same API
-    out = subprocess.run([sys.executable, "-m", "framebus.streams.cli", "search", "a ball", "--tenant", tb, "--api",
-                          stack.http, "--json"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "framebus.streams.cli",
+            "search",
+            "a ball",
+            "--tenant",
+            tb,
+            "--api",
+            stack.http,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     cli = json.loads(out.stdout)
     assert [r["video_id"] for r in cli["results"]] == [f"b-ball-{d.name}"]
-    assert httpx.get(f"http://{stack.http}/search", params={"q": "x", "tenant": "no-such-tenant"}).json()[
-        "results"] == []
+    assert (
+        httpx.get(f"http://{stack.http}/search", params={"q": "x", "tenant": "no-such-tenant"}).json()["results"] == []
+    )
     assert httpx.get(f"http://{stack.http}/health").json()["status"] == "ok"

@@ -16,16 +16,33 @@ from framebus.streams.broker import EmbeddedBroker, ensure_topics
 from framebus.streams.client import MetadataWatcher, publish_ingest
 from framebus.streams.config import load_settings
 from framebus.streams.demo import free_port, start_process, stop_stack
-from tests.integration.conftest import stack_env
 from framebus.topics.events import IngestRequest
+from tests.integration.conftest import stack_env
 
 pytestmark = pytest.mark.integration
 
 
 def start_worker(name: str, broker: str, env: dict, log_path) -> subprocess.Popen:
-    return start_process([sys.executable, "-m", "framebus.streams.cli", "worker", "--agents", "all", "--broker", broker,
-                          "--name", name, "--log-level", "info"], env, "framebus worker ready", log_path,
-                         timeout_s=180)
+    return start_process(
+        [
+            sys.executable,
+            "-m",
+            "framebus.streams.cli",
+            "worker",
+            "--agents",
+            "all",
+            "--broker",
+            broker,
+            "--name",
+            name,
+            "--log-level",
+            "info",
+        ],
+        env,
+        "framebus worker ready",
+        log_path,
+        timeout_s=180,
+    )
 
 
 def test_two_workers_share_partitions_and_publish_each_video_once(tmp_path, tiny_models):
@@ -35,18 +52,23 @@ def test_two_workers_share_partitions_and_publish_each_video_once(tmp_path, tiny
     try:
         media = tmp_path / "media"
         media.mkdir()
-        paths = [videos.make_clip(media / f"v{i}.mp4", "h264", 64, 48, 24, 1.0 + (i % 3) * 0.5, "squares", seed=i)
-                 for i in range(12)]
+        paths = [
+            videos.make_clip(media / f"v{i}.mp4", "h264", 64, 48, 24, 1.0 + (i % 3) * 0.5, "squares", seed=i)
+            for i in range(12)
+        ]
         settings = load_settings(broker=broker.address)
         asyncio.run(ensure_topics(settings))
         for name in ("w1", "w2"):
-            env = stack_env(tmp_path / f"data-{name}", [media], FRAMEBUS_BROKER=broker.address,
-                            FRAMEBUS_DECODE_WORKERS="1")
+            env = stack_env(
+                tmp_path / f"data-{name}", [media], FRAMEBUS_BROKER=broker.address, FRAMEBUS_DECODE_WORKERS="1"
+            )
             procs.append((name, start_worker(name, broker.address, env, tmp_path / f"{name}.log")))
 
         # Both joined; the group has rebalanced once the second one said ready.
-        requests = [IngestRequest(video_id=f"so-{i}-{uuid.uuid4().hex[:6]}", uri=str(p), tenant="scale")
-                    for i, p in enumerate(paths)]
+        requests = [
+            IngestRequest(video_id=f"so-{i}-{uuid.uuid4().hex[:6]}", uri=str(p), tenant="scale")
+            for i, p in enumerate(paths)
+        ]
 
         async def ingest_and_collect():
             watcher = MetadataWatcher(settings)

@@ -52,11 +52,13 @@ def test_shots_are_the_segments_and_sit_at_the_true_cuts(world_video):
 def test_search_by_image_and_time_range(stack, world_video):
     video, tenant, doc, _ = world_video
     url = f"http://{stack.http}"
-    late = httpx.get(f"{url}/search", params={"q": "a shape", "tenant": tenant, "start_s": doc.shots[2].start_s + 0.1}
-                     ).json()
+    late = httpx.get(
+        f"{url}/search", params={"q": "a shape", "tenant": tenant, "start_s": doc.shots[2].start_s + 0.1}
+    ).json()
     assert {s["index"] for r in late["results"] for s in r["segments"]} == {2}
-    early = httpx.get(f"{url}/search", params={"q": "a shape", "tenant": tenant, "end_s": doc.shots[0].end_s - 0.1}
-                      ).json()
+    early = httpx.get(
+        f"{url}/search", params={"q": "a shape", "tenant": tenant, "end_s": doc.shots[0].end_s - 0.1}
+    ).json()
     assert {s["index"] for r in early["results"] for s in r["segments"]} == {0}
     for k, spec in enumerate(SHOTS):
         frame = world.render_frame(spec, 1.0, 320, 240)
@@ -86,8 +88,10 @@ def held_out_videos() -> list[list[world.ShotSpec]]:
             seen.add((spec.shape, spec.colour))
             safe.append(spec)
     plan = [[safe[0], stars[0], safe[1], safe[2]], [safe[3], safe[4], stars[1], safe[5]]]
-    return [[dataclasses.replace(spec, background=(4 * v + k) % world.N_BACKGROUNDS) for k, spec in enumerate(shots)]
-            for v, shots in enumerate(plan)]
+    return [
+        [dataclasses.replace(spec, background=(4 * v + k) % world.N_BACKGROUNDS) for k, spec in enumerate(shots)]
+        for v, shots in enumerate(plan)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -110,13 +114,14 @@ def held_out(stack):
 
 def _shots(held_out):
     _, videos, docs, _ = held_out
-    return [(name, k, spec, docs[name].shots[k]) for name, video in videos.items()
-            for k, spec in enumerate(video.shots)]
+    return [
+        (name, k, spec, docs[name].shots[k]) for name, video in videos.items() for k, spec in enumerate(video.shots)
+    ]
 
 
 def test_captions_name_the_shape_and_colour(held_out):
     shots = _shots(held_out)
-    for name, k, spec, shot in shots:
+    for name, k, _spec, shot in shots:
         assert shot.caption, f"{name} shot {k}: no caption"
     colour = sum(spec.colour in shot.caption.split() for *_, spec, shot in shots)
     shape = sum(spec.shape in shot.caption.split() for *_, spec, shot in shots)
@@ -145,8 +150,9 @@ def test_text_search_returns_the_right_video_and_shot_first(stack, held_out):
     tenant = held_out[0]
     hits, misses = 0, []
     for name, k, spec, _ in _shots(held_out):
-        resp = httpx.get(f"http://{stack.http}/search", params={"q": spec.caption, "tenant": tenant, "limit": 2},
-                         timeout=60).json()
+        resp = httpx.get(
+            f"http://{stack.http}/search", params={"q": spec.caption, "tenant": tenant, "limit": 2}, timeout=60
+        ).json()
         top = resp["results"][0]
         if (top["video_id"], top["segments"][0]["index"]) == (name, k):
             hits += 1
@@ -161,8 +167,11 @@ def test_search_filters_by_moderation_verdict(stack, held_out):
     unsafe = {(name, k) for name, k, spec, _ in _shots(held_out) if spec.unsafe}
 
     def found(flagged: str) -> set:
-        resp = httpx.get(f"http://{stack.http}/search", params={"q": "a shape", "tenant": tenant, "limit": 10,
-                                                                "flagged": flagged}, timeout=60).json()
+        resp = httpx.get(
+            f"http://{stack.http}/search",
+            params={"q": "a shape", "tenant": tenant, "limit": 10, "flagged": flagged},
+            timeout=60,
+        ).json()
         segments = [s for r in resp["results"] for s in r["segments"]]
         assert all(s["flagged"] is (flagged == "true") for s in segments), resp
         return {(r["video_id"], s["index"]) for r in resp["results"] for s in r["segments"]}, resp

@@ -24,20 +24,28 @@ def test_verdict_takes_the_maximum_per_category_and_applies_the_policy():
 
 
 def part(task: str, **result) -> ev.SegmentAnalysis:
-    return ev.SegmentAnalysis(video_id="v", tenant="t", uri="/v.mp4", trace_id="tr", segment_count=2,
-                              segment=ev.Segment(index=1, start_s=2.0, end_s=4.0, keyframe_s=3.0,
-                                                 quality={"sharpness": 1.0}),
-                              tasks=["embed", "caption", "moderate"], task=task,
-                              model=ev.ModelRef(task=task, name=f"{task}-model", version="1"),
-                              video=ev.VideoFacts(duration_s=4.0, fps=24, width=8, height=8, codec="h264"),
-                              **result)
+    return ev.SegmentAnalysis(
+        video_id="v",
+        tenant="t",
+        uri="/v.mp4",
+        trace_id="tr",
+        segment_count=2,
+        segment=ev.Segment(index=1, start_s=2.0, end_s=4.0, keyframe_s=3.0, quality={"sharpness": 1.0}),
+        tasks=["embed", "caption", "moderate"],
+        task=task,
+        model=ev.ModelRef(task=task, name=f"{task}-model", version="1"),
+        video=ev.VideoFacts(duration_s=4.0, fps=24, width=8, height=8, codec="h264"),
+        **result,
+    )
 
 
 def test_a_segment_is_joined_once_every_task_reported_in_any_order():
     parts = merge({}, part("caption", caption="a red circle"))
     assert complete(parts) is None
-    parts = merge(parts, part("moderate", moderation=ev.ModerationVerdict(scores={"hazard": 0.9},
-                                                                          flagged=["hazard"], action="flag")))
+    parts = merge(
+        parts,
+        part("moderate", moderation=ev.ModerationVerdict(scores={"hazard": 0.9}, flagged=["hazard"], action="flag")),
+    )
     parts = merge(parts, part("caption", caption="a red circle"))  # a replay overwrites itself
     assert complete(parts) is None
     joined = complete(merge(parts, part("embed", vector=[0.6, 0.8])))
@@ -49,8 +57,8 @@ def test_a_segment_is_joined_once_every_task_reported_in_any_order():
 
 
 def test_parts_that_never_complete_expire():
-    from framebus.agents.index import stale
     from framebus.agents.expiry import ExpiringKeys
+    from framebus.agents.index import stale
 
     parts = merge({}, part("caption", caption="a red circle"), now=1000.0)
     parts = merge(parts, part("embed", vector=[1.0, 0.0]), now=1500.0)  # the first part's time is kept

@@ -86,8 +86,14 @@ def test_trained_directory_is_complete_and_batching_is_stable(trained, heldout_k
 
     settings, _ = trained
     d = settings.model_cache_dir / TINY_DIR
-    for name in ("config.json", "generation_config.json", "model.safetensors", "preprocessor_config.json",
-                 "tokenizer.json", "tokenizer_config.json"):
+    for name in (
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ):
         assert (d / name).is_file(), name
     assert not [p for p in d.parent.iterdir() if p.name.startswith(".") and p.name != LOCK_NAME]  # no leftovers
     frames = heldout_keyframes[0][:12]

@@ -34,8 +34,12 @@ def test_security_settings_pass_through(monkeypatch):
     monkeypatch.setenv("FRAMEBUS_SASL_USERNAME", "u")
     monkeypatch.setenv("FRAMEBUS_SASL_PASSWORD", "p")
     sec = load_settings().kafka_security()
-    assert sec == {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "SCRAM-SHA-512",
-                   "sasl_plain_username": "u", "sasl_plain_password": "p"}
+    assert sec == {
+        "security_protocol": "SASL_PLAINTEXT",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "u",
+        "sasl_plain_password": "p",
+    }
     from framebus.streams.runtime import broker_credentials
 
     creds = broker_credentials(load_settings())
@@ -44,5 +48,5 @@ def test_security_settings_pass_through(monkeypatch):
 
 def test_invalid_values_are_rejected(monkeypatch):
     monkeypatch.setenv("FRAMEBUS_SAMPLE_FPS", "-1")
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError):  # pydantic's ValidationError
         load_settings()

@@ -8,8 +8,8 @@ import numpy as np
 
 from framebus.agents.decode import frames_payload
 from framebus.agents.embed import frame_pixels
-from framebus.topics.frames import encode_jpeg
 from framebus.agents.media.pipeline import DecodedSegment
+from framebus.topics.frames import encode_jpeg
 
 
 def segment(n: int) -> DecodedSegment:

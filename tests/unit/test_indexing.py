@@ -30,12 +30,23 @@ def basis(i: int, dim: int = DIM) -> np.ndarray:
     return v
 
 
-def pt(video_id: str, idx: int, vec, *, tenant: str = "acme", seg: float = 2.0, version: str = "v1",
-       **extra) -> SegmentPoint:
-    return SegmentPoint(video_id=video_id, tenant=tenant, segment_index=idx, start_s=idx * seg,
-                        end_s=(idx + 1) * seg, keyframe_s=idx * seg + seg / 2, vector=np.asarray(vec),
-                        model="test", model_version=version, thumbnail=f"thumb/{video_id}/{idx}.jpg",
-                        trace_id="t-1", extra=extra)
+def pt(
+    video_id: str, idx: int, vec, *, tenant: str = "acme", seg: float = 2.0, version: str = "v1", **extra
+) -> SegmentPoint:
+    return SegmentPoint(
+        video_id=video_id,
+        tenant=tenant,
+        segment_index=idx,
+        start_s=idx * seg,
+        end_s=(idx + 1) * seg,
+        keyframe_s=idx * seg + seg / 2,
+        vector=np.asarray(vec),
+        model="test",
+        model_version=version,
+        thumbnail=f"thumb/{video_id}/{idx}.jpg",
+        trace_id="t-1",
+        extra=extra,
+    )
 
 
 @pytest.fixture(params=["qdrant", "faiss"])
@@ -184,7 +195,7 @@ def test_concurrent_writers_and_readers(store):
 def test_point_ids_deterministic_and_versioned():
     a = point_id("vid", 3, "abc123")
     assert a == point_id("vid", 3, "abc123")
-    assert a == "%s" % a and len(a) == 36
+    assert a == str(a) and len(a) == 36
     assert point_id("vid", 3, "abc124") != a
     assert point_id("vid", 4, "abc123") != a
     assert point_id("vid", 3, "abc123", tenant="t1") != point_id("vid", 3, "abc123", tenant="t2")
@@ -197,15 +208,27 @@ def test_point_ids_deterministic_and_versioned():
 
 
 def test_collection_name_depends_on_model_version():
-    versions = ["ViT-B-32/laion2b_s34b_b79k", "ViT-B-32/laion2b_e16", "ViT-B-32/laion2b_s34b_b79K",
-                "0123456789ab", "0123456789ac", "a" * 40, "a" * 41, "x/y", "x_y"]
-    names = [collection_name("framebus", ModelInfo(name="open_clip/ViT-B-32", version=v, task="embed"))
-             for v in versions]
+    versions = [
+        "ViT-B-32/laion2b_s34b_b79k",
+        "ViT-B-32/laion2b_e16",
+        "ViT-B-32/laion2b_s34b_b79K",
+        "0123456789ab",
+        "0123456789ac",
+        "a" * 40,
+        "a" * 41,
+        "x/y",
+        "x_y",
+    ]
+    names = [
+        collection_name("framebus", ModelInfo(name="open_clip/ViT-B-32", version=v, task="embed")) for v in versions
+    ]
     assert len(set(names)) == len(names), names
     assert names[3] == "framebus_open_clip_vit_b_32_0123456789ab"  # a hash version is kept readable
     assert names[0].startswith("framebus_open_clip_vit_b_32_vit_b_32_laion2b_s34b")
     assert names == [collection_name("framebus", ModelInfo("open_clip/ViT-B-32", v, "embed")) for v in versions]
-    assert collection_name("other", ModelInfo("m", "v1", "embed")) != collection_name("framebus", ModelInfo("m", "v1", "embed"))
+    assert collection_name("other", ModelInfo("m", "v1", "embed")) != collection_name(
+        "framebus", ModelInfo("m", "v1", "embed")
+    )
     for n in names:
         assert n.replace("_", "").isalnum() and n == n.lower() and len(n) <= 80
 
@@ -254,10 +277,21 @@ def test_filters_on_moderation_verdict_and_time_range(store):
     name = "filters"
     store.ensure_collection(name, 4)
     vec = np.array([1, 0, 0, 0], dtype=np.float32)
-    points = [SegmentPoint(video_id="v", tenant="t", segment_index=i, start_s=2.0 * i, end_s=2.0 * i + 2,
-                           keyframe_s=2.0 * i + 1, vector=vec + 0.01 * i, model="m", model_version="1",
-                           extra={"flagged": i == 1, "caption": f"c{i}"})
-              for i in range(4)]
+    points = [
+        SegmentPoint(
+            video_id="v",
+            tenant="t",
+            segment_index=i,
+            start_s=2.0 * i,
+            end_s=2.0 * i + 2,
+            keyframe_s=2.0 * i + 1,
+            vector=vec + 0.01 * i,
+            model="m",
+            model_version="1",
+            extra={"flagged": i == 1, "caption": f"c{i}"},
+        )
+        for i in range(4)
+    ]
     store.upsert(name, points)
 
     def segments(where):

@@ -68,8 +68,18 @@ def test_probe_each_codec(codec, codec_clip):
 def test_probe_as_dict_and_pickle(codec_clip):
     info = probe(codec_clip("h264"))
     d = info.as_dict()
-    assert set(d) == {"duration_s", "fps", "width", "height", "codec", "pix_fmt", "bit_depth",
-                      "rotation", "container", "size_bytes"}
+    assert set(d) == {
+        "duration_s",
+        "fps",
+        "width",
+        "height",
+        "codec",
+        "pix_fmt",
+        "bit_depth",
+        "rotation",
+        "container",
+        "size_bytes",
+    }
     assert pickle.loads(pickle.dumps(info)) == info
     with pytest.raises(dataclasses.FrozenInstanceError):
         info.width = 1  # type: ignore[misc]
@@ -100,8 +110,10 @@ def test_probe_rotation_in_matroska(clipdir):
     assert (info.rotation, info.width, info.height) == (90, 64, 48)
 
 
-@pytest.mark.parametrize("codec,suffix", [("h264", ".mp4"), ("ffv1", ".mkv"), ("mjpeg", ".avi"),
-                                          ("vp9", ".webm"), ("av1", ".mkv"), ("hevc", ".mp4")])
+@pytest.mark.parametrize(
+    "codec,suffix",
+    [("h264", ".mp4"), ("ffv1", ".mkv"), ("mjpeg", ".avi"), ("vp9", ".webm"), ("av1", ".mkv"), ("hevc", ".mp4")],
+)
 def test_probe_odd_dimensions(codec, suffix, clipdir):
     p = V.make_clip(clipdir / f"odd_{codec}{suffix}", codec, 97, 61, 24, 0.5)
     info = probe(p)

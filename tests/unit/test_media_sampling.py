@@ -7,10 +7,21 @@ import random
 
 import pytest
 
-from framebus.agents.media.sampling import (SLIVER_S, FrameSelector, assign_frames_to_segments,
-                                   effective_fps, iter_grid, keyframe_index, merge_targets,
-                                   nearest_index, plan_segments, sample_times, segment_of,
-                                   segment_midpoints_without_targets, select_frames)
+from framebus.agents.media.sampling import (
+    SLIVER_S,
+    FrameSelector,
+    assign_frames_to_segments,
+    effective_fps,
+    iter_grid,
+    keyframe_index,
+    merge_targets,
+    nearest_index,
+    plan_segments,
+    sample_times,
+    segment_midpoints_without_targets,
+    segment_of,
+    select_frames,
+)
 
 
 def displayed_at(pts: list[float], t: float, end: float = math.inf) -> int | None:
@@ -85,7 +96,7 @@ def test_iter_grid_and_merge():
 def _check_cover(segs, duration):
     assert segs[0][0] == 0.0
     assert segs[-1][1] == duration
-    for (a, b), (c, _) in zip(segs, segs[1:]):
+    for (_a, b), (c, _) in zip(segs, segs[1:]):
         assert b == c
     assert all(b > a for a, b in segs)
 

@@ -37,8 +37,7 @@ def test_plain_absolute_path(tree):
 def test_file_uris(tree):
     root, video, _ = tree
     quoted = str(video).replace(" ", "%20")
-    for uri in (f"file://{quoted}", f"file:{quoted}", f"file://localhost{quoted}",
-                f"FILE://{quoted}"):
+    for uri in (f"file://{quoted}", f"file:{quoted}", f"file://localhost{quoted}", f"FILE://{quoted}"):
         assert resolve_uri(uri, [root]) == video.resolve(), uri
 
 
@@ -47,9 +46,20 @@ def test_no_roots_allows_any_absolute_path(tree):
     assert resolve_uri(str(outside), []) == outside.resolve()
 
 
-@pytest.mark.parametrize("uri", ["", "   ", "relative/clip.mp4", "clip.mp4", "file://",
-                                 "file:///a.mp4?x=1", "file:///a.mp4#frag",
-                                 "/media/a\x00b.mp4", "file:///a%00b.mp4"])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "",
+        "   ",
+        "relative/clip.mp4",
+        "clip.mp4",
+        "file://",
+        "file:///a.mp4?x=1",
+        "file:///a.mp4#frag",
+        "/media/a\x00b.mp4",
+        "file:///a%00b.mp4",
+    ],
+)
 def test_bad_uri(uri):
     assert code_of(uri) == "ingest.bad_uri"
 
@@ -58,10 +68,19 @@ def test_not_a_string():
     assert code_of(None) == "ingest.bad_uri"  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("uri", ["http://example.com/a.mp4", "https://example.com/a.mp4",
-                                 "ftp://example.com/a.mp4", "data:video/mp4;base64,AAAA",
-                                 "s3://bucket/a.mp4", "rtsp://cam/stream", "HTTPS://x/y.mp4",
-                                 "file://otherhost/a.mp4"])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "http://example.com/a.mp4",
+        "https://example.com/a.mp4",
+        "ftp://example.com/a.mp4",
+        "data:video/mp4;base64,AAAA",
+        "s3://bucket/a.mp4",
+        "rtsp://cam/stream",
+        "HTTPS://x/y.mp4",
+        "file://otherhost/a.mp4",
+    ],
+)
 def test_unsupported_scheme(uri):
     assert code_of(uri) == "ingest.unsupported_scheme"
 

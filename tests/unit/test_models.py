@@ -121,8 +121,14 @@ print(json.dumps({"version": e.info.version, "images": e.embed_images(images()).
 
 
 def _dump_tiny(data_dir: Path) -> dict:
-    proc = subprocess.run([sys.executable, "-c", _DUMP, str(data_dir), str(REPO)], capture_output=True, text=True,
-                          cwd=REPO, env=clean_env(), timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", _DUMP, str(data_dir), str(REPO)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=clean_env(),
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -139,9 +145,12 @@ def test_tiny_is_deterministic_across_processes(tiny, tmp_path):
 def test_tiny_loads_a_trained_checkpoint(tiny, tmp_path):
     import torch
 
-    trained = {k: v.detach().cpu() + 0.01 * torch.randn_like(v.detach().cpu(), dtype=torch.float32).to(v.dtype)
-               if v.is_floating_point() else v.detach().cpu()
-               for k, v in tiny.model.state_dict().items()}
+    trained = {
+        k: v.detach().cpu() + 0.01 * torch.randn_like(v.detach().cpu(), dtype=torch.float32).to(v.dtype)
+        if v.is_floating_point()
+        else v.detach().cpu()
+        for k, v in tiny.model.state_dict().items()
+    }
     ckpt = tmp_path / "models" / "tiny-clip.pt"
     ckpt.parent.mkdir(parents=True)
     torch.save({"state_dict": trained}, ckpt)

@@ -12,7 +12,6 @@ from framebus.streams.config import Settings
 from framebus.topics.errors import ModelError, ModelNotAvailable
 
 
-
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("moderator-data")
@@ -141,8 +140,9 @@ def test_zero_shot_math_and_config(embedder):
     from framebus.models.moderator import ClipZeroShotModerator
 
     policy = {"hazard": ("a spiky star", "a star"), "dots": "a dot"}
-    mod = ClipZeroShotModerator(embedder, policy, {"temperature": 0.05, "threshold": 0.7},
-                                safe_prompts=["a circle", "a square"])
+    mod = ClipZeroShotModerator(
+        embedder, policy, {"temperature": 0.05, "threshold": 0.7}, safe_prompts=["a circle", "a square"]
+    )
     assert mod.categories == ["hazard", "dots"] and mod.thresholds == {"hazard": 0.7, "dots": 0.7}
     # an image embedding equal to a prompt's text embedding scores high for that prompt's category
     star = embedder.embed_texts(["a star"])

@@ -12,18 +12,21 @@ import pytest
 from PIL import Image
 
 from framebus.agents.embed import embed_prepared_segments, embed_segments, prepare_segments
-from framebus.topics.frames import decode_jpeg, encode_jpeg
 from framebus.models import world
 from framebus.models.registry import load_captioner, load_embedder, load_moderator
 from framebus.streams.batching import AdaptiveBatcher
-from framebus.topics.errors import DecodeError
 from framebus.topics import events as ev
+from framebus.topics.errors import DecodeError
+from framebus.topics.frames import decode_jpeg, encode_jpeg
 
 
 def frames(n: int = 5) -> list[np.ndarray]:
-    specs = [world.ShotSpec(shape=s, colour=c, motion="left", background=k % world.N_BACKGROUNDS, seed=k)
-             for k, (s, c) in enumerate([("circle", "red"), ("star", "blue"), ("square", "green"),
-                                         ("triangle", "white"), ("star", "yellow")])]
+    specs = [
+        world.ShotSpec(shape=s, colour=c, motion="left", background=k % world.N_BACKGROUNDS, seed=k)
+        for k, (s, c) in enumerate(
+            [("circle", "red"), ("star", "blue"), ("square", "green"), ("triangle", "white"), ("star", "yellow")]
+        )
+    ]
     return [np.asarray(world.render_frame(spec, 0.5, 298, 224)) for spec in specs[:n]]
 
 
@@ -42,8 +45,11 @@ def test_prepared_halves_equal_the_one_call_api(models):
     assert moderator.score_prepared(moderator.prepare_images(ims)) == moderator.score(ims)
     # slices of a prepared batch are batches (what AdaptiveBatcher hands the model after an OOM split)
     batch = embedder.prepare_images(ims)
-    np.testing.assert_allclose(np.concatenate([embedder.embed_prepared(batch[:2]), embedder.embed_prepared(batch[2:])]),
-                               embedder.embed_images(ims), atol=1e-5)
+    np.testing.assert_allclose(
+        np.concatenate([embedder.embed_prepared(batch[:2]), embedder.embed_prepared(batch[2:])]),
+        embedder.embed_images(ims),
+        atol=1e-5,
+    )
     assert embedder.embed_prepared(embedder.prepare_images([])).shape == (0, embedder.dim)
     assert moderator.score_prepared(moderator.prepare_images([])) == []
     assert captioner.caption_prepared(captioner.prepare_images([])) == []
@@ -54,12 +60,23 @@ def test_agent_segments_prepared_in_two_steps_equal_one_step(models):
     embedder, _, moderator = models
     ims = frames()
     facts = ev.VideoFacts(duration_s=2.0, fps=24, width=298, height=224, codec="h264")
-    items = [ev.SegmentFrames(video_id="v", tenant="t", uri="file:///v.mp4", trace_id="tr", segment_count=2,
-                              segment=ev.Segment(index=i, start_s=i, end_s=i + 1, keyframe_s=i + 0.5),
-                              tasks=["embed"], video=facts,
-                              frames=[ev.Frame(pts_s=i + 0.1 * k, jpeg_b64=base64.b64encode(encode_jpeg(im, 90)).decode())
-                                      for k, im in enumerate(group)])
-             for i, group in enumerate([ims[:2], ims[2:]])]
+    items = [
+        ev.SegmentFrames(
+            video_id="v",
+            tenant="t",
+            uri="file:///v.mp4",
+            trace_id="tr",
+            segment_count=2,
+            segment=ev.Segment(index=i, start_s=i, end_s=i + 1, keyframe_s=i + 0.5),
+            tasks=["embed"],
+            video=facts,
+            frames=[
+                ev.Frame(pts_s=i + 0.1 * k, jpeg_b64=base64.b64encode(encode_jpeg(im, 90)).decode())
+                for k, im in enumerate(group)
+            ],
+        )
+        for i, group in enumerate([ims[:2], ims[2:]])
+    ]
     prepared = prepare_segments(embedder, items)
     assert len(prepared[1]) == 5 and prepared[2] == 2
     two = embed_prepared_segments(embedder, AdaptiveBatcher("e", 4), prepared)

@@ -11,8 +11,9 @@ MODEL = ev.ModelRef(task="embed", name="m", version="1")
 
 def done(index: int, count: int = 3, **kw) -> ev.SegmentDone:
     seg = ev.Segment(index=index, start_s=2.0 * index, end_s=min(5.0, 2.0 * index + 2), keyframe_s=2.0 * index + 1)
-    return ev.SegmentDone(video_id="v", tenant="t", segment=seg, segment_count=count, video=FACTS, models=[MODEL],
-                          trace_id="tr", **kw)
+    return ev.SegmentDone(
+        video_id="v", tenant="t", segment=seg, segment_count=count, video=FACTS, models=[MODEL], trace_id="tr", **kw
+    )
 
 
 def test_a_video_is_finished_only_when_every_segment_arrived_in_any_order():
@@ -42,8 +43,13 @@ def test_a_failure_finishes_the_video_at_once_as_failed():
 
 
 def test_a_failed_ingest_with_no_progress_yet_makes_a_failed_document():
-    failure = ev.SegmentDone(video_id="v", tenant="t", uri="/etc/passwd", trace_id="tr",
-                             error=ev.ErrorInfo(code="ingest.outside_allowed_roots", message="no"))
+    failure = ev.SegmentDone(
+        video_id="v",
+        tenant="t",
+        uri="/etc/passwd",
+        trace_id="tr",
+        error=ev.ErrorInfo(code="ingest.outside_allowed_roots", message="no"),
+    )
     state, finished = apply_progress(None, failure)
     doc = build_metadata(state)
     assert finished and doc.status == "failed" and doc.uri == "/etc/passwd" and doc.duration_s is None

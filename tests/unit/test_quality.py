@@ -32,7 +32,7 @@ def test_blurred_image_is_less_sharp(sharp):
 
 def test_laplacian_variance_definition():
     y = (np.indices((10, 10)).sum(axis=0) % 2 * 255).astype(np.float32)  # checkerboard
-    assert Q.laplacian_variance(y) == pytest.approx(1020.0 ** 2)  # interior values are +-4*255
+    assert Q.laplacian_variance(y) == pytest.approx(1020.0**2)  # interior values are +-4*255
     ramp = np.tile(np.arange(10, dtype=np.float32) * 7, (10, 1))  # linear: Laplacian 0
     assert Q.laplacian_variance(ramp) == pytest.approx(0.0, abs=1e-6)
     assert Q.laplacian_variance(np.zeros((2, 9), np.float32)) == 0.0
@@ -74,27 +74,26 @@ def test_single_frame_and_errors(sharp):
     with pytest.raises(ValueError):
         Q.quality_scores([np.zeros((4, 4, 2), np.uint8)])
     # gray, odd and tiny frames are accepted
-    tiny = Q.quality_scores([np.zeros((5, 7), np.uint8), np.full((5, 7), 200, np.uint8)],
-                            flow=False)
+    tiny = Q.quality_scores([np.zeros((5, 7), np.uint8), np.full((5, 7), 200, np.uint8)], flow=False)
     assert tiny["motion"] == pytest.approx(200 / 255, abs=1e-3)
 
 
 def _ssim_reference(a: np.ndarray, b: np.ndarray, n: int = 11, sigma: float = 1.5) -> float:
     """Direct per-window SSIM (Wang et al. 2004), slow, for checking ``Q.ssim``."""
     x = np.arange(n) - (n - 1) / 2
-    g = np.exp(-(x ** 2) / (2 * sigma ** 2))
+    g = np.exp(-(x**2) / (2 * sigma**2))
     w = np.outer(g, g)
     w /= w.sum()
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
     vals = []
     for i in range(a.shape[0] - n + 1):
         for j in range(a.shape[1] - n + 1):
-            pa, pb = a[i:i + n, j:j + n].astype(np.float64), b[i:i + n, j:j + n].astype(np.float64)
+            pa, pb = a[i : i + n, j : j + n].astype(np.float64), b[i : i + n, j : j + n].astype(np.float64)
             ma, mb = (w * pa).sum(), (w * pb).sum()
             va, vb = (w * (pa - ma) ** 2).sum(), (w * (pb - mb) ** 2).sum()
             cov = (w * (pa - ma) * (pb - mb)).sum()
             num = (2 * ma * mb + c1) * (2 * cov + c2)
-            vals.append(num / ((ma ** 2 + mb ** 2 + c1) * (va + vb + c2)))
+            vals.append(num / ((ma**2 + mb**2 + c1) * (va + vb + c2)))
     return float(np.mean(vals))
 
 

@@ -7,9 +7,9 @@ import json
 import jsonschema
 import pytest
 
-from framebus.topics.errors import EventTooLarge, InvalidEvent
 from framebus.topics import codec, registry
 from framebus.topics import events as ev
+from framebus.topics.errors import EventTooLarge, InvalidEvent
 
 
 def test_ingest_request_round_trip_keeps_schema_field_and_unknown_fields():
@@ -20,16 +20,19 @@ def test_ingest_request_round_trip_keeps_schema_field_and_unknown_fields():
     assert out["schema"] == "framebus.ingest/v1" and out["x"] == 1
 
 
-@pytest.mark.parametrize("raw, fragment", [
-    (b"not json", "not JSON"),
-    (b"[1, 2]", "expected an object"),
-    (b'{"video_id": "v", "tenant": "t"}', "uri"),
-    (b'{"video_id": "", "uri": "/a", "tenant": "t"}', "video_id"),
-    (b'{"video_id": "v w", "uri": "/a", "tenant": "t"}', "video_id"),
-    (b'{"video_id": "v", "uri": "/a", "tenant": "../t"}', "tenant"),
-    (b'{"schema": "framebus.ingest/v9", "video_id": "v", "uri": "/a", "tenant": "t"}', "schema"),
-    (None, "tombstone"),
-])
+@pytest.mark.parametrize(
+    "raw, fragment",
+    [
+        (b"not json", "not JSON"),
+        (b"[1, 2]", "expected an object"),
+        (b'{"video_id": "v", "tenant": "t"}', "uri"),
+        (b'{"video_id": "", "uri": "/a", "tenant": "t"}', "video_id"),
+        (b'{"video_id": "v w", "uri": "/a", "tenant": "t"}', "video_id"),
+        (b'{"video_id": "v", "uri": "/a", "tenant": "../t"}', "tenant"),
+        (b'{"schema": "framebus.ingest/v9", "video_id": "v", "uri": "/a", "tenant": "t"}', "schema"),
+        (None, "tombstone"),
+    ],
+)
 def test_invalid_ingest_requests_raise_invalid_event_with_a_reason(raw, fragment):
     with pytest.raises(InvalidEvent) as info:
         codec.decode(ev.IngestRequest, raw)
@@ -48,8 +51,15 @@ def test_size_limits_are_enforced_both_ways():
 
 def test_public_topics_have_the_contract_names_and_required_fields():
     names = {spec.name for spec in registry.PUBLIC}
-    assert names == {"framebus.ingest", "framebus.metadata", "framebus.moderation", "framebus.generate",
-                     "framebus.generate.progress", "framebus.generate.results", "framebus.dlq"}
+    assert names == {
+        "framebus.ingest",
+        "framebus.metadata",
+        "framebus.moderation",
+        "framebus.generate",
+        "framebus.generate.progress",
+        "framebus.generate.results",
+        "framebus.dlq",
+    }
     schemas = registry.json_schemas()
     required = {
         "framebus.ingest": {"video_id", "uri", "tenant"},

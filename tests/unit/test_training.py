@@ -17,8 +17,7 @@ import pytest
 
 from framebus.models.openclip import TINY_CHECKPOINT, OpenClipEmbedder
 from framebus.models.registry import load_embedder
-from framebus.models.training import (TRAINERS, TrainSpec, ensure_tiny_models, missing_models, model_version,
-                             stats_path)
+from framebus.models.training import TRAINERS, TrainSpec, ensure_tiny_models, missing_models, model_version, stats_path
 from framebus.models.training.clip import train_tiny_clip
 from framebus.streams.config import Settings
 

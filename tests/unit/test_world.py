@@ -6,10 +6,26 @@ import av
 import numpy as np
 import pytest
 
-from framebus.models.world import (COLOUR_RGB, COLOURS, MODERATION_CATEGORIES, MOTIONS, N_BACKGROUNDS, SHAPES,
-                            UNSAFE_SHAPE, ShotSpec, WorldVideo, all_combinations, make_world_video,
-                            object_centre, queries, query_text, render_frame, sample_shots, split,
-                            training_pairs)
+from framebus.models.world import (
+    COLOUR_RGB,
+    COLOURS,
+    MODERATION_CATEGORIES,
+    MOTIONS,
+    N_BACKGROUNDS,
+    SHAPES,
+    UNSAFE_SHAPE,
+    ShotSpec,
+    WorldVideo,
+    all_combinations,
+    make_world_video,
+    object_centre,
+    queries,
+    query_text,
+    render_frame,
+    sample_shots,
+    split,
+    training_pairs,
+)
 
 
 def spec(**kw) -> ShotSpec:
@@ -36,8 +52,13 @@ def test_caption_and_unsafe():
 
 
 def test_bad_specs_are_rejected():
-    for kw in ({"shape": "hexagon"}, {"colour": "purple"}, {"motion": "sideways"},
-               {"background": N_BACKGROUNDS}, {"duration_s": 0}):
+    for kw in (
+        {"shape": "hexagon"},
+        {"colour": "purple"},
+        {"motion": "sideways"},
+        {"background": N_BACKGROUNDS},
+        {"duration_s": 0},
+    ):
         with pytest.raises(ValueError):
             spec(**kw)
 
@@ -130,12 +151,14 @@ def test_training_pairs_match_decode_agent_frames():
 
 
 def test_make_world_video_cuts_and_decode(tmp_path):
-    from framebus.topics.frames import decode_jpeg
     from framebus.agents.media.pipeline import DecodeJob, decode_video
+    from framebus.topics.frames import decode_jpeg
 
-    shots = [spec(shape="circle", colour="red", motion="left", seed=1),
-             spec(shape="square", colour="blue", motion="up", background=2, seed=2),
-             spec(shape="star", colour="yellow", motion="right", background=4, seed=3, duration_s=1.5)]
+    shots = [
+        spec(shape="circle", colour="red", motion="left", seed=1),
+        spec(shape="square", colour="blue", motion="up", background=2, seed=2),
+        spec(shape="star", colour="yellow", motion="right", background=4, seed=3, duration_s=1.5),
+    ]
     wv = make_world_video(tmp_path / "w.mp4", shots, fps=24, width=160, height=120)
     assert isinstance(wv, WorldVideo) and wv.path.is_file()
     assert wv.cuts == [2.0, 4.0]
