@@ -217,10 +217,15 @@ def why_stale(spec: TrainSpec, settings: ModelSettings) -> str | None:
     path = spec.path(settings)
     if not path.is_file():
         return "missing"
-    trained = _read_stats(path).get("recipe_id")
+    stats = _read_stats(path)
     current = recipe_id(spec, settings)
-    if trained != current:
-        return f"recipe {trained} != {current}"
+    if stats.get("recipe_id") != current:
+        return f"recipe {stats.get('recipe_id')} != {current}"
+    trained_on = stats.get("inputs") or {}
+    for dep in spec.depends:  # the same recipe can give other bytes (another torch build): follow them
+        dep_path = trainer(dep).path(settings)
+        if dep_path.is_file() and trained_on.get(dep) != model_version(dep_path):
+            return f"trained on {dep} {trained_on.get(dep)}, now {model_version(dep_path)}"
     return None
 
 

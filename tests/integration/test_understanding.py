@@ -76,22 +76,32 @@ def test_search_by_image_and_time_range(stack, world_video):
 # ------------------------------------------------------------------------------------------------
 
 
+#: held-out shots per video; the whole held-out split (80 shots, 20 of them unsafe) goes through Kafka, so one
+#: borderline shot moves a rate by 1/20 at most, and the tests stay strict about the rates
+SHOTS_PER_VIDEO = 8
+
+
 def held_out_videos() -> list[list[world.ShotSpec]]:
-    """Two videos of four held-out shots each (seeds no training shot used): six safe shots of
-    different shape+colour and two unsafe (star) shots; neighbouring shots on different backgrounds."""
+    """Every held-out shot of the world (seeds no training shot used), 8 to a video. Neighbouring shots get
+    different backgrounds and, where the split allows, different colours, so each cut is a visible one."""
     _, held = world.split(seed=0)
-    safe, stars, seen = [], [], set()
-    for spec in held:
-        if spec.unsafe and len(stars) < 2 and spec.colour not in {s.colour for s in stars}:
-            stars.append(spec)
-        elif not spec.unsafe and len(safe) < 6 and (spec.shape, spec.colour) not in seen:
-            seen.add((spec.shape, spec.colour))
-            safe.append(spec)
-    plan = [[safe[0], stars[0], safe[1], safe[2]], [safe[3], safe[4], stars[1], safe[5]]]
-    return [
-        [dataclasses.replace(spec, background=(4 * v + k) % world.N_BACKGROUNDS) for k, spec in enumerate(shots)]
-        for v, shots in enumerate(plan)
-    ]
+    rest, order = list(held), []
+    while rest:  # greedy: the next shot of another colour than the last one, when there is one
+        nxt = next((s for s in rest if not order or s.colour != order[-1].colour), rest[0])
+        rest.remove(nxt)
+        order.append(nxt)
+    shots = [dataclasses.replace(spec, background=i % world.N_BACKGROUNDS) for i, spec in enumerate(order)]
+    return [shots[i : i + SHOTS_PER_VIDEO] for i in range(0, len(shots), SHOTS_PER_VIDEO)]
+
+
+@dataclasses.dataclass
+class HeldOut:
+    tenant: str
+    videos: dict
+    docs: dict
+    alerts: list
+    #: (video, shot index, spec, segment) for every shot whose segment is that shot alone
+    shots: list
 
 
 @pytest.fixture(scope="module")
@@ -104,72 +114,95 @@ def held_out(stack):
         videos[name] = world.make_world_video(stack.media / f"{name}.mp4", shots, fps=24, width=320, height=240)
         requests.append(IngestRequest(video_id=name, uri=str(videos[name].path), tenant=tenant))
     watcher = AlertWatcher(stack.settings)
-    docs = asyncio.run(watcher.around(ingest(stack.settings, requests, wait=True, timeout_s=240)))
-    for name, doc in docs.items():
+    docs = asyncio.run(watcher.around(ingest(stack.settings, requests, wait=True, timeout_s=600)))
+    isolated = []
+    for name, video in videos.items():
+        doc = docs[name]
         assert doc.status == "ok", doc.error
-        assert len(doc.shots) == len(videos[name].shots), f"{name}: {[(s.start_s, s.end_s) for s in doc.shots]}"
+        for k, (spec, (start, end)) in enumerate(zip(video.shots, video.bounds)):
+            seg = [s for s in doc.shots if abs(s.start_s - start) <= 1.5 / 24 and abs(s.end_s - end) <= 1.5 / 24]
+            if seg:
+                isolated.append((name, k, spec, seg[0]))
+    total = sum(len(v.shots) for v in videos.values())
+    # shot detection is measured elsewhere (bench_shots); here a missed cut only takes its shots out of the rates
+    assert len(isolated) >= total - 4, f"{total - len(isolated)} of {total} shots not found as segments"
     alerts = [a for a in watcher.alerts if a["video_id"] in videos]
-    return tenant, videos, docs, alerts
+    return HeldOut(tenant, videos, docs, alerts, isolated)
 
 
-def _shots(held_out):
-    _, videos, docs, _ = held_out
-    return [
-        (name, k, spec, docs[name].shots[k]) for name, video in videos.items() for k, spec in enumerate(video.shots)
-    ]
+def _rate(hits: int, n: int) -> float:
+    return hits / max(1, n)
 
 
-def test_captions_name_the_shape_and_colour(held_out):
-    shots = _shots(held_out)
+def test_the_held_out_set_is_big_enough_for_rates(held_out):
+    unsafe = [spec for *_, spec, _ in held_out.shots if spec.unsafe]
+    assert len(held_out.shots) >= 76 and len(unsafe) >= 19
+
+
+def test_captions_name_the_shape_colour_and_motion(held_out):
+    shots = held_out.shots
     for name, k, _spec, shot in shots:
         assert shot.caption, f"{name} shot {k}: no caption"
-    colour = sum(spec.colour in shot.caption.split() for *_, spec, shot in shots)
-    shape = sum(spec.shape in shot.caption.split() for *_, spec, shot in shots)
-    report = [(spec.caption, shot.caption) for *_, spec, shot in shots]
-    print(f"captions: colour {colour}/{len(shots)}, shape {shape}/{len(shots)}: {report}")
-    assert colour >= len(shots) - 1, report  # loosely: the held-out evaluation measures the rates
-    assert shape >= len(shots) - 2, report
+    rates = {
+        attr: _rate(sum(getattr(spec, attr) in shot.caption.split() for *_, spec, shot in shots), len(shots))
+        for attr in ("colour", "shape", "motion")
+    }
+    wrong = [(spec.caption, shot.caption) for *_, spec, shot in shots if spec.caption != shot.caption]
+    print(f"captions over {len(shots)} held-out shots: {rates}; wrong: {wrong}")
+    # measured (models eval, three training seeds): every attribute >= 0.9; a margin for one shot or two
+    assert rates["colour"] >= 0.95 and rates["motion"] >= 0.9 and rates["shape"] >= 0.85, (rates, wrong)
 
 
-def test_only_unsafe_shots_are_flagged_and_alerted_with_their_times(held_out):
-    _, _, _, alerts = held_out
-    for name, k, spec, shot in _shots(held_out):
+def test_moderation_flags_the_unsafe_shots_and_alerts_each_once_with_its_times(held_out):
+    tp = fp = fn = 0
+    for name, k, spec, shot in held_out.shots:
         assert shot.moderation is not None, f"{name} shot {k}: no verdict"
-        assert bool(shot.moderation.flagged) == spec.unsafe, (spec.caption, shot.moderation)
-        mine = [a for a in alerts if a["video_id"] == name and a["segment_index"] == k]
-        if spec.unsafe:
-            assert len(mine) == 1, alerts
+        flagged = bool(shot.moderation.flagged)
+        tp, fp, fn = (
+            tp + (flagged and spec.unsafe),
+            fp + (flagged and not spec.unsafe),
+            fn + (spec.unsafe and not flagged),
+        )
+        mine = [a for a in held_out.alerts if a["video_id"] == name and a["segment_index"] == shot.index]
+        if flagged:  # every flagged shot is on the feed exactly once, with its times
+            assert len(mine) == 1, mine
             assert mine[0]["category"] == "hazard" and mine[0]["score"] >= mine[0]["threshold"]
             assert (mine[0]["start_s"], mine[0]["end_s"]) == (shot.start_s, shot.end_s)
         else:
             assert mine == [], mine
-    assert len(alerts) == 2
+    precision, recall = _rate(tp, tp + fp), _rate(tp, tp + fn)
+    print(
+        f"moderation over {len(held_out.shots)} held-out shots: precision {precision:.3f} recall {recall:.3f} "
+        f"(tp {tp}, fp {fp}, fn {fn})"
+    )
+    assert precision >= 0.95 and recall >= 0.95, (tp, fp, fn)
 
 
 def test_text_search_returns_the_right_video_and_shot_first(stack, held_out):
-    tenant = held_out[0]
     hits, misses = 0, []
-    for name, k, spec, _ in _shots(held_out):
+    for name, _k, spec, shot in held_out.shots:
         resp = httpx.get(
-            f"http://{stack.http}/search", params={"q": spec.caption, "tenant": tenant, "limit": 2}, timeout=60
+            f"http://{stack.http}/search",
+            params={"q": spec.caption, "tenant": held_out.tenant, "limit": 2},
+            timeout=60,
         ).json()
         top = resp["results"][0]
-        if (top["video_id"], top["segments"][0]["index"]) == (name, k):
+        if (top["video_id"], top["segments"][0]["index"]) == (name, shot.index):
             hits += 1
         else:
             misses.append((spec.caption, top["video_id"], top["segments"][0]))
-    print(f"text search: right video and shot first for {hits}/8 queries; misses {misses}")
-    assert hits >= 6, misses  # "most queries": 6 of 8 at least (chance: 1 in 8)
+    n = len(held_out.shots)
+    print(f"text search: right video and shot first for {hits}/{n} queries; misses {misses}")
+    assert _rate(hits, n) >= 0.8, misses  # chance: 1 in 80; measured offline 0.99
 
 
 def test_search_filters_by_moderation_verdict(stack, held_out):
-    tenant = held_out[0]
-    unsafe = {(name, k) for name, k, spec, _ in _shots(held_out) if spec.unsafe}
+    flagged_shots = {(name, shot.index) for name, _k, _s, shot in held_out.shots if shot.moderation.flagged}
 
-    def found(flagged: str) -> set:
+    def found(flagged: str) -> tuple[set, dict]:
         resp = httpx.get(
             f"http://{stack.http}/search",
-            params={"q": "a shape", "tenant": tenant, "limit": 10, "flagged": flagged},
+            params={"q": "a shape", "tenant": held_out.tenant, "limit": 100, "flagged": flagged},
             timeout=60,
         ).json()
         segments = [s for r in resp["results"] for s in r["segments"]]
@@ -177,6 +210,9 @@ def test_search_filters_by_moderation_verdict(stack, held_out):
         return {(r["video_id"], s["index"]) for r in resp["results"] for s in r["segments"]}, resp
 
     flagged, resp = found("true")
-    assert flagged == unsafe, resp
+    # results are grouped per video, at most 3 segments each: every video with flagged shots, only those
+    assert flagged and flagged <= flagged_shots, resp
+    per_video = {name: sum(v == name for v, _ in flagged_shots) for name, _ in flagged_shots}
+    assert {v: min(3, n) for v, n in per_video.items()} == {v: sum(x == v for x, _ in flagged) for v in per_video}
     clean, resp = found("false")
-    assert clean and not clean & unsafe, resp
+    assert clean and not clean & flagged, resp

@@ -1,7 +1,7 @@
 """Training the tiny CLIP on the synthetic world, and evaluating it through the real decode path.
 
-The ``trained`` fixture is the real tiny CLIP in the checkout's model cache (``tiny_models``: trained
-by ``make test`` before pytest starts, or by the fixture when missing; about 2.5 minutes on 2 CPU cores).
+The ``trained`` fixture is the real tiny CLIP of ``tiny_models``: the shipped weights, or, under another
+training seed (``FRAMEBUS_TRAIN_SEED``), the user cache's, trained by the fixture when missing.
 """
 
 from __future__ import annotations
@@ -17,7 +17,16 @@ import pytest
 
 from framebus.models.openclip import TINY_CHECKPOINT, OpenClipEmbedder
 from framebus.models.registry import load_embedder
-from framebus.models.training import TRAINERS, TrainSpec, ensure_tiny_models, missing_models, model_version, stats_path
+from framebus.models.training import (
+    TRAINERS,
+    TrainSpec,
+    ensure_tiny_models,
+    missing_models,
+    model_version,
+    recipe_id,
+    stats_path,
+    tiny_path,
+)
 from framebus.models.training.clip import train_tiny_clip
 from framebus.streams.config import Settings
 
@@ -130,9 +139,10 @@ def test_stale_models_are_retrained(tmp_path, monkeypatch):
     assert calls[2:] == ["base.pt", "head.pt"] and r["head"]["why"].startswith("trained on base")
     assert ensure_tiny_models(s)["head"]["status"] == "cached"
 
+    before = recipe_id(specs[1], s)
     specs[1] = TrainSpec("head", "head.pt", train, depends=("base",), revision=2)  # the recipe changed
     assert missing_models(s) == ["head"]
-    assert ensure_tiny_models(s)["head"]["why"] == "recipe revision 1 != 2"
+    assert ensure_tiny_models(s)["head"]["why"] == f"recipe {before} != {recipe_id(specs[1], s)}"
     assert calls[4:] == ["head.pt"]
 
 
@@ -193,7 +203,7 @@ def test_real_training_stats(trained):
     settings, entry = trained
     st = entry["stats"]
     assert entry["status"] in ("trained", "cached") and st["steps"] > 0
-    assert Path(entry["path"]) == settings.model_cache_dir / TINY_CHECKPOINT
+    assert Path(entry["path"]) == tiny_path(settings, "tiny-clip")
     assert st["final_loss"] < st["initial_loss"] * 0.6
     assert load_embedder(settings).info.version == st["version"]
 
