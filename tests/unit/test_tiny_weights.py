@@ -132,3 +132,15 @@ def test_doctor_checks_pass_on_this_installation(tmp_path):
     assert not failed
     # it says which case of the torchvision compatibility step this machine is in
     assert "own extension loads" in checks["torchvision"].detail or "compat hook active" in checks["torchvision"].detail
+
+
+def test_every_package_folder_is_installed():
+    """pyproject lists the packages explicitly (a package-dir mapping): a new folder must be added there."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(project["packages"])
+    for top in ("streams", "agents", "models", "indexing", "topics", "loadtest"):
+        assert project["package-dir"][f"framebus.{top}"] == top
+        for init in (REPO / top).rglob("__init__.py"):
+            assert "framebus." + ".".join(init.parent.relative_to(REPO).parts) in listed, init
