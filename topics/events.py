@@ -187,8 +187,11 @@ class SegmentFrames(Event):
     tenant: str
     uri: str
     segment: Segment
-    segment_count: int = Field(0, ge=0, description="0: not known yet (decode sends shots while it goes on; "
-                                                     "the total follows on the progress topic)")
+    segment_count: int = Field(
+        0,
+        ge=0,
+        description="0: not known yet (decode sends shots while it goes on; the total follows on the progress topic)",
+    )
     tasks: list[str] = Field(default_factory=lambda: ["embed"])
     frames: list[Frame]
     video: VideoFacts

@@ -25,19 +25,24 @@ INGEST = TopicSpec("framebus.ingest", "video id", ev.IngestRequest, True, "inges
 METADATA = TopicSpec("framebus.metadata", "video id", ev.VideoMetadata, True, "one document per video")
 MODERATION = TopicSpec("framebus.moderation", "video id", ev.ModerationAlert, True, "real-time alerts")
 GENERATE = TopicSpec("framebus.generate", "job id", ev.GenerationRequest, True, "generation requests")
-GENERATE_PROGRESS = TopicSpec("framebus.generate.progress", "job id", ev.GenerationProgress, True,
-                              "generation progress")
-GENERATE_RESULTS = TopicSpec("framebus.generate.results", "job id", ev.GenerationResult, True,
-                             "generation results")
+GENERATE_PROGRESS = TopicSpec(
+    "framebus.generate.progress", "job id", ev.GenerationProgress, True, "generation progress"
+)
+GENERATE_RESULTS = TopicSpec("framebus.generate.results", "job id", ev.GenerationResult, True, "generation results")
 DLQ = TopicSpec("framebus.dlq", "original key", ev.DeadLetter, True, "events a stage gave up on")
 
 DECODE = TopicSpec("framebus.internal.decode", "video id", ev.DecodeTask, False, "decode work")
-FRAMES = TopicSpec("framebus.internal.frames", "video id", ev.SegmentFrames, False,
-                   "compact frames per segment")
-ANALYSIS = TopicSpec("framebus.internal.analysis", "video id", ev.SegmentAnalysis, False,
-                     "per-segment model results (embedding, caption, moderation)")
-PROGRESS = TopicSpec("framebus.internal.progress", "video id", ev.SegmentDone, False,
-                     "finished segments and failed videos")
+FRAMES = TopicSpec("framebus.internal.frames", "video id", ev.SegmentFrames, False, "compact frames per segment")
+ANALYSIS = TopicSpec(
+    "framebus.internal.analysis",
+    "video id",
+    ev.SegmentAnalysis,
+    False,
+    "per-segment model results (embedding, caption, moderation)",
+)
+PROGRESS = TopicSpec(
+    "framebus.internal.progress", "video id", ev.SegmentDone, False, "finished segments and failed videos"
+)
 
 PUBLIC = (INGEST, METADATA, MODERATION, GENERATE, GENERATE_PROGRESS, GENERATE_RESULTS, DLQ)
 INTERNAL = (DECODE, FRAMES, ANALYSIS, PROGRESS)
