@@ -50,6 +50,7 @@ def test_short_training_is_deterministic_and_loads_in_the_serving_path(tmp_path)
     assert (tmp_path / "b" / TINY_CHECKPOINT).read_bytes() == data
     assert a["steps"] == 12 and np.isfinite(a["final_loss"]) and a["final_loss"] < a["initial_loss"]
     assert not list((tmp_path / "a").glob("*.tmp"))  # atomic write leaves nothing behind
+    assert len(data) < 5 * 2**20  # packed: only the token-embedding rows training moved
 
     c = short_training(None, seed=1)
     assert c["state_digest"] != a["state_digest"] and c["sha256"] is None
