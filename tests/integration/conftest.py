@@ -23,7 +23,7 @@ def stack_env(data_dir: Path, roots: list[Path], **extra: str) -> dict[str, str]
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith("FRAMEBUS_") or k in ("FRAMEBUS_TRAIN_SEED", "FRAMEBUS_CACHE_DIR")
+        if not k.startswith("FRAMEBUS_") or k in ("FRAMEBUS_TRAIN_SEED", "FRAMEBUS_CACHE_DIR", "FRAMEBUS_MODEL_DIR")
     }
     env.update(
         {
