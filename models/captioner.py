@@ -46,10 +46,31 @@ PAD, BOS, EOS, UNK = "[PAD]", "[BOS]", "[EOS]", "[UNK]"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)  # ids 0..3, in this order
 # Vocabulary of the untrained tiny model (the synthetic world's words). A trained model carries its
 # own tokenizer, built from its training captions.
-TINY_WORDS = ("a", "moving", "red", "green", "blue", "yellow", "white", "circle", "square", "triangle", "star",
-              "left", "right", "up", "down")
-TINY_ENCODER: dict[str, Any] = {"image_size": 64, "patch_size": 8, "hidden_size": 128, "num_hidden_layers": 3,
-                                "num_attention_heads": 4, "intermediate_size": 256}
+TINY_WORDS = (
+    "a",
+    "moving",
+    "red",
+    "green",
+    "blue",
+    "yellow",
+    "white",
+    "circle",
+    "square",
+    "triangle",
+    "star",
+    "left",
+    "right",
+    "up",
+    "down",
+)
+TINY_ENCODER: dict[str, Any] = {
+    "image_size": 64,
+    "patch_size": 8,
+    "hidden_size": 128,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 4,
+    "intermediate_size": 256,
+}
 TINY_DECODER: dict[str, Any] = {"n_positions": 16, "n_embd": 128, "n_layer": 2, "n_head": 4}
 
 
@@ -76,11 +97,17 @@ def build_word_tokenizer(words: list[str] | tuple[str, ...]):
     tk = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
     tk.normalizer = normalizers.Lowercase()
     tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tk, pad_token=PAD, bos_token=BOS, eos_token=EOS,
-                                                unk_token=UNK, model_max_length=TINY_DECODER["n_positions"])
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        pad_token=PAD,
+        bos_token=BOS,
+        eos_token=EOS,
+        unk_token=UNK,
+        model_max_length=TINY_DECODER["n_positions"],
+    )
 
 
-def build_tiny_image_processor(image_size: int | None = None, *, crop: bool = False):
+def build_tiny_image_processor(image_size: int | None = None, *, crop: bool = True):
     """The tiny captioner's image processor: resize to ``image_size`` (default ``TINY_ENCODER``'s) square,
     normalise to [-1, 1]. ``crop``: resize the short side to ``image_size`` and take the centre square
     (``CLIPImageProcessor``; shapes keep their aspect, as the tiny CLIP sees them) instead of squashing the
@@ -88,13 +115,27 @@ def build_tiny_image_processor(image_size: int | None = None, *, crop: bool = Fa
     transformers = _transformers()
     size = int(image_size or TINY_ENCODER["image_size"])
     if crop:
-        return transformers.CLIPImageProcessor(do_resize=True, size={"shortest_edge": size}, resample=2,
-                                               do_center_crop=True, crop_size={"height": size, "width": size},
-                                               do_rescale=True, do_normalize=True, image_mean=[0.5, 0.5, 0.5],
-                                               image_std=[0.5, 0.5, 0.5], do_convert_rgb=True)
-    return transformers.ViTImageProcessor(do_resize=True, size={"height": size, "width": size}, resample=2,
-                                          do_rescale=True, do_normalize=True, image_mean=[0.5, 0.5, 0.5],
-                                          image_std=[0.5, 0.5, 0.5])
+        return transformers.CLIPImageProcessor(
+            do_resize=True,
+            size={"shortest_edge": size},
+            resample=2,
+            do_center_crop=True,
+            crop_size={"height": size, "width": size},
+            do_rescale=True,
+            do_normalize=True,
+            image_mean=[0.5, 0.5, 0.5],
+            image_std=[0.5, 0.5, 0.5],
+            do_convert_rgb=True,
+        )
+    return transformers.ViTImageProcessor(
+        do_resize=True,
+        size={"height": size, "width": size},
+        resample=2,
+        do_rescale=True,
+        do_normalize=True,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )
 
 
 def _load_tiny_image_processor(path: Path):
@@ -105,7 +146,8 @@ def _load_tiny_image_processor(path: Path):
         kind = json.loads((Path(path) / "preprocessor_config.json").read_text()).get("image_processor_type", "")
     except (OSError, ValueError):
         kind = ""
-    cls = transformers.CLIPImageProcessor if str(kind).startswith("CLIPImageProcessor") else transformers.ViTImageProcessor
+    crop = str(kind).startswith("CLIPImageProcessor")
+    cls = transformers.CLIPImageProcessor if crop else transformers.ViTImageProcessor
     return cls.from_pretrained(str(path))
 
 
@@ -113,14 +155,22 @@ def tiny_generation_config(tokenizer, max_new_tokens: int = TINY_MAX_NEW_TOKENS)
     transformers = _transformers()
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     return transformers.GenerationConfig(
-        decoder_start_token_id=ids[BOS], bos_token_id=ids[BOS], eos_token_id=ids[EOS], pad_token_id=ids[PAD],
-        max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+        decoder_start_token_id=ids[BOS],
+        bos_token_id=ids[BOS],
+        eos_token_id=ids[EOS],
+        pad_token_id=ids[PAD],
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
         # never emit pad/bos/unk, and at least one word before [EOS]
-        suppress_tokens=[ids[PAD], ids[BOS], ids[UNK]], begin_suppress_tokens=[ids[EOS]])
+        suppress_tokens=[ids[PAD], ids[BOS], ids[UNK]],
+        begin_suppress_tokens=[ids[EOS]],
+    )
 
 
-def build_tiny_model(tokenizer, *, seed: int = TINY_SEED, encoder: dict[str, Any] | None = None,
-                     decoder: dict[str, Any] | None = None):
+def build_tiny_model(
+    tokenizer, *, seed: int = TINY_SEED, encoder: dict[str, Any] | None = None, decoder: dict[str, Any] | None = None
+):
     """The tiny ``VisionEncoderDecoderModel`` for ``tokenizer``'s vocabulary, seeded random init on CPU
     (the caller's global RNG state is left alone). ``encoder`` / ``decoder``: ``ViTConfig`` /
     ``GPT2Config`` fields (default ``TINY_ENCODER`` / ``TINY_DECODER``)."""
@@ -129,9 +179,15 @@ def build_tiny_model(tokenizer, *, seed: int = TINY_SEED, encoder: dict[str, Any
     transformers = _transformers()
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     enc = transformers.ViTConfig(**(TINY_ENCODER if encoder is None else encoder))
-    dec = transformers.GPT2Config(vocab_size=len(tokenizer), add_cross_attention=True, is_decoder=True,
-                                  bos_token_id=ids[BOS], eos_token_id=ids[EOS], pad_token_id=ids[PAD],
-                                  **(TINY_DECODER if decoder is None else decoder))
+    dec = transformers.GPT2Config(
+        vocab_size=len(tokenizer),
+        add_cross_attention=True,
+        is_decoder=True,
+        bos_token_id=ids[BOS],
+        eos_token_id=ids[EOS],
+        pad_token_id=ids[PAD],
+        **(TINY_DECODER if decoder is None else decoder),
+    )
     cfg = transformers.VisionEncoderDecoderConfig.from_encoder_decoder_configs(enc, dec)
     cfg.decoder_start_token_id, cfg.pad_token_id, cfg.eos_token_id = ids[BOS], ids[PAD], ids[EOS]
     with torch.random.fork_rng(devices=[]):
@@ -143,26 +199,42 @@ def build_tiny_model(tokenizer, *, seed: int = TINY_SEED, encoder: dict[str, Any
 
 # --- errors --------------------------------------------------------------------------------------
 
+
 def weights_missing_message(name: str, *, cache_dir: Path | None, cause: str = "") -> str:
     """The ``models.weights_missing`` text for a transformers captioning model."""
-    lines = [f"pretrained weights for the transformers captioning model {name} are not available locally and "
-             f"could not be downloaded (offline, or the Hugging Face hub is unreachable)."]
+    lines = [
+        f"pretrained weights for the transformers captioning model {name} are not available locally and "
+        f"could not be downloaded (offline, or the Hugging Face hub is unreachable)."
+    ]
     if cause:
         lines.append(f"cause: {cause}")
     lines.append("provide them in one of these ways:")
     if cache_dir is not None:
-        lines.append(f"  - fill the Hugging Face cache framebus uses, {cache_dir}: run framebus once with hub access, "
-                     f"or `hf download {name} --cache-dir {cache_dir}` (it lives under the data_dir setting, "
-                     f"FRAMEBUS_DATA_DIR)")
+        lines.append(
+            f"  - fill the Hugging Face cache framebus uses, {cache_dir}: run framebus once with hub access, "
+            f"or `hf download {name} --cache-dir {cache_dir}` (it lives under the data_dir setting, "
+            f"FRAMEBUS_DATA_DIR)"
+        )
     else:
         lines.append(f"  - run once with hub access, or `hf download {name}`")
-    lines.append("or run fully offline with the tiny model profile: FRAMEBUS_MODELS=tiny (models = \"tiny\").")
+    lines.append('or run fully offline with the tiny model profile: FRAMEBUS_MODELS=tiny (models = "tiny").')
     return "\n".join(lines)
 
 
-_MISSING_MARKERS = ("LocalEntryNotFound", "OfflineModeIsEnabled", "offline", "couldn't connect", "Connection",
-                    "Timeout", "cannot find the requested files", "not a valid model identifier", "No such file",
-                    "does not appear to have a file", "Failed to download", "Can't load")
+_MISSING_MARKERS = (
+    "LocalEntryNotFound",
+    "OfflineModeIsEnabled",
+    "offline",
+    "couldn't connect",
+    "Connection",
+    "Timeout",
+    "cannot find the requested files",
+    "not a valid model identifier",
+    "No such file",
+    "does not appear to have a file",
+    "Failed to download",
+    "Can't load",
+)
 
 
 def _is_missing_weights(exc: BaseException) -> bool:
@@ -171,8 +243,15 @@ def _is_missing_weights(exc: BaseException) -> bool:
 
 #: the files of a ``save_pretrained`` directory that define the tiny captioner (and its version);
 #: anything else there (training stats, sidecars) is ignored
-MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "preprocessor_config.json",
-               "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json")
+MODEL_FILES = (
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "preprocessor_config.json",
+    "special_tokens_map.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+)
 
 
 def _dir_digest(path: Path) -> str:
@@ -188,11 +267,21 @@ def _dir_digest(path: Path) -> str:
 
 # --- the captioner -------------------------------------------------------------------------------
 
+
 class TransformersCaptioner:
     """``Captioner`` over a transformers image-to-text model. Build with ``pretrained()`` or ``tiny()``."""
 
-    def __init__(self, model: Any, image_processor: Any, tokenizer: Any, info: ModelInfo, *, device: str,
-                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, batch_size: int = DEFAULT_BATCH_SIZE):
+    def __init__(
+        self,
+        model: Any,
+        image_processor: Any,
+        tokenizer: Any,
+        info: ModelInfo,
+        *,
+        device: str,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ):
         import torch
 
         self.device = torch.device(device)
@@ -214,9 +303,15 @@ class TransformersCaptioner:
 
     # --- construction ------------------------------------------------------------------------------
     @classmethod
-    def pretrained(cls, name: str = DEFAULT_CAPTIONER, *, cache_dir: Path | str | None = None,
-                   device: str = "auto", max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-                   batch_size: int = DEFAULT_BATCH_SIZE) -> "TransformersCaptioner":
+    def pretrained(
+        cls,
+        name: str = DEFAULT_CAPTIONER,
+        *,
+        cache_dir: Path | str | None = None,
+        device: str = "auto",
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> TransformersCaptioner:
         """Load the captioning model ``name`` the way transformers does (hub / ``cache_dir``).
 
         BLIP checkpoints load as ``BlipForConditionalGeneration`` + ``BlipProcessor``; anything else
@@ -242,23 +337,34 @@ class TransformersCaptioner:
                 image_processor = transformers.AutoImageProcessor.from_pretrained(name, **kw)
                 tokenizer = transformers.AutoTokenizer.from_pretrained(name, **kw)
             else:
-                raise ModelError(f"captioning model {name} has model_type {config.model_type!r}; supported: blip, "
-                                 "vision-encoder-decoder", code="models.unsupported")
+                raise ModelError(
+                    f"captioning model {name} has model_type {config.model_type!r}; supported: blip, "
+                    "vision-encoder-decoder",
+                    code="models.unsupported",
+                )
         except ModelError:
             raise
         except Exception as e:
             if _is_missing_weights(e):
-                raise ModelNotAvailable(weights_missing_message(name, cache_dir=cache,
-                                                                cause=str(e).splitlines()[0][:300])) from e
+                raise ModelNotAvailable(
+                    weights_missing_message(name, cache_dir=cache, cause=str(e).splitlines()[0][:300])
+                ) from e
             raise ModelError(f"cannot load captioning model {name}: {type(e).__name__}: {e}") from e
         revision = getattr(config, "_commit_hash", None) or "local"
         info = ModelInfo(name=f"transformers/{name}", version=f"{name}@{str(revision)[:12]}", task="caption")
-        return cls(model, image_processor, tokenizer, info, device=dev, max_new_tokens=max_new_tokens,
-                   batch_size=batch_size)
+        return cls(
+            model, image_processor, tokenizer, info, device=dev, max_new_tokens=max_new_tokens, batch_size=batch_size
+        )
 
     @classmethod
-    def tiny(cls, directory: Path | str | None = None, *, device: str = "auto",
-             max_new_tokens: int = TINY_MAX_NEW_TOKENS, batch_size: int = 64) -> "TransformersCaptioner":
+    def tiny(
+        cls,
+        directory: Path | str | None = None,
+        *,
+        device: str = "auto",
+        max_new_tokens: int = TINY_MAX_NEW_TOKENS,
+        batch_size: int = 64,
+    ) -> TransformersCaptioner:
         """The offline tiny captioner: the trained ``save_pretrained`` directory when it holds a model,
         else a seeded random init over ``TINY_WORDS``. ``version`` hashes what was loaded (12 hex)."""
         from framebus.models.openclip import resolve_device
@@ -272,22 +378,28 @@ class TransformersCaptioner:
                 tokenizer = transformers.PreTrainedTokenizerFast.from_pretrained(str(path))
                 image_processor = _load_tiny_image_processor(path)
             except Exception as e:
-                raise ModelError(f"cannot load the tiny captioner from {path} (retrain it with `framebus models "
-                                 f"train`): {type(e).__name__}: {e}") from e
+                raise ModelError(
+                    f"cannot load the tiny captioner from {path} (retrain it with `framebus models "
+                    f"train`): {type(e).__name__}: {e}"
+                ) from e
             digest = _dir_digest(path)
         else:
             tokenizer = build_word_tokenizer(TINY_WORDS)
             image_processor = build_tiny_image_processor()
             model = build_tiny_model(tokenizer)
-            h = hashlib.sha256(json.dumps({"enc": TINY_ENCODER, "dec": TINY_DECODER, "words": TINY_WORDS,
-                                           "seed": TINY_SEED}, sort_keys=True).encode())
+            h = hashlib.sha256(
+                json.dumps(
+                    {"enc": TINY_ENCODER, "dec": TINY_DECODER, "words": TINY_WORDS, "seed": TINY_SEED}, sort_keys=True
+                ).encode()
+            )
             from framebus.models.openclip import _state_dict_digest
 
             h.update(_state_dict_digest(model).encode())
             digest = h.hexdigest()
         info = ModelInfo(name=TINY_NAME, version=digest[:12], task="caption")
-        return cls(model, image_processor, tokenizer, info, device=dev, max_new_tokens=max_new_tokens,
-                   batch_size=batch_size)
+        return cls(
+            model, image_processor, tokenizer, info, device=dev, max_new_tokens=max_new_tokens, batch_size=batch_size
+        )
 
     # --- inference ---------------------------------------------------------------------------------
     def _autocast(self):
@@ -314,8 +426,12 @@ class TransformersCaptioner:
         out: list[str] = []
         for lo in range(0, len(pixels), self.batch_size):
             with self._lock, torch.inference_mode(), self._autocast():
-                ids = self.model.generate(pixel_values=pixels[lo:lo + self.batch_size].to(self.device, non_blocking=True),
-                                          max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1)
+                ids = self.model.generate(
+                    pixel_values=pixels[lo : lo + self.batch_size].to(self.device, non_blocking=True),
+                    max_new_tokens=self.max_new_tokens,
+                    do_sample=False,
+                    num_beams=1,
+                )
             out.extend(" ".join(t.split()) for t in self.tokenizer.batch_decode(ids.cpu(), skip_special_tokens=True))
         return out
 
@@ -323,8 +439,11 @@ class TransformersCaptioner:
         if isinstance(images, np.ndarray) and images.ndim == 3:
             raise TypeError("caption takes a list of images")
         # preprocessing runs outside the lock, one model batch at a time
-        return [c for lo in range(0, len(images), self.batch_size)
-                for c in self.caption_prepared(self.prepare_images(images[lo:lo + self.batch_size]))]
+        return [
+            c
+            for lo in range(0, len(images), self.batch_size)
+            for c in self.caption_prepared(self.prepare_images(images[lo : lo + self.batch_size]))
+        ]
 
     def __repr__(self) -> str:
         return f"TransformersCaptioner({self.info.name}, version={self.info.version}, device={self.device})"

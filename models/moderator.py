@@ -3,7 +3,8 @@
 * ``ClipZeroShotModerator`` (default profile): no training. Each policy category has a few text
   prompts; a frame's score for a category is a two-way softmax with temperature between the
   category's prompts and a set of neutral ("safe") prompts, on cosine similarities of the image
-  embedding with the prompt embeddings. The policy is a plain dict (``framebus.models.profiles.DEFAULT_MODERATION_POLICY``).
+  embedding with the prompt embeddings. The policy is a plain dict
+  (``framebus.models.profiles.DEFAULT_MODERATION_POLICY``).
 * ``ClipHeadModerator`` (tiny profile): a logistic-regression head (one sigmoid per category) on the
   image embedding, trained by ``framebus.models.training.moderator.train_tiny_moderator`` and read from
   ``<data_dir>/models/tiny-moderator.pt`` together with its per-category decision thresholds.
@@ -15,9 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -42,7 +44,7 @@ class ZeroShotCalibration:
     thresholds: Mapping[str, float] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, value: "ZeroShotCalibration | Mapping[str, Any] | None") -> "ZeroShotCalibration":
+    def of(cls, value: ZeroShotCalibration | Mapping[str, Any] | None) -> ZeroShotCalibration:
         if value is None:
             return cls()
         if isinstance(value, cls):
@@ -50,8 +52,12 @@ class ZeroShotCalibration:
         return cls(**dict(value))
 
     def as_dict(self) -> dict[str, Any]:
-        return {"temperature": self.temperature, "bias": dict(self.bias), "threshold": self.threshold,
-                "thresholds": dict(self.thresholds)}
+        return {
+            "temperature": self.temperature,
+            "bias": dict(self.bias),
+            "threshold": self.threshold,
+            "thresholds": dict(self.thresholds),
+        }
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -104,9 +110,14 @@ class _OnEmbeddings:
 class ClipZeroShotModerator(_OnEmbeddings):
     """``Moderator``: zero-shot policy prompts vs neutral prompts on a CLIP embedder."""
 
-    def __init__(self, embedder: Embedder, categories: Mapping[str, Sequence[str] | str] | None = None,
-                 calibration: ZeroShotCalibration | Mapping[str, Any] | None = None, *,
-                 safe_prompts: Sequence[str] | None = None):
+    def __init__(
+        self,
+        embedder: Embedder,
+        categories: Mapping[str, Sequence[str] | str] | None = None,
+        calibration: ZeroShotCalibration | Mapping[str, Any] | None = None,
+        *,
+        safe_prompts: Sequence[str] | None = None,
+    ):
         from framebus.models.profiles import DEFAULT_MODERATION_POLICY, DEFAULT_SAFE_PROMPTS
 
         self.embedder = embedder
@@ -118,8 +129,9 @@ class ClipZeroShotModerator(_OnEmbeddings):
         if not self.calibration.temperature > 0:
             raise ModelError("calibration temperature must be > 0", code="models.bad_config")
         self.categories = list(self.policy)
-        self.thresholds = {c: float(self.calibration.thresholds.get(c, self.calibration.threshold))
-                           for c in self.categories}
+        self.thresholds = {
+            c: float(self.calibration.thresholds.get(c, self.calibration.threshold)) for c in self.categories
+        }
         prompts = [p for c in self.categories for p in self.policy[c]] + self.safe_prompts
         self._text = np.asarray(embedder.embed_texts(prompts), dtype=np.float32)  # (P, dim), unit rows
         self._groups: list[np.ndarray] = []
@@ -128,11 +140,18 @@ class ClipZeroShotModerator(_OnEmbeddings):
             self._groups.append(np.arange(at, at + len(self.policy[c])))
             at += len(self.policy[c])
         self._safe = np.arange(at, at + len(self.safe_prompts))
-        h = hashlib.sha256(json.dumps({"embedder": [embedder.info.name, embedder.info.version],
-                                       "policy": self.policy, "safe": self.safe_prompts,
-                                       "calibration": self.calibration.as_dict()}, sort_keys=True).encode())
-        self.info = ModelInfo(name=f"clip-zero-shot/{embedder.info.name}", version=h.hexdigest()[:12],
-                              task="moderate")
+        h = hashlib.sha256(
+            json.dumps(
+                {
+                    "embedder": [embedder.info.name, embedder.info.version],
+                    "policy": self.policy,
+                    "safe": self.safe_prompts,
+                    "calibration": self.calibration.as_dict(),
+                },
+                sort_keys=True,
+            ).encode()
+        )
+        self.info = ModelInfo(name=f"clip-zero-shot/{embedder.info.name}", version=h.hexdigest()[:12], task="moderate")
 
     def score_embeddings(self, vectors: np.ndarray) -> list[dict[str, float]]:
         vectors = np.asarray(vectors, dtype=np.float64).reshape(-1, self._text.shape[1])
@@ -140,39 +159,55 @@ class ClipZeroShotModerator(_OnEmbeddings):
         safe = _log_mean_exp(logits[:, self._safe], axis=1)
         cols = []
         for c, idx in zip(self.categories, self._groups):
-            cols.append(_sigmoid(_log_mean_exp(logits[:, idx], axis=1) - safe + float(self.calibration.bias.get(c, 0.0))))
+            cols.append(
+                _sigmoid(_log_mean_exp(logits[:, idx], axis=1) - safe + float(self.calibration.bias.get(c, 0.0)))
+            )
         scores = np.stack(cols, axis=1) if cols else np.zeros((len(vectors), 0))
         return [{c: float(s) for c, s in zip(self.categories, row)} for row in scores]
 
     def __repr__(self) -> str:
-        return f"ClipZeroShotModerator({self.categories}, version={self.info.version}, embedder={self.embedder.info.name})"
+        return (
+            f"ClipZeroShotModerator({self.categories}, version={self.info.version}, embedder={self.embedder.info.name})"
+        )
 
 
 class ClipHeadModerator(_OnEmbeddings):
     """``Moderator``: a trained logistic-regression head (one sigmoid per category) on CLIP image embeddings."""
 
-    def __init__(self, embedder: Embedder, categories: Sequence[str], weight: np.ndarray, bias: np.ndarray,
-                 thresholds: Mapping[str, float], info: ModelInfo):
+    def __init__(
+        self,
+        embedder: Embedder,
+        categories: Sequence[str],
+        weight: np.ndarray,
+        bias: np.ndarray,
+        thresholds: Mapping[str, float],
+        info: ModelInfo,
+    ):
         self.embedder = embedder
         self.categories = [str(c) for c in categories]
         self.weight = np.asarray(weight, dtype=np.float64)  # (k, dim)
         self.bias = np.asarray(bias, dtype=np.float64).reshape(-1)  # (k,)
         if self.weight.shape != (len(self.categories), embedder.dim) or self.bias.shape != (len(self.categories),):
-            raise ModelError(f"moderation head shape {self.weight.shape} does not fit {len(self.categories)} "
-                             f"categories on a {embedder.dim}-d embedder", code="models.failed")
+            raise ModelError(
+                f"moderation head shape {self.weight.shape} does not fit {len(self.categories)} "
+                f"categories on a {embedder.dim}-d embedder",
+                code="models.failed",
+            )
         self.thresholds = {c: float(thresholds.get(c, 0.5)) for c in self.categories}
         self.info = info
 
     @classmethod
-    def load(cls, path: Path | str, embedder: Embedder, *, check_embedder: bool = True) -> "ClipHeadModerator":
+    def load(cls, path: Path | str, embedder: Embedder, *, check_embedder: bool = True) -> ClipHeadModerator:
         """Read a head saved by ``save_head``. A missing file, or a head trained on a different
         embedder version, raises ``ModelNotAvailable`` telling how to (re)train it."""
         import torch
 
         path = Path(path)
         if not path.is_file():
-            raise ModelNotAvailable(f"the tiny moderation head {path} does not exist; {TRAIN_HINT} "
-                                    f"(it lives under the data_dir setting, FRAMEBUS_DATA_DIR)")
+            raise ModelNotAvailable(
+                f"the tiny moderation head {path} does not exist; {TRAIN_HINT} "
+                f"(it lives under the data_dir setting, FRAMEBUS_DATA_DIR)"
+            )
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
             if not isinstance(blob, dict) or blob.get("format") != HEAD_FORMAT:
@@ -181,12 +216,15 @@ class ClipHeadModerator(_OnEmbeddings):
             weight, bias = blob["weight"].float().numpy(), blob["bias"].float().numpy()
         except Exception as e:
             raise ModelError(f"cannot read the moderation head {path} ({TRAIN_HINT}): {type(e).__name__}: {e}") from e
-        if check_embedder and (trained_on.get("name"), trained_on.get("version")) != \
-                (embedder.info.name, embedder.info.version):
+        if check_embedder and (trained_on.get("name"), trained_on.get("version")) != (
+            embedder.info.name,
+            embedder.info.version,
+        ):
             raise ModelNotAvailable(
                 f"the moderation head {path} was trained on embedder {trained_on.get('name')} / "
                 f"{trained_on.get('version')}, but the loaded embedder is {embedder.info.name} / "
-                f"{embedder.info.version}; {TRAIN_HINT} again (force retrains)")
+                f"{embedder.info.version}; {TRAIN_HINT} again (force retrains)"
+            )
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         info = ModelInfo(name=f"clip-head/{embedder.info.name}", version=digest[:12], task="moderate")
         return cls(embedder, blob["categories"], weight, bias, blob.get("thresholds", {}), info)
@@ -200,20 +238,32 @@ class ClipHeadModerator(_OnEmbeddings):
         return f"ClipHeadModerator({self.categories}, version={self.info.version}, embedder={self.embedder.info.name})"
 
 
-def save_head(path: Path | str, *, categories: Sequence[str], weight: Any, bias: Any, thresholds: Mapping[str, float],
-              embedder: Embedder, metrics: Mapping[str, Any] | None = None) -> Path:
+def save_head(
+    path: Path | str,
+    *,
+    categories: Sequence[str],
+    weight: Any,
+    bias: Any,
+    thresholds: Mapping[str, float],
+    embedder: Embedder,
+    metrics: Mapping[str, Any] | None = None,
+) -> Path:
     """Write a ``ClipHeadModerator`` file atomically (temp file + rename)."""
     import os
+
     import torch
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    blob = {"format": HEAD_FORMAT, "categories": [str(c) for c in categories],
-            "weight": torch.as_tensor(np.asarray(weight, dtype=np.float32)).contiguous(),
-            "bias": torch.as_tensor(np.asarray(bias, dtype=np.float32)).reshape(-1).contiguous(),
-            "thresholds": {str(k): float(v) for k, v in thresholds.items()},
-            "embedder": {"name": embedder.info.name, "version": embedder.info.version, "dim": int(embedder.dim)},
-            "metrics": json.loads(json.dumps(dict(metrics or {}), default=float))}
+    blob = {
+        "format": HEAD_FORMAT,
+        "categories": [str(c) for c in categories],
+        "weight": torch.as_tensor(np.asarray(weight, dtype=np.float32)).contiguous(),
+        "bias": torch.as_tensor(np.asarray(bias, dtype=np.float32)).reshape(-1).contiguous(),
+        "thresholds": {str(k): float(v) for k, v in thresholds.items()},
+        "embedder": {"name": embedder.info.name, "version": embedder.info.version, "dim": int(embedder.dim)},
+        "metrics": json.loads(json.dumps(dict(metrics or {}), default=float)),
+    }
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     torch.save(blob, tmp)
     os.replace(tmp, path)

@@ -68,8 +68,11 @@ def check_torchvision() -> Check:
         hook = f"; compat hook installed but inert ({pth})" if pth.exists() else ""
         return Check("torchvision", True, f"{torchvision.__version__}, own extension loads{hook}")
     active = "active" if compat.hook_installed() or pth.exists() else "NOT installed"
-    return Check("torchvision", True, f"{torchvision.__version__}, extension does not load; compat hook {active} "
-                 f"({pth}): nms in pure PyTorch")
+    return Check(
+        "torchvision",
+        True,
+        f"{torchvision.__version__}, extension does not load; compat hook {active} ({pth}): nms in pure PyTorch",
+    )
 
 
 def check_tiny_models(settings: Settings) -> Check:
@@ -100,8 +103,11 @@ def check_broker(settings: Settings) -> Check:
 
 
 def check_dirs(settings: Settings) -> Check:
-    bad = [f"{label} {path}" for label, path in (("data", settings.data_dir), ("cache", settings.cache_dir))
-           if not os.access(_existing_parent(path), os.W_OK)]
+    bad = [
+        f"{label} {path}"
+        for label, path in (("data", settings.data_dir), ("cache", settings.cache_dir))
+        if not os.access(_existing_parent(path), os.W_OK)
+    ]
     if bad:
         return Check("directories", False, f"not writable: {', '.join(bad)}")
     return Check("directories", True, f"data {settings.data_dir.resolve()}, cache {settings.cache_dir}")
@@ -120,8 +126,14 @@ def diagnose(settings: Settings) -> list[Check]:
     except importlib.metadata.PackageNotFoundError:
         version = "not installed"
     checks = [Check("framebus", version != "not installed", f"{version}, Python {sys.version.split()[0]}")]
-    for fn in (check_namespace, check_torch, check_torchvision, lambda: check_tiny_models(settings),
-               lambda: check_broker(settings), lambda: check_dirs(settings)):
+    for fn in (
+        check_namespace,
+        check_torch,
+        check_torchvision,
+        lambda: check_tiny_models(settings),
+        lambda: check_broker(settings),
+        lambda: check_dirs(settings),
+    ):
         try:
             checks.append(fn())
         except Exception as exc:  # noqa: BLE001 - a check that crashes is a failed check, not a crashed doctor

@@ -26,10 +26,13 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from framebus.topics.errors import FramebusError
 
 if TYPE_CHECKING:
     from framebus.streams.config import Settings
@@ -67,15 +70,16 @@ class EvalSegment:
         return [decode_jpeg(j, min_side) for j in self.jpegs]
 
 
-def eval_video_dir(settings: "Settings") -> Path:
+def eval_video_dir(settings: Settings) -> Path:
     return settings.model_cache_dir / "eval-videos"
 
 
 def _videos_key(groups) -> str:
     from framebus.models.world import RENDER_VERSION
 
-    h = hashlib.sha256(json.dumps([VIDEO_FORMAT, RENDER_VERSION, [[s.__dict__ for s in g] for g in groups]],
-                                  sort_keys=True).encode())
+    h = hashlib.sha256(
+        json.dumps([VIDEO_FORMAT, RENDER_VERSION, [[s.__dict__ for s in g] for g in groups]], sort_keys=True).encode()
+    )
     return h.hexdigest()[:12]
 
 
@@ -90,8 +94,13 @@ def _alternate_backgrounds(shots: list) -> list:
     return out
 
 
-def heldout_videos(settings: "Settings", *, world_seed: int = EVAL_WORLD_SEED,
-                   shots_per_video: int = SHOTS_PER_VIDEO, limit: int | None = None):
+def heldout_videos(
+    settings: Settings,
+    *,
+    world_seed: int = EVAL_WORLD_SEED,
+    shots_per_video: int = SHOTS_PER_VIDEO,
+    limit: int | None = None,
+):
     """Encode (or reuse, cached under ``<model dir>/eval-videos``) the held-out world videos.
     Returns a list of ``WorldVideo``."""
     from framebus.models.world import WorldVideo, make_world_video, split
@@ -100,7 +109,7 @@ def heldout_videos(settings: "Settings", *, world_seed: int = EVAL_WORLD_SEED,
     if limit is not None:
         held = held[:limit]
     held = _alternate_backgrounds(held)
-    groups = [held[i:i + shots_per_video] for i in range(0, len(held), shots_per_video)]
+    groups = [held[i : i + shots_per_video] for i in range(0, len(held), shots_per_video)]
     root = eval_video_dir(settings) / _videos_key(groups)
     root.mkdir(parents=True, exist_ok=True)
     out = []
@@ -121,7 +130,7 @@ def heldout_videos(settings: "Settings", *, world_seed: int = EVAL_WORLD_SEED,
     return out
 
 
-def decode_heldout(settings: "Settings", videos) -> list[EvalSegment]:
+def decode_heldout(settings: Settings, videos) -> list[EvalSegment]:
     """Decode each world video with the production decode code; label each segment with the shot
     most of its frames show."""
     from framebus.agents.media.pipeline import DecodeJob, decode_video
@@ -135,9 +144,19 @@ def decode_heldout(settings: "Settings", videos) -> list[EvalSegment]:
             mid = wv.shot_at((seg.start_s + seg.end_s) / 2)
             shot = max(sorted(set(shots)), key=lambda k: (shots.count(k), k == mid))
             shown = sorted(set(shots))
-            segs.append(EvalSegment(v, seg.index, seg.start_s, seg.end_s, shot, wv.shots[shot],
-                                    [jpg for _, jpg in seg.frames],
-                                    shots=shown, specs=[wv.shots[k] for k in shown]))
+            segs.append(
+                EvalSegment(
+                    v,
+                    seg.index,
+                    seg.start_s,
+                    seg.end_s,
+                    shot,
+                    wv.shots[shot],
+                    [jpg for _, jpg in seg.frames],
+                    shots=shown,
+                    specs=[wv.shots[k] for k in shown],
+                )
+            )
     return segs
 
 
@@ -160,9 +179,14 @@ def _rank(sims: np.ndarray) -> np.ndarray:
     return np.argsort(-sims, kind="stable")
 
 
-def search_metrics(embedder, segments: list[EvalSegment], vectors: np.ndarray, *,
-                   shots: list[tuple[tuple[int, int], Any]] | None = None,
-                   ks: tuple[int, ...] = (1, 5)) -> dict[str, Any]:
+def search_metrics(
+    embedder,
+    segments: list[EvalSegment],
+    vectors: np.ndarray,
+    *,
+    shots: list[tuple[tuple[int, int], Any]] | None = None,
+    ks: tuple[int, ...] = (1, 5),
+) -> dict[str, Any]:
     """``shots``: ``((video, shot), spec)`` of every held-out shot (default: those the segments
     show); a segment is relevant to a shot's caption when its frames show that shot."""
     from framebus.models.world import QUERY_KINDS, queries
@@ -198,8 +222,10 @@ def search_metrics(embedder, segments: list[EvalSegment], vectors: np.ndarray, *
 
     specs = [s.spec for s in segments]
     attr_chance = {
-        "shape": _share_same(specs, ("shape",)), "colour": _share_same(specs, ("colour",)),
-        "motion": _share_same(specs, ("motion",)), "shape+colour": _share_same(specs, ("shape", "colour")),
+        "shape": _share_same(specs, ("shape",)),
+        "colour": _share_same(specs, ("colour",)),
+        "motion": _share_same(specs, ("motion",)),
+        "shape+colour": _share_same(specs, ("shape", "colour")),
     }
     out["caption_attributes"] = {a: {"accuracy@1": _mean(v), "chance": attr_chance[a]} for a, v in attr_hits.items()}
 
@@ -254,10 +280,10 @@ def _mean(xs) -> float:
 
 #: name -> fn(settings, context) -> dict; each adds one top-level key to ``evaluate``'s result.
 #: ``context`` holds the decoded held-out data (``videos``, ``segments``) and may cache models.
-EVALUATIONS: list[tuple[str, Callable[["Settings", dict[str, Any]], dict[str, Any]]]] = []
+EVALUATIONS: list[tuple[str, Callable[[Settings, dict[str, Any]], dict[str, Any]]]] = []
 
 
-def _search_eval(settings: "Settings", ctx: dict[str, Any]) -> dict[str, Any]:
+def _search_eval(settings: Settings, ctx: dict[str, Any]) -> dict[str, Any]:
     from framebus.models.registry import load_embedder
 
     embedder = ctx.get("embedder") or load_embedder(settings)
@@ -272,24 +298,36 @@ def _search_eval(settings: "Settings", ctx: dict[str, Any]) -> dict[str, Any]:
 EVALUATIONS.append(("search", _search_eval))
 
 
-def _captioning_eval(settings: "Settings", ctx: dict[str, Any]) -> dict[str, Any]:
+def _captioning_eval(settings: Settings, ctx: dict[str, Any]) -> dict[str, Any]:
+    from framebus.models.registry import load_captioner
     from framebus.models.training.captioner import heldout_eval
 
-    return heldout_eval(settings, ctx)
+    try:
+        ctx["captioner"] = ctx.get("captioner") or load_captioner(settings)
+    except FramebusError as e:
+        return {"error": e.as_dict()}
+    return heldout_eval(ctx["captioner"], ctx["segments"])
 
 
-def _moderation_eval(settings: "Settings", ctx: dict[str, Any]) -> dict[str, Any]:
+def _moderation_eval(settings: Settings, ctx: dict[str, Any]) -> dict[str, Any]:
+    from framebus.models.registry import load_embedder, load_moderator
     from framebus.models.training.moderator import heldout_eval
 
-    return heldout_eval(settings, ctx)
+    ctx["embedder"] = embedder = ctx.get("embedder") or load_embedder(settings)
+    try:
+        moderator = ctx.get("moderator") or load_moderator(settings, embedder)
+    except FramebusError as e:
+        moderator = {"error": e.as_dict()}
+    return heldout_eval(embedder, moderator, ctx["segments"])
 
 
 EVALUATIONS.append(("captioning", _captioning_eval))
 EVALUATIONS.append(("moderation", _moderation_eval))
 
 
-def evaluate(settings: "Settings", *, embedder=None, only: tuple[str, ...] | None = None,
-             limit: int | None = None) -> dict[str, Any]:
+def evaluate(
+    settings: Settings, *, embedder=None, only: tuple[str, ...] | None = None, limit: int | None = None
+) -> dict[str, Any]:
     """Run every registered evaluation (or those named in ``only``) on the held-out world.
 
     ``embedder``: use this instead of ``load_embedder(settings)``; ``limit``: only the first
@@ -302,8 +340,12 @@ def evaluate(settings: "Settings", *, embedder=None, only: tuple[str, ...] | Non
     if embedder is not None:
         ctx["embedder"] = embedder
     result: dict[str, Any] = {
-        "heldout": {"videos": len(videos), "shots": sum(len(v.shots) for v in videos),
-                    "segments": len(segments), "world_seed": EVAL_WORLD_SEED},
+        "heldout": {
+            "videos": len(videos),
+            "shots": sum(len(v.shots) for v in videos),
+            "segments": len(segments),
+            "world_seed": EVAL_WORLD_SEED,
+        },
     }
     for name, fn in EVALUATIONS:
         if only and name not in only:

@@ -104,18 +104,24 @@ def _train_moderator(out_path: Path, settings: ModelSettings) -> dict[str, Any]:
 TRAINERS: list[TrainSpec] = [
     # revision 2: 4 frames per shot over the whole shot, 1200 steps
     TrainSpec("tiny-clip", _tiny_clip_filename(), _train_clip, "framebus.models.training.clip", revision=2),
-    # a save_pretrained directory; its marker file is what ensure_tiny_models checks
+    # a save_pretrained directory; its marker file is what ensure_tiny_models checks.
+    # revision 2: 4 frames per shot, centre crop, shifts, label smoothing, lr 2e-3
     TrainSpec(
-        "tiny-captioner", "tiny-captioner/model.safetensors", _train_captioner, "framebus.models.training.captioner"
+        "tiny-captioner",
+        "tiny-captioner/model.safetensors",
+        _train_captioner,
+        "framebus.models.training.captioner",
+        revision=2,
     ),
-    # after tiny-clip: the head is trained on the (trained) tiny CLIP's image embeddings
+    # after tiny-clip: the head is trained on the (trained) tiny CLIP's image embeddings.
+    # revision 3: fit and calibration on fresh shots, per-shot threshold in the widest gap of the scores
     TrainSpec(
         "tiny-moderator",
         "tiny-moderator.pt",
         _train_moderator,
         "framebus.models.training.moderator",
         depends=("tiny-clip",),
-        revision=2,
+        revision=3,
     ),
 ]
 

@@ -16,6 +16,15 @@ motion much later), so training adds an auxiliary loss: linear heads on the mean
 output tokens predict shape, colour and motion directly. The heads are dropped after training; only
 the ``VisionEncoderDecoderModel`` is saved.
 
+Shape is the hard attribute (a 64-pixel input, stars and triangles with trails): what made it generalise
+to new shots (held-out shape accuracy 0.71 -> 0.99 on rendered keyframes, seed 0) is ``RECIPE``'s
+``crop`` (the short side resized to 64 and the centre square kept, as the tiny CLIP sees frames, instead
+of the whole 4:3 frame squashed into the square: a quarter more pixels across each object, and no
+distorted shapes), ``frames_per_shot`` 4 (every point of an object's path, for the same number of steps),
+random translations of a few pixels (``shift``) and label smoothing; and a learning rate of 2e-3,
+with which every seed tried (0, 1, 2) converges (with 1e-3, seed 2 still named squares circles after
+1200 steps).
+
 Deterministic for a given ``seed`` and torch build on CPU: fixed thread count, fixed data order,
 ``torch.use_deterministic_algorithms(True)``.
 """
@@ -28,8 +37,9 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -42,30 +52,31 @@ from framebus.models.world import RENDER_VERSION
 #: never in code that reads it.
 RECIPE: dict[str, Any] = {
     "world_seed": 0,  # training shots: framebus.models.world.split(world_seed)[0]
-    #: frames per training shot, evenly over the shot (frame_times)
-    "frames_per_shot": 2,
+    #: frames per training shot, evenly over the shot (frame_times: 0, 0.5, 1, 1.5 s of a 2 s shot)
+    "frames_per_shot": 4,
     #: frames as the decode agent sends them (training_pairs)
     "frame": {"width": 320, "height": 240, "short_side": 224, "jpeg_quality": 85},
     "image_size": 64,
     #: True: short side to image_size + centre crop (CLIPImageProcessor); False: squash (ViTImageProcessor)
-    "crop": False,
+    "crop": True,
     "encoder": dict(TINY_ENCODER),
     "decoder": dict(TINY_DECODER),
     "init_seed_offset": 1,  # the model's init seed is seed + this
-    "epochs": 30,
+    "epochs": 15,  # 1200 steps of 32 frames
     "batch_size": 32,
-    "lr": 1e-3,
+    #: 1e-3 left one seed in three (2) stuck naming squares circles (held-out shape 0.77); 2e-3: 0.99
+    "lr": 2e-3,
     "warmup": 40,  # steps, at most a tenth of them
     "weight_decay": 0.01,
     "betas": [0.9, 0.98],
     "grad_clip": 1.0,
     #: weight of the auxiliary attribute loss (0 = off)
     "aux_weight": 3.0,
-    "label_smoothing": 0.0,
+    "label_smoothing": 0.1,
     #: mirror half of each batch horizontally (swapping "left" and "right")
     "hflip": True,
     #: random translation of each training image by up to this many pixels (of the model input)
-    "shift": 0,
+    "shift": 3,
     #: torch intra-op threads (part of the result)
     "threads": 2,
     "render_version": RENDER_VERSION,
@@ -93,8 +104,10 @@ def pixel_values(image_processor, frames: Sequence[np.ndarray], chunk: int = 256
 
     from framebus.models.common import check_image
 
-    parts = [image_processor(images=[check_image(f) for f in frames[i:i + chunk]], return_tensors="pt")["pixel_values"]
-             for i in range(0, len(frames), chunk)]
+    parts = [
+        image_processor(images=[check_image(f) for f in frames[i : i + chunk]], return_tensors="pt")["pixel_values"]
+        for i in range(0, len(frames), chunk)
+    ]
     return torch.cat(parts) if parts else torch.zeros((0, 3, 1, 1))
 
 
@@ -106,7 +119,7 @@ def caption_labels(tokenizer, captions: Sequence[str]):
     width = max(len(i) for i in ids)
     out = torch.full((len(ids), width), -100, dtype=torch.long)
     for r, row in enumerate(ids):
-        out[r, :len(row)] = torch.tensor(row, dtype=torch.long)
+        out[r, : len(row)] = torch.tensor(row, dtype=torch.long)
     return out
 
 
@@ -138,9 +151,15 @@ def save_pretrained_atomic(out_dir: Path, *parts: Any, extra: dict[str, Any] | N
     return out_dir
 
 
-def train_tiny_captioner(out_dir: Path | str | None, *, seed: int = 0, max_shots: int | None = None,
-                         device: str = "cpu", log: Callable[[str], None] | None = None,
-                         **overrides: Any) -> dict[str, Any]:
+def train_tiny_captioner(
+    out_dir: Path | str | None,
+    *,
+    seed: int = 0,
+    max_shots: int | None = None,
+    device: str = "cpu",
+    log: Callable[[str], None] | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
     """Train the tiny captioner on the world and save it to ``out_dir`` (skipped when ``None``).
 
     The hyperparameters are ``RECIPE``'s; any of its keys may be overridden as a keyword (``epochs=1``
@@ -155,10 +174,15 @@ def train_tiny_captioner(out_dir: Path | str | None, *, seed: int = 0, max_shots
     import torch
     import torch.nn.functional as F
 
-    from framebus.models.world import COLOURS, MOTIONS, SHAPES, split, training_pairs
-    from framebus.models.captioner import (TINY_WORDS, build_tiny_image_processor, build_tiny_model,
-                                           build_word_tokenizer, _dir_digest)
+    from framebus.models.captioner import (
+        TINY_WORDS,
+        _dir_digest,
+        build_tiny_image_processor,
+        build_tiny_model,
+        build_word_tokenizer,
+    )
     from framebus.models.openclip import _state_dict_digest, resolve_device
+    from framebus.models.world import COLOURS, MOTIONS, SHAPES, split, training_pairs
 
     unknown = set(overrides) - set(RECIPE)
     if unknown:
@@ -177,11 +201,20 @@ def train_tiny_captioner(out_dir: Path | str | None, *, seed: int = 0, max_shots
             train, _ = split(int(r["world_seed"]))
             if max_shots is not None:
                 train = train[:max_shots]
-            frames, specs = training_pairs(train, frames_per_shot, size=fr["short_side"], width=fr["width"],
-                                           height=fr["height"], jpeg_quality=fr["jpeg_quality"])
+            frames, specs = training_pairs(
+                train,
+                frames_per_shot,
+                size=fr["short_side"],
+                width=fr["width"],
+                height=fr["height"],
+                jpeg_quality=fr["jpeg_quality"],
+            )
             captions = [s.caption for s in specs]
-            words = list(TINY_WORDS) + ["a", "moving", *COLOURS, *SHAPES, *MOTIONS] + \
-                [w for c in captions for w in c.split()]
+            words = (
+                list(TINY_WORDS)
+                + ["a", "moving", *COLOURS, *SHAPES, *MOTIONS]
+                + [w for c in captions for w in c.split()]
+            )
             tokenizer = build_word_tokenizer(words)
             image_processor = build_tiny_image_processor(int(r["image_size"]), crop=bool(r["crop"]))
             x_all = pixel_values(image_processor, frames)
@@ -195,15 +228,26 @@ def train_tiny_captioner(out_dir: Path | str | None, *, seed: int = 0, max_shots
             lr_motion = (MOTIONS.index("left"), MOTIONS.index("right"))
 
             torch.manual_seed(int(seed))
-            model = build_tiny_model(tokenizer, seed=int(seed) + int(r["init_seed_offset"]), encoder=encoder,
-                                     decoder=dict(r["decoder"])).to(dev).train()
+            model = (
+                build_tiny_model(
+                    tokenizer, seed=int(seed) + int(r["init_seed_offset"]), encoder=encoder, decoder=dict(r["decoder"])
+                )
+                .to(dev)
+                .train()
+            )
             hidden = model.config.encoder.hidden_size
             aux = torch.nn.ModuleList([torch.nn.Linear(hidden, len(vals)) for vals, _ in attrs]).to(dev)
             named = list(model.named_parameters()) + [(f"aux.{n}", p) for n, p in aux.named_parameters()]
             decay = [p for n, p in named if p.ndim >= 2 and "embed" not in n]
             no_decay = [p for n, p in named if not (p.ndim >= 2 and "embed" not in n)]
-            opt = torch.optim.AdamW([{"params": decay, "weight_decay": float(r["weight_decay"])},
-                                     {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=tuple(r["betas"]))
+            opt = torch.optim.AdamW(
+                [
+                    {"params": decay, "weight_decay": float(r["weight_decay"])},
+                    {"params": no_decay, "weight_decay": 0.0},
+                ],
+                lr=lr,
+                betas=tuple(r["betas"]),
+            )
             n = x_all.shape[0]
             side = x_all.shape[-1]
             if shift:  # edge-padded once; each step crops every image at a random offset
@@ -218,13 +262,15 @@ def train_tiny_captioner(out_dir: Path | str | None, *, seed: int = 0, max_shots
             for epoch in range(epochs):
                 order = rng.permutation(n)
                 for b in range(per_epoch):
-                    idx = order[b * batch_size:(b + 1) * batch_size]
+                    idx = order[b * batch_size : (b + 1) * batch_size]
                     for g in opt.param_groups:
                         g["lr"] = _lr_at(step, steps, lr, warmup)
                     labels, ab = y_all[idx].clone(), a_all[idx].clone()
                     if shift:
                         offs = rng.integers(0, 2 * shift + 1, (len(idx), 2))
-                        xb = torch.stack([x_all[i, :, oy:oy + side, ox:ox + side] for i, (ox, oy) in zip(idx, offs)])
+                        xb = torch.stack(
+                            [x_all[i, :, oy : oy + side, ox : ox + side] for i, (ox, oy) in zip(idx, offs)]
+                        )
                     else:
                         xb = x_all[torch.from_numpy(idx.copy())]
                     if hflip:  # mirror half the batch: left <-> right in caption and motion label
@@ -237,17 +283,24 @@ def train_tiny_captioner(out_dir: Path | str | None, *, seed: int = 0, max_shots
                     enc = model.encoder(pixel_values=xb)
                     out = model(encoder_outputs=enc, labels=labels)
                     logits = out.logits
-                    cap_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                               ignore_index=-100, label_smoothing=smoothing)
+                    cap_loss = F.cross_entropy(
+                        logits.reshape(-1, logits.shape[-1]),
+                        labels.reshape(-1),
+                        ignore_index=-100,
+                        label_smoothing=smoothing,
+                    )
                     loss = cap_loss
                     if aux_weight:
                         pooled = enc.last_hidden_state.mean(dim=1)
-                        loss = loss + aux_weight * sum(F.cross_entropy(head(pooled), ab[:, j], label_smoothing=smoothing)
-                                                       for j, head in enumerate(aux))
+                        loss = loss + aux_weight * sum(
+                            F.cross_entropy(head(pooled), ab[:, j], label_smoothing=smoothing)
+                            for j, head in enumerate(aux)
+                        )
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
-                    torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]],
-                                                   float(r["grad_clip"]))
+                    torch.nn.utils.clip_grad_norm_(
+                        [p for g in opt.param_groups for p in g["params"]], float(r["grad_clip"])
+                    )
                     opt.step()
                     with torch.no_grad():
                         mask = labels != -100
@@ -256,8 +309,10 @@ def train_tiny_captioner(out_dir: Path | str | None, *, seed: int = 0, max_shots
                     accs.append(float(acc))
                     step += 1
                 if log is not None:
-                    log(f"epoch {epoch + 1}/{epochs} step {step} loss {losses[-1]:.4f} token-acc {accs[-1]:.3f} "
-                        f"({time.monotonic() - t0:.1f}s)")
+                    log(
+                        f"epoch {epoch + 1}/{epochs} step {step} loss {losses[-1]:.4f} token-acc {accs[-1]:.3f} "
+                        f"({time.monotonic() - t0:.1f}s)"
+                    )
             model = model.eval().to("cpu")
             state_digest = _state_dict_digest(model)
 
@@ -286,8 +341,24 @@ def train_tiny_captioner(out_dir: Path | str | None, *, seed: int = 0, max_shots
     }
     if out_dir is not None:
         # only deterministic fields go into the directory (its bytes name the model version)
-        keep = {k: stats[k] for k in ("model", "seed", "epochs", "steps", "batch_size", "shots", "frames", "vocab",
-                                      "aux_weight", "hflip", "final_loss", "state_digest", "recipe")}
+        keep = {
+            k: stats[k]
+            for k in (
+                "model",
+                "seed",
+                "epochs",
+                "steps",
+                "batch_size",
+                "shots",
+                "frames",
+                "vocab",
+                "aux_weight",
+                "hflip",
+                "final_loss",
+                "state_digest",
+                "recipe",
+            )
+        }
         save_pretrained_atomic(Path(out_dir), model, tokenizer, image_processor, extra=keep)
         stats["version"] = _dir_digest(Path(out_dir))[:12]
     stats["seconds"] = round(time.monotonic() - t0, 2)
@@ -295,6 +366,7 @@ def train_tiny_captioner(out_dir: Path | str | None, *, seed: int = 0, max_shots
 
 
 # --- evaluation ----------------------------------------------------------------------------------
+
 
 def parse_caption(text: str) -> dict[str, str | None]:
     """The world attributes a caption names: ``{"shape", "colour", "motion"}`` (``None`` when it names
@@ -307,7 +379,7 @@ def parse_caption(text: str) -> dict[str, str | None]:
         found = {w for w in ws if w in vocab}
         return found.pop() if len(found) == 1 else None
 
-    motion_words = words[words.index("moving") + 1:] if "moving" in words else []
+    motion_words = words[words.index("moving") + 1 :] if "moving" in words else []
     return {"shape": one(SHAPES, words), "colour": one(COLOURS, words), "motion": one(MOTIONS, motion_words)}
 
 
@@ -348,13 +420,19 @@ def evaluate_captioner(captioner: Any, shots: Sequence[Any] | None = None, *, wo
     frames, specs = keyframes(shots)
     t0 = time.monotonic()
     captions = captioner.caption(frames)
-    out: dict[str, Any] = {"model": captioner.info.name, "version": captioner.info.version, "keyframes": len(frames),
-                           **caption_accuracy(captions, specs), "seconds": round(time.monotonic() - t0, 2),
-                           "examples": [[s.caption, c] for s, c in list(zip(specs, captions))[:5]]}
+    out: dict[str, Any] = {
+        "model": captioner.info.name,
+        "version": captioner.info.version,
+        "keyframes": len(frames),
+        **caption_accuracy(captions, specs),
+        "seconds": round(time.monotonic() - t0, 2),
+        "examples": [[s.caption, c] for s, c in list(zip(specs, captions))[:5]],
+    }
     return out
 
 
 # --- ensure_tiny_models entry ----------------------------------------------------------------------
+
 
 def _train_filename() -> str:
     from framebus.models.captioner import TINY_DIR, TINY_MARKER
@@ -376,6 +454,7 @@ def train_for_settings(out_path: Path, settings: Any) -> dict[str, Any]:
 
 # --- models.training.evaluate entry ----------------------------------------------------------------
 
+
 def segment_keyframes(segments: Sequence[Any], min_side: int | None = None) -> tuple[list[np.ndarray], list[Any]]:
     """One keyframe per held-out shot from production-decoded segments (``evaluate.EvalSegment``):
     the middle frame of the first segment that shows only that shot (decoded for a model input side
@@ -393,25 +472,24 @@ def segment_keyframes(segments: Sequence[Any], min_side: int | None = None) -> t
     return frames, specs
 
 
-def heldout_eval(settings: Any, ctx: dict[str, Any]) -> dict[str, Any]:
-    """``EVALUATIONS`` entry: caption accuracy (shape, colour, motion, shape+colour, all, exact) of
-    the profile's captioner on one keyframe per held-out shot, decoded as in production."""
-    from framebus.models.registry import load_captioner
-    from framebus.topics.errors import FramebusError
-
-    try:
-        captioner = ctx.get("captioner") or load_captioner(settings)
-    except FramebusError as e:
-        return {"error": e.as_dict()}
-    ctx["captioner"] = captioner
-    frames, specs = segment_keyframes(ctx["segments"], getattr(captioner, "image_size", None))
+def heldout_eval(captioner: Any, segments: Sequence[Any]) -> dict[str, Any]:
+    """Caption accuracy (shape, colour, motion, shape+colour, all, exact) of ``captioner`` on one keyframe
+    per held-out shot of ``segments`` (decoded as in production; ``framebus.streams.evaluate`` loads the
+    profile's captioner and decodes the segments)."""
+    frames, specs = segment_keyframes(segments, getattr(captioner, "image_size", None))
     t0 = time.monotonic()
     captions = captioner.caption(frames)
     from framebus.models.world import COLOURS, MOTIONS, SHAPES
 
-    return {"model": {"name": captioner.info.name, "version": captioner.info.version}, "keyframes": len(frames),
-            **caption_accuracy(captions, specs),
-            "chance": {"shape": round(1 / len(SHAPES), 4), "colour": round(1 / len(COLOURS), 4),
-                       "motion": round(1 / len(MOTIONS), 4)},
-            "seconds": round(time.monotonic() - t0, 2),
-            "examples": [[s.caption, c] for s, c in list(zip(specs, captions))[:5]]}
+    return {
+        "model": {"name": captioner.info.name, "version": captioner.info.version},
+        "keyframes": len(frames),
+        **caption_accuracy(captions, specs),
+        "chance": {
+            "shape": round(1 / len(SHAPES), 4),
+            "colour": round(1 / len(COLOURS), 4),
+            "motion": round(1 / len(MOTIONS), 4),
+        },
+        "seconds": round(time.monotonic() - t0, 2),
+        "examples": [[s.caption, c] for s, c in list(zip(specs, captions))[:5]],
+    }

@@ -37,23 +37,52 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
+from framebus.models.openclip import TINY_CONFIG, TINY_SEED
 from framebus.models.training import deterministic_torch
+from framebus.models.world import RENDER_VERSION
 
-#: default number of optimisation steps (about 4-5 min on one idle CPU core, data included)
-DEFAULT_STEPS = 1200
-DEFAULT_BATCH = 32
-DEFAULT_LR = 1e-3
-DEFAULT_THREADS = 1
-#: frames per training shot, evenly over the shot (0, 0.5, 1, 1.5 s of a 2 s shot): the object at every
-#: point of its path, as the 1 fps frames of a longer shot show it. With 2 (the instants the decode agent
-#: samples in a 2 s shot) and 600 steps, held-out recall@1 was 0.825 and 10-s shots were out of
-#: distribution (12 of 60 safe ones flagged by the moderation head); with 4 and 1200 steps, 0.99 and 0.
-FRAMES_PER_SHOT = 4
+#: Every hyperparameter that determines the trained weights (with the seed and the torch build):
+#: ``framebus.models.training`` hashes it to key its cache of trained models, so change a value here,
+#: never in code that reads it. ``train_tiny_clip``'s keyword defaults are these values.
+RECIPE: dict[str, Any] = {
+    "world_seed": 0,  # training shots: framebus.models.world.split(world_seed)[0]
+    #: frames per training shot, evenly over the shot (0, 0.5, 1, 1.5 s of a 2 s shot): the object at every
+    #: point of its path, as the 1 fps frames of a longer shot show it. With 2 (the instants the decode agent
+    #: samples in a 2 s shot) and 600 steps, held-out recall@1 was 0.825 and 10-s shots were out of
+    #: distribution (12 of 60 safe ones flagged by the moderation head); with 4 and 1200 steps, 0.99 and 0.
+    "frames_per_shot": 4,
+    #: frames as the decode agent sends them (training_pairs)
+    "frame": {"width": 320, "height": 240, "short_side": 224, "jpeg_quality": 85},
+    "config": TINY_CONFIG,  # the architecture (framebus.models.openclip)
+    "init_seed": TINY_SEED,  # the init is seeded with init_seed + seed
+    #: optimisation steps (about 4-5 min on one idle CPU core, data included)
+    "steps": 1200,
+    "batch_size": 32,
+    "lr": 1e-3,
+    "weight_decay": 0.1,
+    "betas": [0.9, 0.98],
+    "eps": 1e-6,
+    "warmup": 20,  # steps, at most a tenth of them
+    "schedule": "wsd",
+    "grad_clip": None,
+    "max_logit_scale": 100,
+    #: the auxiliary per-attribute image -> text cross-entropy (see the module doc)
+    "attr_loss": True,
+    #: torch intra-op threads (part of the result)
+    "threads": 1,
+    "render_version": RENDER_VERSION,
+}
+DEFAULT_STEPS = RECIPE["steps"]
+DEFAULT_BATCH = RECIPE["batch_size"]
+DEFAULT_LR = RECIPE["lr"]
+DEFAULT_THREADS = RECIPE["threads"]
+FRAMES_PER_SHOT = RECIPE["frames_per_shot"]
 
 
 def _build_model(init_seed: int):
@@ -81,8 +110,11 @@ def encode_text_prefix(model, tokens, length: int):
     x = model.ln_final(x)
     x = text_global_pool(x, t, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
     if model.text_projection is not None:
-        x = model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) \
+        x = (
+            model.text_projection(x)
+            if isinstance(model.text_projection, torch.nn.Linear)
             else x @ model.text_projection
+        )
     return x
 
 
@@ -91,8 +123,16 @@ def _param_groups(model, weight_decay: float):
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        exclude = p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name \
-            or "token_embedding" in name or "positional_embedding" in name or "class_embedding" in name
+        exclude = (
+            p.ndim < 2
+            or "bn" in name
+            or "ln" in name
+            or "bias" in name
+            or "logit_scale" in name
+            or "token_embedding" in name
+            or "positional_embedding" in name
+            or "class_embedding" in name
+        )
         (no_decay if exclude else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
@@ -182,18 +222,38 @@ def _prepare_data(preprocess, world_seed: int, frames_per_shot: int, max_shots: 
     train, _ = split(world_seed)
     if max_shots is not None:
         train = train[:max_shots]
-    frames, specs = training_pairs(train, frames_per_shot)
+    fr = RECIPE["frame"]
+    frames, specs = training_pairs(
+        train,
+        frames_per_shot,
+        size=fr["short_side"],
+        width=fr["width"],
+        height=fr["height"],
+        jpeg_quality=fr["jpeg_quality"],
+    )
     x = torch.stack([preprocess(Image.fromarray(f)) for f in frames])
     return x, specs
 
 
-def train_tiny_clip(out_path: Path | str | None, *, seed: int = 0, steps: int = DEFAULT_STEPS,
-                    device: str = "cpu", batch_size: int = DEFAULT_BATCH, lr: float = DEFAULT_LR,
-                    weight_decay: float = 0.1, threads: int = DEFAULT_THREADS, world_seed: int = 0,
-                    frames_per_shot: int = FRAMES_PER_SHOT, max_shots: int | None = None,
-                    attr_loss: bool = True, grad_clip: float | None = None, warmup: int | None = None,
-                    schedule: str = "wsd",
-                    log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def train_tiny_clip(
+    out_path: Path | str | None,
+    *,
+    seed: int = 0,
+    steps: int = DEFAULT_STEPS,
+    device: str = "cpu",
+    batch_size: int = DEFAULT_BATCH,
+    lr: float = DEFAULT_LR,
+    weight_decay: float = RECIPE["weight_decay"],
+    threads: int = DEFAULT_THREADS,
+    world_seed: int = RECIPE["world_seed"],
+    frames_per_shot: int = FRAMES_PER_SHOT,
+    max_shots: int | None = None,
+    attr_loss: bool = RECIPE["attr_loss"],
+    grad_clip: float | None = RECIPE["grad_clip"],
+    warmup: int | None = None,
+    schedule: str = RECIPE["schedule"],
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Train the tiny CLIP on the world and save it to ``out_path`` (skipped when ``None``).
 
     Returns stats: ``steps``, ``seconds``, ``initial_loss``, ``final_loss`` (mean of the last 10
@@ -203,10 +263,10 @@ def train_tiny_clip(out_path: Path | str | None, *, seed: int = 0, steps: int = 
     """
     import torch
 
+    from framebus.models.openclip import _state_dict_digest, resolve_device
     from framebus.models.world import queries
-    from framebus.models.openclip import TINY_SEED, _state_dict_digest, resolve_device
 
-    init_seed = TINY_SEED + int(seed)  # seed 0: the init the serving path builds with no checkpoint
+    init_seed = RECIPE["init_seed"] + int(seed)  # seed 0: the init the serving path builds with no checkpoint
     t0 = time.monotonic()
     dev = torch.device(resolve_device(device))
     with deterministic_torch(threads):
@@ -226,8 +286,11 @@ def train_tiny_clip(out_path: Path | str | None, *, seed: int = 0, steps: int = 
             for kind in ("shape", "colour", "motion"):
                 cols = [i for i, q in enumerate(qs) if q.kind == kind]
                 attr_cols.append(torch.tensor(cols, dtype=torch.long, device=dev))
-                attr_tgt.append(torch.tensor([next(j for j, c in enumerate(cols) if qs[c].matches(s))
-                                              for s in specs], dtype=torch.long))
+                attr_tgt.append(
+                    torch.tensor(
+                        [next(j for j, c in enumerate(cols) if qs[c].matches(s)) for s in specs], dtype=torch.long
+                    )
+                )
             tokens = tokenizer([q.text for q in qs])
             eot = tokens.argmax(dim=-1)
             length = int(eot.max()) + 1
@@ -235,40 +298,42 @@ def train_tiny_clip(out_path: Path | str | None, *, seed: int = 0, steps: int = 
             model = model.to(dev).train()
             tokens = tokens.to(dev)
             cap_cols_t = torch.tensor(cap_cols, dtype=torch.long, device=dev)
-            opt = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6)
+            opt = torch.optim.AdamW(
+                _param_groups(model, weight_decay), lr=lr, betas=tuple(RECIPE["betas"]), eps=RECIPE["eps"]
+            )
             rng = np.random.default_rng([int(seed), 0xC11F])
             n = x_all.shape[0]
             order = rng.permutation(n)
             cursor = 0
-            warmup = max(1, min(20, steps // 10)) if warmup is None else max(1, int(warmup))
+            warmup = max(1, min(RECIPE["warmup"], steps // 10)) if warmup is None else max(1, int(warmup))
             losses: list[float] = []
             accs: list[float] = []
             for step in range(steps):
                 if cursor + batch_size > n:
                     order, cursor = rng.permutation(n), 0
-                idx = torch.from_numpy(order[cursor:cursor + batch_size].copy())
+                idx = torch.from_numpy(order[cursor : cursor + batch_size].copy())
                 cursor += batch_size
                 for g in opt.param_groups:
                     g["lr"] = _lr_at(step, steps, lr, warmup, schedule)
                 img = torch.nn.functional.normalize(model.encode_image(x_all[idx].to(dev)), dim=-1)
                 txt = torch.nn.functional.normalize(encode_text_prefix(model, tokens, length), dim=-1)
-                scale = model.logit_scale.exp().clamp(max=100)
+                scale = model.logit_scale.exp().clamp(max=RECIPE["max_logit_scale"])
                 groups = [(c, t[idx].to(dev)) for c, t in zip(attr_cols, attr_tgt)] if attr_loss else ()
-                loss, i2t, _ = contrastive_loss(img, txt, scale, pos_all[idx].to(dev), cap_all[idx].to(dev),
-                                                cap_cols_t, groups)
+                loss, i2t, _ = contrastive_loss(
+                    img, txt, scale, pos_all[idx].to(dev), cap_all[idx].to(dev), cap_cols_t, groups
+                )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if grad_clip:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
                 opt.step()
                 with torch.no_grad():
-                    model.logit_scale.clamp_(0, math.log(100))
+                    model.logit_scale.clamp_(0, math.log(RECIPE["max_logit_scale"]))
                     acc = ((img @ txt[cap_cols_t].T).argmax(dim=1).cpu() == cap_all[idx]).float().mean()
                 losses.append(float(loss.detach()))
                 accs.append(float(acc))
                 if log is not None and (step % 20 == 0 or step == steps - 1):
-                    log(f"step {step:4d} loss {losses[-1]:.4f} acc {accs[-1]:.3f} "
-                        f"({time.monotonic() - t0:.1f}s)")
+                    log(f"step {step:4d} loss {losses[-1]:.4f} acc {accs[-1]:.3f} ({time.monotonic() - t0:.1f}s)")
 
             model = model.eval().to("cpu")
             state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
