@@ -28,7 +28,7 @@ def _images(n: int = 4) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def trained(tiny_models):
-    """The trained tiny captioner of the checkout's model cache: ``(settings, training stats)``."""
+    """The trained tiny captioner (shipped, or of ``FRAMEBUS_TRAIN_SEED``): ``(settings, training stats)``."""
     settings, result = tiny_models
     return settings, result["tiny-captioner"]["stats"]
 
@@ -42,7 +42,8 @@ def heldout_keyframes():
 
 
 def test_untrained_tiny_captioner_builds_offline_and_generates_strings(tmp_path):
-    cap = load_captioner(Settings(models="tiny", device="cpu", data_dir=tmp_path))
+    untrained = Settings(models="tiny", device="cpu", data_dir=tmp_path, model_dir=tmp_path / "models")
+    cap = load_captioner(untrained)
     assert isinstance(cap, Captioner)
     assert isinstance(cap.info, ModelInfo) and cap.info.task == "caption"
     assert cap.info.name == "framebus-tiny-captioner" and len(cap.info.version) == 12
@@ -51,7 +52,7 @@ def test_untrained_tiny_captioner_builds_offline_and_generates_strings(tmp_path)
     assert all(isinstance(s, str) and s.strip() for s in out)  # at least one word each
     assert cap.caption([]) == []
     # deterministic: same seeded init in a second instance, same captions
-    again = load_captioner(Settings(models="tiny", device="cpu", data_dir=tmp_path))
+    again = load_captioner(untrained)
     assert again.info == cap.info and again.caption(_images()) == out
     with pytest.raises(ModelError) as err:
         cap.caption([np.zeros((10, 10, 3), np.float32)])
@@ -71,21 +72,23 @@ def test_trained_captioner_names_shape_and_colour(trained, heldout_keyframes):
 
     acc = caption_accuracy(captions, specs)
     print("held-out keyframe accuracy:", acc, "training:", {k: stats[k] for k in ("steps", "seconds")})
-    assert acc["colour"] >= 0.9, acc
-    assert acc["shape"] >= 0.45, acc  # 4 shapes: chance is 0.25
-    assert acc["shape_colour"] >= 0.45, acc
-    assert acc["motion"] >= 0.6, acc  # from the trail in a single frame; chance 0.25
+    # measured under training seeds 0, 1, 2: colour and motion 1.00, shape 0.95-0.99 (chance 0.20 / 0.25 / 0.25);
+    # the bounds leave a margin of a few shots
+    assert acc["colour"] >= 0.95, acc
+    assert acc["motion"] >= 0.9, acc  # from the trail in a single frame
+    assert acc["shape"] >= 0.85, acc
+    assert acc["shape_colour"] >= 0.85, acc
     # captions have the world's form: "a <colour> <shape> moving <motion>"
     well_formed = [c for c in captions if len(c.split()) == 5 and c.split()[0] == "a" and c.split()[3] == "moving"]
-    assert len(well_formed) >= 0.9 * len(captions), captions[:10]
+    assert len(well_formed) >= 0.95 * len(captions), captions[:10]
 
 
 def test_trained_directory_is_complete_and_batching_is_stable(trained, heldout_keyframes):
-    from framebus.models.captioner import TINY_DIR, TransformersCaptioner
-    from framebus.models.training import LOCK_NAME
+    from framebus.models.captioner import TransformersCaptioner
+    from framebus.models.training import LOCK_NAME, tiny_path
 
     settings, _ = trained
-    d = settings.model_cache_dir / TINY_DIR
+    d = tiny_path(settings, "tiny-captioner").parent
     for name in (
         "config.json",
         "generation_config.json",

@@ -197,7 +197,7 @@ def evaluation(trained):
     from framebus.streams.evaluate import evaluate
 
     settings, _ = trained
-    return evaluate(settings, only=("search",))
+    return evaluate(settings)
 
 
 def test_real_training_stats(trained):
@@ -210,6 +210,8 @@ def test_real_training_stats(trained):
 
 
 def test_heldout_search_is_well_above_chance(evaluation):
+    """Measured under training seeds 0, 1, 2: recall@1 0.975-1.00, @5 1.00; every attribute of the top hit
+    0.975-1.00; the bounds leave a margin of a few queries (chance is 1/80 for the exact shot)."""
     search = evaluation["search"]
     assert evaluation["heldout"]["shots"] == 80
     # segments are what the decode stage makes of the videos (detected shots, or fixed windows)
@@ -217,13 +219,24 @@ def test_heldout_search_is_well_above_chance(evaluation):
     cap = search["caption"]
     assert cap["queries"] == 80
     assert cap["chance@1"] < 0.03
-    # exact shot (video + shot): far above 1/80
-    assert cap["recall@1"] >= 0.4 and cap["recall@5"] >= 0.7
+    assert cap["recall@1"] >= 0.9 and cap["recall@5"] >= 0.95
     attrs = search["caption_attributes"]
-    assert attrs["colour"]["accuracy@1"] >= 0.9
-    assert attrs["shape+colour"]["accuracy@1"] >= 0.7  # chance 1/20
-    assert attrs["motion"]["accuracy@1"] >= 0.4  # chance 1/4: motion is the hardest attribute
+    assert attrs["colour"]["accuracy@1"] >= 0.95
+    assert attrs["shape+colour"]["accuracy@1"] >= 0.9  # chance 1/20
+    assert attrs["motion"]["accuracy@1"] >= 0.9  # chance 1/4
     q = search["queries"]
-    assert q["shape+colour"]["precision@1"] >= 0.5  # "a red circle": chance 1/20
-    assert q["colour"]["precision@1"] >= 0.8
-    assert q["shape"]["precision@1"] > q["shape"]["chance"]
+    assert q["shape+colour"]["precision@1"] >= 0.9  # "a red circle": chance 1/20
+    assert q["colour"]["precision@1"] >= 0.9
+    assert q["shape"]["precision@1"] >= 0.9
+
+
+def test_heldout_captions_and_moderation_through_the_production_decode(evaluation):
+    """``framebus models eval``'s figures, asserted: measured under training seeds 0, 1, 2, captions colour
+    and motion 1.00, shape 0.95-1.00; the head per shot precision 1.00, recall 0.95-1.00 (19 unsafe shots).
+    The end-to-end test (tests/integration/test_understanding.py) asserts moderation over 20 unsafe shots."""
+    cap = evaluation["captioning"]
+    assert cap["keyframes"] >= 70
+    assert cap["colour"] >= 0.95 and cap["motion"] >= 0.9 and cap["shape"] >= 0.85, cap
+    head = evaluation["moderation"]["profile"]["hazard"]["shot"]
+    assert head["positives"] >= 18
+    assert head["precision"] >= 0.9 and head["recall"] >= 0.9, head
