@@ -260,6 +260,8 @@ class OpenClipEmbedder:
         use_ckpt = ckpt is not None and ckpt.is_file()
         try:
             saved = torch.load(ckpt, map_location="cpu", weights_only=True) if use_ckpt else None
+            if isinstance(saved, dict) and isinstance(saved.get("state_dict"), dict):  # a training checkpoint
+                saved = saved["state_dict"]
             packed = isinstance(saved, dict) and saved.get("format") == TINY_FORMAT
             model, preprocess = _seeded_tiny_model(int(saved["init_seed"]) if packed else init_seed)
             if saved is not None:

@@ -154,7 +154,7 @@ def test_tiny_loads_a_trained_checkpoint(tiny, tmp_path):
     ckpt = tmp_path / "models" / "tiny-clip.pt"
     ckpt.parent.mkdir(parents=True)
     torch.save({"state_dict": trained}, ckpt)
-    loaded = load_embedder(Settings(models="tiny", device="cpu", data_dir=tmp_path))
+    loaded = load_embedder(Settings(models="tiny", device="cpu", data_dir=tmp_path, model_dir=tmp_path / "models"))
     import hashlib
 
     assert loaded.info.version == hashlib.sha256(ckpt.read_bytes()).hexdigest()[:12]
@@ -169,7 +169,7 @@ def test_tiny_checkpoint_that_does_not_match_is_a_model_error(tmp_path):
     ckpt.parent.mkdir(parents=True)
     torch.save({"state_dict": {"nope": torch.zeros(3)}}, ckpt)
     with pytest.raises(ModelError) as err:
-        load_embedder(Settings(models="tiny", device="cpu", data_dir=tmp_path))
+        load_embedder(Settings(models="tiny", device="cpu", data_dir=tmp_path, model_dir=tmp_path / "models"))
     assert err.value.code == "models.failed" and "tiny-clip.pt" in err.value.message
 
 
