@@ -36,9 +36,14 @@ def images(n: int = 6) -> list[np.ndarray]:
 TEXTS = ["a dog running on the beach", "a red car at night", "", "two people talking in a kitchen"]
 
 
+def untrained(data_dir) -> Settings:
+    """The tiny profile with an empty model dir: the tiny CLIP's seeded init, whatever ships or is cached."""
+    return Settings(models="tiny", device="cpu", data_dir=data_dir, model_dir=Path(data_dir) / "models")
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    return load_embedder(Settings(models="tiny", device="cpu", data_dir=tmp_path_factory.mktemp("data")))
+    return load_embedder(untrained(tmp_path_factory.mktemp("data")))
 
 
 def test_tiny_embedder_shapes_dtype_and_norm(tiny):
@@ -111,10 +116,9 @@ _DUMP = r"""
 import json, sys
 import numpy as np
 sys.path.insert(0, sys.argv[2])
-from tests.unit.test_models import TEXTS, images
+from tests.unit.test_models import TEXTS, images, untrained
 from framebus.models.registry import load_embedder
-from framebus.streams.config import Settings
-e = load_embedder(Settings(models="tiny", device="cpu", data_dir=sys.argv[1]))
+e = load_embedder(untrained(sys.argv[1]))
 print(json.dumps({"version": e.info.version, "images": e.embed_images(images()).tolist(),
                   "texts": e.embed_texts(TEXTS).tolist()}))
 """
