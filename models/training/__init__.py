@@ -105,7 +105,7 @@ TRAINERS: list[TrainSpec] = [
     # revision 2: 4 frames per shot over the whole shot, 1200 steps
     TrainSpec("tiny-clip", _tiny_clip_filename(), _train_clip, "framebus.models.training.clip", revision=2),
     # a save_pretrained directory; its marker file is what ensure_tiny_models checks.
-    # revision 2: 4 frames per shot, centre crop, shifts, label smoothing, lr 2e-3
+    # revision 2: 4 frames per shot, centre crop, shifts, label smoothing, lr 2e-3, 1 thread
     TrainSpec(
         "tiny-captioner",
         "tiny-captioner/model.safetensors",

@@ -149,8 +149,8 @@ def test_captions_name_the_shape_colour_and_motion(held_out):
     }
     wrong = [(spec.caption, shot.caption) for *_, spec, shot in shots if spec.caption != shot.caption]
     print(f"captions over {len(shots)} held-out shots: {rates}; wrong: {wrong}")
-    # measured (models eval, training seeds 0, 1, 2): colour and motion 1.00, shape 0.85-0.95 (chance 0.25)
-    assert rates["colour"] >= 0.95 and rates["motion"] >= 0.9 and rates["shape"] >= 0.8, (rates, wrong)
+    # measured (models eval, training seeds 0, 1, 2): colour and motion 1.00, shape 0.95-1.00 (chance 0.25)
+    assert rates["colour"] >= 0.95 and rates["motion"] >= 0.9 and rates["shape"] >= 0.85, (rates, wrong)
 
 
 def test_moderation_flags_the_unsafe_shots_and_alerts_each_once_with_its_times(held_out):

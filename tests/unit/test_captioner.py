@@ -72,12 +72,12 @@ def test_trained_captioner_names_shape_and_colour(trained, heldout_keyframes):
 
     acc = caption_accuracy(captions, specs)
     print("held-out keyframe accuracy:", acc, "training:", {k: stats[k] for k in ("steps", "seconds")})
-    # measured under training seeds 0, 1, 2: colour and motion 1.00, shape 0.85-0.95 (chance 0.20 / 0.25 / 0.25);
+    # measured under training seeds 0, 1, 2: colour and motion 1.00, shape 0.95-1.00 (chance 0.20 / 0.25 / 0.25);
     # the bounds leave a margin of a few shots
     assert acc["colour"] >= 0.95, acc
     assert acc["motion"] >= 0.9, acc  # from the trail in a single frame
-    assert acc["shape"] >= 0.8, acc
-    assert acc["shape_colour"] >= 0.8, acc
+    assert acc["shape"] >= 0.85, acc
+    assert acc["shape_colour"] >= 0.85, acc
     # captions have the world's form: "a <colour> <shape> moving <motion>"
     well_formed = [c for c in captions if len(c.split()) == 5 and c.split()[0] == "a" and c.split()[3] == "moving"]
     assert len(well_formed) >= 0.95 * len(captions), captions[:10]

@@ -232,11 +232,11 @@ def test_heldout_search_is_well_above_chance(evaluation):
 
 def test_heldout_captions_and_moderation_through_the_production_decode(evaluation):
     """``framebus models eval``'s figures, asserted: measured under training seeds 0, 1, 2, captions colour
-    and motion 1.00, shape 0.85-0.95; the head per shot precision 1.00, recall 0.95-1.00 (19 unsafe shots).
+    and motion 1.00, shape 0.95-1.00; the head per shot precision 1.00, recall 0.95-1.00 (19 unsafe shots).
     The end-to-end test (tests/integration/test_understanding.py) asserts moderation over 20 unsafe shots."""
     cap = evaluation["captioning"]
     assert cap["keyframes"] >= 70
-    assert cap["colour"] >= 0.95 and cap["motion"] >= 0.9 and cap["shape"] >= 0.8, cap
+    assert cap["colour"] >= 0.95 and cap["motion"] >= 0.9 and cap["shape"] >= 0.85, cap
     head = evaluation["moderation"]["profile"]["hazard"]["shot"]
     assert head["positives"] >= 18
     assert head["precision"] >= 0.9 and head["recall"] >= 0.9, head
