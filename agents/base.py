@@ -25,6 +25,8 @@ class Runtime(Protocol):
     #: the engine's configuration (``framebus.streams.config.Settings``): batch sizes, limits, policies
     settings: Any
     worker_name: str
+    #: size of the decode process pool (``decode_workers`` setting, else the CPU count)
+    decode_workers: int
     app: faust.App
     #: per model agent: its ``AdaptiveBatcher`` (OOM-adaptive batch size, busy time)
     batchers: dict[str, Any]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 import uuid
 from pathlib import Path
 
@@ -104,9 +103,8 @@ def _as_uri(path: str | None) -> str | None:
 
 
 def register(rt: Runtime) -> None:
-    workers = rt.settings.decode_workers or os.cpu_count() or 1
-
-    @rt.app.agent(rt.topic(registry.DECODE), name="framebus.decode", concurrency=workers)
+    # one actor per process-pool worker: every worker can have a video in flight
+    @rt.app.agent(rt.topic(registry.DECODE), name="framebus.decode", concurrency=rt.decode_workers)
     async def decode(stream):
         async for event in stream.events():
             await handle(rt, event)

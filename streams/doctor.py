@@ -126,16 +126,16 @@ def diagnose(settings: Settings) -> list[Check]:
     except importlib.metadata.PackageNotFoundError:
         version = "not installed"
     checks = [Check("framebus", version != "not installed", f"{version}, Python {sys.version.split()[0]}")]
-    for fn in (
-        check_namespace,
-        check_torch,
-        check_torchvision,
-        lambda: check_tiny_models(settings),
-        lambda: check_broker(settings),
-        lambda: check_dirs(settings),
+    for name, fn in (
+        ("namespace", check_namespace),
+        ("torch", check_torch),
+        ("torchvision", check_torchvision),
+        ("tiny models", lambda: check_tiny_models(settings)),
+        ("broker", lambda: check_broker(settings)),
+        ("directories", lambda: check_dirs(settings)),
     ):
         try:
             checks.append(fn())
         except Exception as exc:  # noqa: BLE001 - a check that crashes is a failed check, not a crashed doctor
-            checks.append(Check(getattr(fn, "__name__", "check"), False, f"{type(exc).__name__}: {exc}"))
+            checks.append(Check(name, False, f"{type(exc).__name__}: {exc}"))
     return checks

@@ -123,7 +123,8 @@ class Runtime:
         # vector-store calls and the decode queue's blocking reads: anyio worker threads, at most this many
         # at once (anyio's default limiter, 40 threads, is shared with everything else in the process)
         self.io_limiter = anyio.CapacityLimiter(2)
-        self.queue_limiter = anyio.CapacityLimiter(max(1, settings.decode_workers or multiprocessing.cpu_count()))
+        self.decode_workers = max(1, settings.decode_workers or multiprocessing.cpu_count())
+        self.queue_limiter = anyio.CapacityLimiter(self.decode_workers)
         self._process_pool: ProcessPoolExecutor | None = None
         self._manager = None
         self._embedder = None
@@ -228,7 +229,7 @@ class Runtime:
     @property
     def process_pool(self) -> ProcessPoolExecutor:
         if self._process_pool is None:
-            workers = self.settings.decode_workers or multiprocessing.cpu_count()
+            workers = self.decode_workers
             self._process_pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
         return self._process_pool
 

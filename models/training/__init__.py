@@ -73,6 +73,11 @@ class TrainSpec:
         shipped = SHIPPED_DIR / self.filename
         if _read_stats(shipped).get("recipe_id") == rid and shipped.exists():
             return shipped
+        return self.cache_path(settings, rid)
+
+    def cache_path(self, settings: ModelSettings, rid: str | None = None) -> Path:
+        """This model's file in the user cache: ``<cache_dir>/tiny/<name>-<recipe id>/<filename>``."""
+        rid = rid or recipe_id(self, settings)
         return Path(settings.cache_dir) / "tiny" / f"{self.name}-{rid}" / self.filename
 
 
@@ -277,8 +282,7 @@ def ensure_tiny_models(
                 }
                 continue
             if shipped:  # forced: train a copy into the cache, leave the shipped file alone
-                rid = recipe_id(spec, settings)
-                path = Path(settings.cache_dir) / "tiny" / f"{spec.name}-{rid}" / spec.filename
+                path = spec.cache_path(settings)
             log.info("training %s into %s (%s)", spec.name, path, why)
             if progress is not None:
                 progress(f"training {spec.name} ({why}) into {path.parent}...")
