@@ -5,7 +5,7 @@ Reads SegmentFrames (segments whose tasks include ``caption``); writes SegmentAn
 
 from __future__ import annotations
 
-import faust
+from typing import Any
 
 from framebus.agents.base import Runtime
 from framebus.agents.embed import analysis, keyframes, model_batch
@@ -14,12 +14,12 @@ from framebus.topics import registry
 TASK = "caption"
 
 
-async def handle_batch(rt: Runtime, events: list[faust.EventT]) -> None:
+async def handle_batch(rt: Runtime, records: list[Any]) -> None:
     captioner, batcher = rt.captioner, rt.batchers[TASK]
     done = await model_batch(
         rt,
         TASK,
-        events,
+        records,
         lambda pixels: batcher.run(captioner.caption_prepared, pixels),
         prepare=lambda items: captioner.prepare_images(keyframes(items, captioner.image_size)),
     )

@@ -10,47 +10,66 @@ from __future__ import annotations
 
 import base64
 import logging
-import uuid
+import os
 from pathlib import Path
-
-import faust
+from typing import Any
 
 from framebus.agents.base import Runtime
-from framebus.agents.media.pipeline import DecodedSegment, DecodeJob, decode_video_to_queue
+from framebus.agents.media.pipeline import DecodedSegment, DecodeJob, decode_video_to_queue, thumbnail_dir
+from framebus.agents.media.uri import resolve_uri
 from framebus.topics import codec, registry
 from framebus.topics import events as ev
 from framebus.topics.errors import FramebusError
+from framebus.topics.ids import digest
 
 log = logging.getLogger("framebus.agents.decode")
 
 
-def frames_payload(seg: DecodedSegment, budget: int, blob_dir) -> list[ev.Frame]:
-    """Inline JPEGs while they fit ``budget`` bytes (base64 included); beyond it, claim-check refs."""
+def blob_key(tenant: str, video_id: str, run_id: str | None) -> str:
+    """The claim-check folder of one run of one video: a digest, never the (caller-chosen) video id."""
+    return digest("frames", tenant, video_id, run_id or "")
+
+
+def frames_payload(seg: DecodedSegment, budget: int, blob_dir: Path) -> list[ev.Frame]:
+    """Inline JPEGs while they fit ``budget`` bytes (base64 included); beyond it, claim-check refs. The
+    file names are deterministic (segment, frame), so a replay overwrites instead of adding files."""
     inline = sum(len(jpeg) * 4 // 3 + 64 for _, jpeg in seg.frames)
     if inline <= budget:
         return [ev.Frame(pts_s=pts, jpeg_b64=base64.b64encode(jpeg).decode()) for pts, jpeg in seg.frames]
     blob_dir.mkdir(parents=True, exist_ok=True)
     refs = []
-    for pts, jpeg in seg.frames:
-        path = blob_dir / f"{uuid.uuid4().hex}.jpg"
-        path.write_bytes(jpeg)
+    for i, (pts, jpeg) in enumerate(seg.frames):
+        path = blob_dir / f"{seg.index:05d}-{i:04d}.jpg"
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(jpeg)
+        os.replace(tmp, path)
         refs.append(ev.Frame(pts_s=pts, ref=path.as_uri()))
     return refs
 
 
-async def handle(rt: Runtime, event: faust.EventT) -> None:
+async def handle(rt: Runtime, record: Any) -> None:
     s = rt.settings
-    trace_id = rt.trace_id(event)
     try:
-        task = codec.decode(ev.DecodeTask, event.value)
+        task = codec.decode(ev.DecodeTask, record.value, max_bytes=s.max_event_bytes)
     except FramebusError as err:
-        await rt.dead_letter("decode", registry.DECODE, event, err, trace_id)
+        await rt.fail_records("decode", [record], err)
         return
-    job = DecodeJob.from_settings(s, task.path, task.video_id, thumb_dir=s.blob_dir / "thumbnails" / task.tenant)
+    trace_id = task.trace_id
+    try:
+        # the path came from an internal topic: check it against the allowed roots again
+        path = resolve_uri(task.path, s.allowed_roots)
+    except FramebusError as err:
+        await rt.dead_letter("decode", registry.DECODE, record, err, trace_id)
+        await rt.fail_video(
+            video_id=task.video_id, tenant=task.tenant, error=err, trace_id=trace_id, uri=task.uri, run_id=task.run_id
+        )
+        return
+    job = DecodeJob.from_settings(s, path, task.video_id, thumb_dir=thumbnail_dir(s.blob_dir, task.tenant))
     budget = s.max_event_bytes // 2
+    blob_dir = frames_dir(s.blob_dir) / blob_key(task.tenant, task.video_id, task.run_id)
 
     async def send_segment(seg: DecodedSegment) -> None:
-        frames = frames_payload(seg, budget, s.blob_dir / "frames" / task.video_id)
+        frames = frames_payload(seg, budget, blob_dir)
         segment = ev.Segment(
             index=seg.index,
             start_s=seg.start_s,
@@ -68,14 +87,18 @@ async def handle(rt: Runtime, event: faust.EventT) -> None:
             video=task.video,
             tasks=task.tasks,
             trace_id=trace_id,
+            run_id=task.run_id,
         )
         await rt.send(registry.FRAMES, task.video_id, msg, trace_id)
+        await rt.hold("decode")
 
     try:
         decoded = await rt.in_process_streaming(decode_video_to_queue, job, on_item=send_segment)
     except FramebusError as err:
-        await rt.dead_letter("decode", registry.DECODE, event, err, trace_id)
-        await rt.fail_video(video_id=task.video_id, tenant=task.tenant, error=err, trace_id=trace_id, uri=task.uri)
+        await rt.dead_letter("decode", registry.DECODE, record, err, trace_id)
+        await rt.fail_video(
+            video_id=task.video_id, tenant=task.tenant, error=err, trace_id=trace_id, uri=task.uri, run_id=task.run_id
+        )
         return
     info = decoded.info
     facts = task.video.model_copy(update={"duration_s": info.duration_s, "fps": info.fps})
@@ -84,6 +107,7 @@ async def handle(rt: Runtime, event: faust.EventT) -> None:
         tenant=task.tenant,
         uri=task.uri,
         trace_id=trace_id,
+        run_id=task.run_id,
         segment_count=decoded.segment_count,
         video=facts,
     )
@@ -98,13 +122,19 @@ async def handle(rt: Runtime, event: faust.EventT) -> None:
     )
 
 
+def frames_dir(blob_dir: Path) -> Path:
+    """The claim-check store: one folder per run (``blob_key``), deleted by publish when the video is done."""
+    return Path(blob_dir) / "frames"
+
+
 def _as_uri(path: str | None) -> str | None:
     return Path(path).resolve().as_uri() if path else None
 
 
 def register(rt: Runtime) -> None:
-    # one actor per process-pool worker: every worker can have a video in flight
-    @rt.app.agent(rt.topic(registry.DECODE), name="framebus.decode", concurrency=rt.decode_workers)
-    async def decode(stream):
-        async for event in stream.events():
-            await handle(rt, event)
+    async def decode(records: list[Any]) -> None:
+        for record in records:
+            await handle(rt, record)
+
+    # one handler call per process-pool worker: every worker can have a video in flight
+    rt.stage("decode", registry.DECODE, decode, concurrency=rt.decode_workers)

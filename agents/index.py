@@ -1,29 +1,28 @@
 """index: join each segment's model results, upsert its point, report the segment done.
 
 Reads SegmentAnalysis (embedding, caption, moderation verdict: whatever the segment's tasks are) and
-keeps the parts per segment in a changelog-backed faust table until all have arrived. A complete
+keeps the parts per segment (and run) in a table backed by a compacted changelog
+(``framebus.streams.state``) until all have arrived. A complete
 segment becomes one point (vector plus caption, moderation verdict, quality, times, model versions in
 the payload). Point ids are deterministic (tenant, video, segment, model version), so replays
 overwrite; a replayed result after its segment was written starts a new join that completes when the
 rest is replayed too (at-least-once). Parts whose segment never completes (another model's batch failed
 and failed the video, a lone replay) are dropped after ``join_ttl_s``, so the table does not grow with
-failures. Transient store errors are retried with backoff; after that the segment fails its video. Then
-SegmentDone goes to publish, carrying the full segment.
+failures (the expiry time is in the table values, so it survives restarts). Transient store errors are
+retried with backoff; after that the segment fails its video. Then SegmentDone goes to publish, carrying
+the full segment, and only then is the join entry deleted.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
-import faust
 import numpy as np
-import orjson
 
-from framebus.agents.base import Runtime
-from framebus.agents.expiry import ExpiringKeys
+from framebus.agents.base import Runtime, retry
 from framebus.indexing.base import SegmentPoint
 from framebus.indexing.ids import collection_name
 from framebus.models.base import ModelInfo
@@ -115,42 +114,39 @@ def upsert(store, prefix: str, joined: JoinedSegment) -> None:
     store.upsert(name, [to_point(joined)])
 
 
+def join_key(item: ev.SegmentAnalysis) -> bytes:
+    return f"{item.video_id}\x00{item.run_id or ''}\x00{item.segment.index}".encode()
+
+
 def register(rt: Runtime) -> None:
     s = rt.settings
-    table = rt.app.Table(
-        TABLE,
-        partitions=s.partitions,
-        key_type=bytes,
-        value_type=bytes,
-        changelog_topic=rt.app.topic(
-            f"{s.app_id}-{TABLE}-changelog", key_type=bytes, value_type=bytes, partitions=s.partitions, compacting=True
-        ),
-    )
+    table = rt.table(TABLE)
+    swept: dict[int, float] = {}
 
-    waiting = ExpiringKeys()
+    async def sweep(partition: int) -> None:
+        now = time.time()
+        if now - swept.get(partition, 0.0) < 1.0:
+            return
+        swept[partition] = now
+        for key in table.expired(partition, s.join_ttl_s, now):
+            await table.delete(partition, key)
+            rt.count("index.parts_expired")
+            log.warning("index: dropped the parts of %r: the rest did not come within %.0fs", key, s.join_ttl_s)
 
-    def sweep(partition: int) -> None:
-        for key in waiting.due(partition, s.join_ttl_s):
-            raw = table.get(key)
-            if raw and stale(orjson.loads(raw), s.join_ttl_s):
-                table.pop(key, None)
-                rt.count("index.parts_expired")
-                log.warning("index: dropped the parts of %r: the rest did not come within %.0fs", key, s.join_ttl_s)
-
-    async def write(joined: JoinedSegment, event: faust.EventT) -> None:
+    async def write(joined: JoinedSegment, record: Any) -> bool:
         item = joined.analysis
-        for attempt in range(RETRIES):
-            try:
-                await rt.in_io_thread(upsert, rt.store, s.collection_prefix, joined)
-                break
-            except Exception as exc:
-                err = exc if isinstance(exc, FramebusError) else VectorStoreError(f"upsert failed: {exc!r}")
-                if err.transient and attempt + 1 < RETRIES:
-                    log.warning("index: %s, retrying in %.1fs", err.message, 0.5 * 2**attempt)
-                    await asyncio.sleep(0.5 * 2**attempt)
-                    continue
-                await rt.fail_batch("index", registry.ANALYSIS, [(item, event)], err)
-                return
+        try:
+            await retry(
+                lambda: rt.in_io_thread(upsert, rt.store, s.collection_prefix, joined),
+                attempts=RETRIES,
+                is_transient=lambda e: not isinstance(e, FramebusError) or e.transient,
+                what="index: upsert",
+                base_s=0.5,
+            )
+        except Exception as exc:
+            err = exc if isinstance(exc, FramebusError) else VectorStoreError(f"upsert failed: {exc!r}")
+            await rt.fail_batch("index", registry.ANALYSIS, [(item, record)], err)
+            return False
         done = ev.SegmentDone(
             video_id=item.video_id,
             tenant=item.tenant,
@@ -160,27 +156,32 @@ def register(rt: Runtime) -> None:
             video=item.video,
             models=joined.models,
             trace_id=item.trace_id,
+            run_id=item.run_id,
         )
         await rt.send(registry.PROGRESS, item.video_id, done, item.trace_id)
         rt.count("index.points")
+        return True
 
-    @rt.app.agent(rt.topic(registry.ANALYSIS), name="framebus.index", concurrency=1)
-    async def index(stream):
-        # Per event, not in micro-batches: faust ties each table update to the current event's partition.
-        async for event in stream.events():
-            sweep(event.message.partition)
-            pairs = await rt.parse_batch("index", registry.ANALYSIS, [event])
-            if not pairs:
-                continue
-            item = pairs[0][0]
-            key = f"{item.video_id}\x00{item.segment.index}".encode()
-            raw = table.get(key)
-            parts = merge(orjson.loads(raw) if raw else {}, item)
-            joined = complete(parts)
-            if joined is None:
-                if raw is None:
-                    waiting.note(event.message.partition, key)
-                table[key] = orjson.dumps(parts)
-                continue
-            table.pop(key, None)
-            await write(joined, event)
+    async def handle(record: Any) -> None:
+        p = record.partition
+        await sweep(p)
+        pairs = await rt.parse_batch("index", registry.ANALYSIS, [record])
+        if not pairs:
+            return
+        item = pairs[0][0]
+        key = join_key(item)
+        parts = merge(table.get(p, key) or {}, item)
+        joined = complete(parts)
+        if joined is None:
+            await table.put(p, key, parts)
+            return
+        # Order: the point and SegmentDone first, the join entry last. A crash in between replays this
+        # event, which completes the join again and repeats two idempotent effects.
+        await write(joined, record)
+        await table.delete(p, key)
+
+    async def index(records: list[Any]) -> None:
+        for record in records:  # in order: one partition's events are joined one after the other
+            await handle(record)
+
+    rt.stage("index", registry.ANALYSIS, index, batch_size=s.index_batch_size, tables=(table,))

@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import faust
 import numpy as np
 
 from framebus.agents.base import Runtime
 from framebus.agents.embed import analysis, model_batch, prepare_segments
 from framebus.topics import events as ev
 from framebus.topics import registry
+from framebus.topics.ids import alert_event_id
 
 log = logging.getLogger("framebus.agents.moderate")
 TASK = "moderate"
@@ -53,12 +53,12 @@ def score_prepared_segments(
     return [[scores[j] for j in np.flatnonzero(owner == i)] for i in range(n)]
 
 
-async def handle_batch(rt: Runtime, events: list[faust.EventT]) -> None:
+async def handle_batch(rt: Runtime, records: list[Any]) -> None:
     moderator, batcher, s = rt.moderator, rt.batchers[TASK], rt.settings
     done = await model_batch(
         rt,
         TASK,
-        events,
+        records,
         lambda prepared: score_prepared_segments(moderator, batcher, prepared),
         prepare=lambda items: prepare_segments(moderator, items),
     )
@@ -81,6 +81,8 @@ async def handle_batch(rt: Runtime, events: list[faust.EventT]) -> None:
                 trace_id=item.trace_id,
                 segment_index=item.segment.index,
                 model=f"{moderator.info.name}/{moderator.info.version}",
+                run_id=item.run_id,
+                event_id=alert_event_id(item.video_id, item.run_id, item.segment.index, category),
             )
             alerts.append((item.video_id, alert, item.trace_id))
         verdicts.append((item.video_id, analysis(item, TASK, moderator, moderation=v), item.trace_id))

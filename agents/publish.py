@@ -1,27 +1,32 @@
 """publish: one VideoMetadata document per video on ``framebus.metadata``, once all its work is done.
 
 Reads the internal progress topic (keyed by video id, so one video's events arrive in order on one
-partition) and keeps per-video progress in a faust table backed by a changelog topic, so a restarted or
-rebalanced worker picks up where the last one stopped. A video is published when every planned segment
-is done (the decode stage says how many there are once it has decoded the whole video, while the
-first ones may already be done), or at once with ``status: failed`` when any stage failed it. Finished
-videos leave a small
-"closed" marker (with the run's trace id) for ``closed_ttl_s`` so late or replayed events of that run are
-not published twice, while a new ingest of the same video id starts a new run.
+partition) and keeps the progress of each run of a video (a run: one ingest request) in a table backed
+by a compacted changelog (``framebus.streams.state``), so a restarted or rebalanced worker picks up where
+the last one stopped. A run is published when every planned segment is done (the decode stage says how
+many there are once it has decoded the whole video, while the first ones may already be done), at once
+with ``status: failed`` when any stage failed it, or as ``publish.timeout`` after ``publish_timeout_s``.
+The document's ``event_id`` is derived from (video id, run id), so every copy of it is recognisable.
+A finished run leaves a small "closed" marker for ``closed_ttl_s`` so late or replayed events of that run
+are not published twice; a new ingest of the same video id is a new run. The run's claim-check frames are
+deleted once its document is out.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-
-import faust
-import orjson
+import shutil
+import time
+from typing import Any
 
 from framebus.agents.base import Runtime
-from framebus.agents.expiry import ExpiringKeys
+from framebus.agents.decode import blob_key, frames_dir
 from framebus.topics import codec, registry
 from framebus.topics import events as ev
 from framebus.topics.errors import FramebusError
+from framebus.topics.errors import PublishTimeout as TimeoutError_
+from framebus.topics.ids import metadata_event_id
 
 log = logging.getLogger("framebus.agents.publish")
 TABLE = "publish-progress"
@@ -47,6 +52,8 @@ def build_metadata(state: dict) -> ev.VideoMetadata:
         models=[ev.ModelRef.model_validate(m) for m in models.values()],
         trace_id=state.get("trace_id"),
         uri=state.get("uri"),
+        run_id=state.get("run_id"),
+        event_id=metadata_event_id(state["video_id"], state.get("run_id")),
     )
 
 
@@ -54,6 +61,7 @@ def apply_progress(state: dict | None, done: ev.SegmentDone) -> tuple[dict, bool
     """Fold one progress event into a video's state; return (state, finished)."""
     state = state or {"video_id": done.video_id, "tenant": done.tenant, "segments": {}, "models": []}
     state["trace_id"] = state.get("trace_id") or done.trace_id
+    state["run_id"] = state.get("run_id") or done.run_id
     state["uri"] = state.get("uri") or done.uri
     if done.video is not None:
         # the decode stage's plan carries the final facts (duration refined after the whole decode)
@@ -71,52 +79,67 @@ def apply_progress(state: dict | None, done: ev.SegmentDone) -> tuple[dict, bool
     return state, len(state["segments"]) >= state.get("segment_count", 1 << 30)
 
 
+def state_key(video_id: str, run_id: str | None) -> bytes:
+    return f"{video_id}\x00{run_id or ''}".encode()
+
+
 def register(rt: Runtime) -> None:
     s = rt.settings
-    table = rt.app.Table(
-        TABLE,
-        partitions=s.partitions,
-        key_type=bytes,
-        value_type=bytes,
-        changelog_topic=rt.app.topic(
-            f"{s.app_id}-{TABLE}-changelog", key_type=bytes, value_type=bytes, partitions=s.partitions, compacting=True
-        ),
-    )
-    closed = ExpiringKeys()
+    table = rt.table(TABLE)
+    lock = asyncio.Lock()  # the handler and the timer's sweep never interleave on one key
 
-    async def handle(event: faust.EventT) -> None:
-        try:
-            done = codec.decode(ev.SegmentDone, event.value)
-        except FramebusError as err:
-            await rt.dead_letter("publish", registry.PROGRESS, event, err, rt.trace_id(event))
-            return
-        key = done.video_id.encode()
-        raw = table.get(key)
-        state = orjson.loads(raw) if raw else None
-        if state and state.get("closed"):
-            if state.get("trace_id") == done.trace_id:
-                log.info("publish: %s already published; ignoring a late event", done.video_id)
-                return
-            state = None  # the same video ingested again: a new run
-
-        state, finished = apply_progress(state, done)
-        if not finished:
-            table[key] = orjson.dumps(state)
-            return
+    async def finish(p: int, key: bytes, state: dict) -> None:
+        # Order: the document first (acknowledged), then the closed marker, then the run's claim-check
+        # frames. A crash between the first two publishes the same document again: same event_id, same
+        # content (it is built from the same table state).
         doc = build_metadata(state)
-        await rt.send(registry.METADATA, done.video_id, doc, doc.trace_id)
-        table[key] = orjson.dumps({"closed": True, "status": doc.status, "trace_id": doc.trace_id})
-        closed.note(event.message.partition, key)
+        await rt.send(registry.METADATA, doc.video_id, doc, doc.trace_id)
+        marker = {"closed": True, "status": doc.status, "run_id": doc.run_id, "closed_at": time.time()}
+        await table.put(p, key, marker)
+        await rt.in_io_thread(
+            shutil.rmtree, frames_dir(s.blob_dir) / blob_key(doc.tenant, doc.video_id, doc.run_id), True
+        )
         rt.count(f"publish.{doc.status}")
-        log.info("publish: %s status=%s segments=%d by %s", done.video_id, doc.status, len(doc.shots), rt.worker_name)
+        log.info("publish: %s status=%s segments=%d by %s", doc.video_id, doc.status, len(doc.shots), rt.worker_name)
 
-    def sweep(partition: int) -> None:
-        # Markers are deleted from inside stream iteration of their own partition, as faust requires.
-        for key in closed.due(partition, s.closed_ttl_s):
-            table.pop(key, None)
+    async def handle(record: Any) -> None:
+        try:
+            done = codec.decode(ev.SegmentDone, record.value, max_bytes=s.max_event_bytes)
+        except FramebusError as err:
+            await rt.dead_letter("publish", registry.PROGRESS, record, err, rt.trace_id(record))
+            return
+        p, key = record.partition, state_key(done.video_id, done.run_id)
+        state = table.get(p, key)
+        if state and state.get("closed"):
+            log.info("publish: %s (run %s) already published; ignoring a late event", done.video_id, done.run_id)
+            return
+        state, finished = apply_progress(state, done)
+        if finished:
+            await finish(p, key, state)
+        else:
+            await table.put(p, key, state)
 
-    @rt.app.agent(rt.topic(registry.PROGRESS), name="framebus.publish", concurrency=1)
-    async def publish(stream):
-        async for event in stream.events():
-            await handle(event)
-            sweep(event.message.partition)
+    async def sweep() -> None:
+        """Closed markers older than ``closed_ttl_s`` go; a video still in progress after
+        ``publish_timeout_s`` is published as failed (``publish.timeout``): nothing waits forever."""
+        now = time.time()
+        async with lock:
+            for p in list(table.data):
+                for key, state in table.items(p):
+                    if state.get("closed"):
+                        if now - float(state.get("closed_at", state.get("_t", 0.0))) > s.closed_ttl_s:
+                            await table.delete(p, key)
+                    elif now - float(state.get("_t", now)) > s.publish_timeout_s:
+                        err = TimeoutError_(
+                            f"the video was not finished within {s.publish_timeout_s:.0f}s "
+                            f"({len(state.get('segments', {}))} of {state.get('segment_count', '?')} segments done)"
+                        )
+                        await finish(p, key, {**state, "error": err.as_dict()})
+
+    async def publish(records: list[Any]) -> None:
+        async with lock:
+            for record in records:  # in order: one video's progress events are applied one after the other
+                await handle(record)
+
+    rt.stage("publish", registry.PROGRESS, publish, batch_size=16, tables=(table,))
+    rt.every(min(30.0, max(1.0, s.publish_timeout_s / 10)), sweep)

@@ -1,8 +1,9 @@
-"""Wiring: build a Runtime with a chosen set of agents and run it as a faust worker.
+"""Wiring: build a Runtime with a chosen set of agents and run its stages until stopped.
 
 ``framebus up`` = embedded broker (unless external) + topics + HTTP API + every agent in this process.
 ``framebus worker --agents decode,embed`` = the chosen agents against an external broker: scale-out is
-more such processes in the same consumer group.
+more such processes: each stage has its own consumer group (``<app_id>.<stage>``), so any split of the
+stages across processes and machines works.
 """
 
 from __future__ import annotations
@@ -10,10 +11,9 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import signal
 import sys
 from collections.abc import Callable, Iterable
-
-import faust
 
 from framebus.streams.broker import EmbeddedBroker, ensure_topics
 from framebus.streams.config import Settings
@@ -45,38 +45,41 @@ def build_runtime(settings: Settings, agents: Iterable[str], worker_name: str | 
     return rt
 
 
-class FramebusWorker(faust.Worker):
-    """A faust worker that says once, on stdout, when it is ready, and calls ``on_ready``."""
-
-    def __init__(self, app: faust.App, *, ready_line: str, on_ready: Callable[[], None] | None = None, **kw):
-        super().__init__(app, **kw)
-        self.spinner = None  # its terminal escape codes would garble the ready line
-        self._ready_line = ready_line
-        self._on_ready = on_ready
-
-    async def on_startup_finished(self) -> None:
-        await super().on_startup_finished()
-        print(self._ready_line, flush=True)
-        if self._on_ready:
-            self._on_ready()
+async def serve(rt: Runtime, *, ready_line: str, on_ready: Callable[[], None] | None = None) -> None:
+    """Run ``rt``'s stages until SIGINT/SIGTERM (or a stage's fatal error), then stop them cleanly:
+    in-flight work gets its grace, the finished prefix is committed, every group is left."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await rt.start()
+    try:
+        waiter = asyncio.create_task(stop.wait())
+        assigned = asyncio.create_task(rt.wait_assigned())
+        await asyncio.wait({waiter, assigned}, return_when=asyncio.FIRST_COMPLETED)
+        if assigned.done():
+            print(ready_line, flush=True)
+            if on_ready:
+                on_ready()
+        else:
+            assigned.cancel()
+        while not stop.is_set():
+            crashed = rt.crashed()
+            if crashed:
+                exc = crashed[0].exception() if not crashed[0].cancelled() else None
+                raise RuntimeError(f"stage loop {crashed[0].get_name()} ended: {exc!r}") from exc
+            try:
+                await asyncio.wait_for(asyncio.shield(waiter), timeout=1.0)
+            except TimeoutError:
+                pass
+    finally:
+        await rt.stop()
 
 
 def run_worker(rt: Runtime, *, ready_line: str, loglevel: str = "warn", on_ready=None) -> None:
     """Run until SIGINT/SIGTERM. Blocks; returns after a clean stop."""
-    worker = FramebusWorker(
-        rt.app,
-        ready_line=ready_line,
-        on_ready=on_ready,
-        loglevel=loglevel,
-        quiet=True,
-        redirect_stdouts=False,
-        override_logging=False,
-    )
     try:
-        worker.execute_from_commandline()
-    except SystemExit as exc:
-        if exc.code not in (0, None):
-            raise
+        asyncio.run(serve(rt, ready_line=ready_line, on_ready=on_ready))
     finally:
         rt.close()
 
@@ -85,7 +88,7 @@ def configure_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    for noisy in ("aiokafka", "faust", "mode", "httpx", "urllib3"):
+    for noisy in ("aiokafka", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
@@ -94,6 +97,7 @@ def up(settings: Settings, *, with_api: bool = True, loglevel: str = "warning") 
     from framebus.streams import api
 
     configure_logging(loglevel)
+    auth = api.check_bind(settings) if with_api else ""  # before anything starts: no open API off loopback
     broker = None
     if not settings.broker:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -109,7 +113,7 @@ def up(settings: Settings, *, with_api: bool = True, loglevel: str = "warning") 
         rt = build_runtime(settings, agents, worker_name="up")
         rt.load_models(agents)  # before joining the group: a missing model fails fast and clearly
         server = api.serve_in_thread(rt) if with_api else None
-        where = f" http=http://{settings.http}" if server else ""
+        where = f" http=http://{settings.http} {auth}" if server else ""
         run_worker(
             rt,
             ready_line=f"framebus ready: broker={settings.bootstrap}{where} "

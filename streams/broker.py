@@ -152,35 +152,48 @@ class EmbeddedBroker:
 
 
 def topic_partitions(settings: Settings) -> dict[str, int]:
-    """Every topic framebus creates, with its partition count (faust changelogs included)."""
-    names = {settings.topic(spec.name): settings.partitions for spec in registry.ALL}
-    for table in TABLES:
-        names[f"{settings.app_id}-{table}-changelog"] = settings.partitions
-    return names
+    """Every topic framebus creates, with its partition count (the stages' changelogs included)."""
+    return {name: n for name, (n, _) in topic_plan(settings).items()}
 
 
 TABLES = ("publish-progress", "index-join")
+COMPACT = {"cleanup.policy": "compact"}
+
+
+def topic_plan(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
+    """Every topic framebus creates: partitions and topic configs. Keyed public topics whose compacted
+    view is meaningful (metadata: the last document per video) and the changelogs are compacted."""
+    plan = {
+        settings.topic(spec.name): (settings.partitions, COMPACT if spec.compacted else {}) for spec in registry.ALL
+    }
+    for table in TABLES:
+        plan[f"{settings.app_id}-{table}-changelog"] = (settings.partitions, COMPACT)
+    return plan
 
 
 async def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]:
-    """Create missing topics with the configured partitions; return what exists.
+    """Create missing topics with the configured partitions and configs; return what exists.
 
     Topics are created explicitly because auto-creation (which Tansu does on first use) picks its own
-    partition count, and faust refuses a table whose changelog differs from its source topic.
+    partition count, and a stage's changelog must have as many partitions as its source topic.
     """
-    wanted = topic_partitions(settings)
+    plan = topic_plan(settings)
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.bootstrap, request_timeout_ms=int(timeout_s * 1000), **settings.kafka_security()
     )
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing = [NewTopic(name, n, settings.replication_factor) for name, n in wanted.items() if name not in existing]
+        missing = [
+            NewTopic(name, n, settings.replication_factor, topic_configs=dict(configs))
+            for name, (n, configs) in plan.items()
+            if name not in existing
+        ]
         if missing:
             await admin.create_topics(missing)
-        described = await admin.describe_topics(list(wanted))
+        described = await admin.describe_topics(list(plan))
         found = {t["topic"]: len(t["partitions"]) for t in described}
-        for name, n in wanted.items():
+        for name, (n, _) in plan.items():
             if found.get(name) not in (None, n):
                 log.warning("topic %s has %s partitions, configured %s", name, found[name], n)
         return found

@@ -30,6 +30,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 topics_app = typer.Typer(no_args_is_help=True, help="Topic names, partitions and JSON Schemas.")
 app.add_typer(topics_app, name="topics")
 app.add_typer(models_app, name="models", help="Train and evaluate the tiny profile's models.")
+dlq_app = typer.Typer(no_args_is_help=True, help="What the stages gave up on (framebus.dlq), and replaying it.")
+app.add_typer(dlq_app, name="dlq")
 BrokerOpt = Annotated[str | None, typer.Option("--broker", help="external Kafka bootstrap HOST:PORT[,...]")]
 ModelsOpt = Annotated[str | None, typer.Option("--models", help="model profile: default or tiny")]
 
@@ -236,6 +238,52 @@ def topics_create(config: ConfigOpt = None, broker: BrokerOpt = None) -> None:
         console.print(f"{name}  partitions={n}")
 
 
+StageOpt = Annotated[str | None, typer.Option("--stage", help="only entries of this stage (ingest, decode, ...)")]
+VideoOpt = Annotated[str | None, typer.Option("--video-id", help="only entries of this video")]
+
+
+@dlq_app.command("list")
+def dlq_list(
+    config: ConfigOpt = None,
+    broker: BrokerOpt = None,
+    stage: StageOpt = None,
+    video_id: VideoOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+) -> None:
+    """Every DLQ entry now on the topic: stage, video, code, message."""
+    from framebus.streams.dlq import list_sync
+
+    settings = settings_or_exit(config, broker=broker)
+    entries = list_sync(settings, stage=stage, video_id=video_id)
+    if as_json:
+        for e in entries:
+            print(json.dumps(e.as_dict()))
+        return
+    table = Table("offset", "stage", "video", "code", "message")
+    for e in entries:
+        d = e.as_dict()
+        table.add_row(f"{d['partition']}:{d['offset']}", d["stage"], d["video_id"] or "", d["code"], d["message"][:80])
+    console.print(table)
+    console.print(f"{len(entries)} entries")
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    config: ConfigOpt = None,
+    broker: BrokerOpt = None,
+    stage: StageOpt = None,
+    video_id: VideoOpt = None,
+) -> None:
+    """Send the videos of the chosen entries through ingest again (a replayed entry is one run: twice is once)."""
+    from framebus.streams.dlq import replay_sync
+
+    settings = settings_or_exit(config, broker=broker)
+    sent = replay_sync(settings, stage=stage, video_id=video_id)
+    for vid, run in sent:
+        console.print(f"replayed {vid} run={run}")
+    console.print(f"{len(sent)} videos replayed")
+
+
 @app.command()
 def demo(
     workdir: Annotated[Path | None, typer.Option(help="where to put sample videos and data")] = None,
@@ -260,6 +308,18 @@ def doctor(config: ConfigOpt = None) -> None:
     console.print(table)
     if not all(c.ok for c in checks):
         raise typer.Exit(1)
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def loadtest(ctx: typer.Context) -> None:
+    """Load generator and soak test: ingest (and search) at a steady rate; throughput, latency percentiles,
+    lag per stage, RSS and blob store over time, JSON + PNG. Options: framebus loadtest --help."""
+    from framebus.loadtest.soak import main as run_loadtest
+
+    sys.exit(run_loadtest(ctx.args))
 
 
 def main() -> None:

@@ -33,14 +33,39 @@ class Settings(BaseSettings):
     topic_prefix: str = ""
     partitions: int = Field(4, ge=1, description="partitions of every topic framebus creates")
     replication_factor: int = Field(1, ge=1)
-    app_id: str = Field("framebus", description="consumer group / faust app id")
+    app_id: str = Field(
+        "framebus", description="prefix of the consumer groups (<app_id>.<stage>) and of the changelog topics"
+    )
     session_timeout_s: float = Field(10.0, gt=0, description="consumer group session timeout")
+    rebalance_timeout_s: float = Field(
+        30.0, gt=0, description="how long a member may take to rejoin its group during a rebalance"
+    )
+    revoke_grace_s: float = Field(
+        5.0,
+        ge=0,
+        description="on revoke, how long work in flight may finish before it is cancelled and left to the "
+        "next owner (at most a third of rebalance_timeout_s)",
+    )
     closed_ttl_s: float = Field(3600.0, ge=0, description="how long publish remembers finished videos")
     join_ttl_s: float = Field(
         3600.0, ge=0, description="how long index keeps a segment's results while it waits for the rest"
     )
-    stream_buffer: int = Field(256, ge=1, description="bound of each agent's in-process event buffer")
-    # Kafka security, passed through to every client (aiokafka and faust).
+    publish_timeout_s: float = Field(
+        3600.0, gt=0, description="a video still unfinished this long after its first progress is published as failed"
+    )
+    max_table_keys: int = Field(1_000_000, ge=1, description="bound of each partition of a stage's state table")
+    fault_inject: dict[str, str] = Field(
+        default_factory=dict,
+        description="testing only: stage=marker,...: the stage's handler raises on events whose value contains "
+        "the marker (a bug, as far as the stage can tell)",
+    )
+    fault_hold: dict[str, float] = Field(
+        default_factory=dict,
+        description="testing only: stage=seconds,...: the stage pauses that long in the middle of its work "
+        "(decode: after a segment is sent; model stages: between the model call and the send), "
+        "logging 'fault hold: <stage>' first, so a test can kill a worker in there",
+    )
+    # Kafka security, passed through to every Kafka client.
     security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL
     sasl_mechanism: str | None = None  # PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
     sasl_username: str | None = None
@@ -131,11 +156,63 @@ class Settings(BaseSettings):
 
     # --- HTTP ---------------------------------------------------------------------------------
     http: str = Field("127.0.0.1:8080", description="where the HTTP API listens")
+    api_keys: dict[str, str] = Field(
+        default_factory=dict,
+        repr=False,  # never printed with the settings
+        description="API key -> tenant of the HTTP API (Authorization: Bearer KEY); none = open, loopback only. "
+        "TOML: an [api_keys] table; env FRAMEBUS_API_KEYS: key1=tenantA,key2=tenantB or a JSON object",
+    )
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _parse_api_keys(cls, v: Any) -> Any:
+        # Problems raise TypeError, not ValueError: pydantic would print the input (the keys) in its error.
+        import re
+
+        if v is None:
+            return {}
+        if isinstance(v, str):
+            text = v.strip()
+            if text.startswith("{"):
+                try:
+                    v = orjson.loads(text)
+                except orjson.JSONDecodeError:
+                    raise TypeError("api_keys: not a valid JSON object (the keys are not shown)") from None
+            else:
+                pairs: dict[str, str] = {}
+                for i, item in enumerate(text.split(","), 1):
+                    if not item.strip():
+                        continue
+                    key, sep, tenant = item.strip().rpartition("=")  # a key may end in '=' padding
+                    if not sep or not key.strip():
+                        raise TypeError(f"api_keys: entry {i} is not KEY=TENANT (the keys are not shown)")
+                    if key.strip() in pairs:
+                        raise TypeError(f"api_keys: entry {i} repeats a key (the keys are not shown)")
+                    pairs[key.strip()] = tenant.strip()
+                v = pairs
+        if not isinstance(v, dict):
+            raise TypeError("api_keys: expected a table of KEY = TENANT")
+        for i, (key, tenant) in enumerate(v.items(), 1):
+            if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z0-9._~+/-]+=*", key):
+                raise TypeError(
+                    f"api_keys: key {i} is not a bearer token (letters, digits, - . _ ~ + /, then '=' "
+                    "padding; the keys are not shown)"
+                )
+            if not isinstance(tenant, str) or not re.fullmatch(r"[A-Za-z0-9._-]{1,128}", tenant):
+                raise TypeError(f"api_keys: the tenant of key {i} is not a tenant name (letters, digits, . _ -)")
+        return dict(v)
 
     @field_validator("moderation_policy", mode="before")
     @classmethod
     def _parse_policy(cls, v: Any) -> Any:
         return orjson.loads(v) if isinstance(v, str) else v
+
+    @field_validator("fault_inject", "fault_hold", mode="before")
+    @classmethod
+    def _parse_pairs(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return dict(pair.split("=", 1) for pair in v.split(",") if "=" in pair)
+        return v
 
     @field_validator("tasks", mode="before")
     @classmethod
@@ -184,7 +261,7 @@ class Settings(BaseSettings):
         return open_store(self.vector_backend, url=self.qdrant_url, path=self.qdrant_path)
 
     def kafka_security(self) -> dict[str, Any]:
-        """Keyword arguments for aiokafka clients (faust takes the same via ``broker_credentials``)."""
+        """Keyword arguments for aiokafka clients."""
         out: dict[str, Any] = {"security_protocol": self.security_protocol}
         if self.sasl_mechanism:
             out.update(

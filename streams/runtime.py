@@ -1,13 +1,16 @@
-"""One worker process: the faust app, its topics, executors, models and vector store.
+"""One worker process: its stages, producer, tables, executors, models and vector store.
 
-Agents are thin glue registered on a :class:`Runtime`. The event loop only moves events: decode runs in
-a process pool, model calls and vector-store calls run in threads.
+Agents are thin glue registered on a :class:`Runtime` (``rt.stage``, ``rt.batched_agent``,
+``rt.table``). The event loop only moves events: decode runs in a process pool, model calls and
+vector-store calls run in threads.
 
-Delivery order, enforced by the agents: an agent awaits the delivery of everything it produces for an
-event (``Runtime.send`` waits for the broker's ack) before it takes the next event; faust commits an
-event's offset only after the agent took the next one. So offsets are committed after the effect, and a
-crash replays rather than loses. Replays are harmless because point ids and document keys are
-deterministic (video id, segment, model version).
+Delivery order: each stage is a ``framebus.streams.delivery.StageConsumer`` in its own consumer group;
+the order of effects (take, effects acknowledged, finish, commit the contiguous finished prefix, revoke)
+is written down and enforced there. ``Runtime.send`` returns only once the broker acknowledged the event,
+so a handler that returned has had all its effects. A handler that raises gets a DLQ entry and a failed
+document (``Runtime.fail_records``, code ``internal.error`` for anything that is not a ``FramebusError``)
+before its offsets count as finished. Replays are harmless because point ids, document keys and every
+public event's ``event_id`` are deterministic.
 """
 
 from __future__ import annotations
@@ -18,29 +21,38 @@ import contextvars
 import logging
 import multiprocessing
 import queue
+import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
 import anyio
-import faust
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Histogram
 
+from framebus.agents.base import retry
 from framebus.streams.batching import AdaptiveBatcher, DeadlineThread
 from framebus.streams.config import Settings
-from framebus.topics import codec, registry
+from framebus.streams.delivery import StageConfig, StageConsumer
+from framebus.streams.state import ChangelogTable
+from framebus.topics import codec, ids, registry
 from framebus.topics import events as ev
-from framebus.topics.errors import DecodeError, FramebusError
+from framebus.topics.errors import DecodeError, FramebusError, InternalError
+from framebus.topics.ids import metadata_event_id, run_id_of
 from framebus.topics.registry import TopicSpec
 
 log = logging.getLogger("framebus.runtime")
 T = TypeVar("T")
 TRACE_HEADER = "framebus-trace-id"
+RUN_HEADER = "framebus-run-id"
 AGENTS = ("ingest", "decode", "embed", "caption", "moderate", "index", "publish")
 MODEL_AGENTS = ("embed", "caption", "moderate")
+#: attempts of a produce that fails with a transient broker error (aiokafka retries inside each as well)
+SEND_ATTEMPTS = 5
 
 #: slack (s) added to a model call's queue time to order the model thread (earliest deadline first):
 #: alerts do not wait behind captioning, and nothing starves
@@ -66,23 +78,39 @@ BATCH_SECONDS = Histogram(
 )
 
 
-def kafka_urls(bootstrap: str) -> list[str]:
-    return [f"kafka://{h.strip()}" for h in bootstrap.split(",") if h.strip()]
+#: the topic each stage reads
+STAGE_TOPICS = {
+    "ingest": registry.INGEST,
+    "decode": registry.DECODE,
+    "embed": registry.FRAMES,
+    "caption": registry.FRAMES,
+    "moderate": registry.FRAMES,
+    "index": registry.ANALYSIS,
+    "publish": registry.PROGRESS,
+}
 
 
-def broker_credentials(settings: Settings):
-    sec = settings.kafka_security()
-    proto = settings.security_protocol.upper()
-    if proto.startswith("SASL"):
-        return faust.SASLCredentials(
-            username=settings.sasl_username,
-            password=settings.sasl_password,
-            mechanism=settings.sasl_mechanism or "PLAIN",
-            ssl_context=sec.get("ssl_context"),
-        )
-    if proto == "SSL":
-        return faust.SSLCredentials(sec["ssl_context"])
-    return None
+def stage_spec(stage: str) -> TopicSpec:
+    return STAGE_TOPICS.get(stage, registry.INGEST)
+
+
+def changelog_topic(settings: Settings, table: str) -> str:
+    return f"{settings.app_id}-{table}-changelog"
+
+
+def run_id(record: Any) -> str:
+    """The run an ingest request starts: the ``framebus-run-id`` header when the producer sent one (a
+    producer's own retries of one request then make one run; ``framebus dlq replay`` sets it), else the
+    request's Kafka coordinates. Never random: a replayed request is the same run."""
+    for k, v in record.headers or ():
+        if k == RUN_HEADER and v:
+            return (v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v))[:64]
+    return run_id_of(record.topic, record.partition, record.offset)
+
+
+def dlq_event_id(stage: str, record: Any) -> str:
+    """A DLQ entry's ``event_id``: the stage and the original's coordinates (equal on every replay)."""
+    return ids.dlq_event_id(stage, record.topic, record.partition, record.offset)
 
 
 class Runtime:
@@ -92,31 +120,6 @@ class Runtime:
         self.settings = settings
         self.worker_name = worker_name or f"worker-{uuid.uuid4().hex[:6]}"
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.app = faust.App(
-            settings.app_id,
-            broker=kafka_urls(settings.bootstrap),
-            broker_credentials=broker_credentials(settings),
-            key_serializer="raw",
-            value_serializer="raw",
-            web_enabled=False,
-            topic_allow_declare=False,
-            topic_disable_leader=True,
-            topic_partitions=settings.partitions,
-            store="memory://",
-            datadir=str(settings.data_dir / "faust"),
-            consumer_auto_offset_reset="earliest",
-            broker_session_timeout=settings.session_timeout_s,
-            broker_heartbeat_interval=max(0.5, settings.session_timeout_s / 6),
-            broker_rebalance_timeout=max(10.0, settings.session_timeout_s * 2),
-            stream_buffer_maxsize=settings.stream_buffer,
-            producer_max_request_size=max(settings.max_event_bytes * 2, 1_048_576),
-        )
-        self.topics: dict[str, faust.TopicT] = {
-            spec.name: self.app.topic(
-                settings.topic(spec.name), key_type=bytes, value_type=bytes, partitions=settings.partitions
-            )
-            for spec in registry.ALL
-        }
         self.model_executor = DeadlineThread("model")
         # frame decoding and model preprocessing, overlapping the model thread
         self.prep_executor = ThreadPoolExecutor(settings.prep_threads, thread_name_prefix="prep")
@@ -131,20 +134,171 @@ class Runtime:
         self._captioner = None
         self._moderator = None
         self._store = None
+        self._store_lock = threading.Lock()
         self.batchers: dict[str, AdaptiveBatcher] = {}
         self.stats: dict[str, int] = {}
+        self.agents: list[str] = []
+        self.stages: dict[str, StageConfig] = {}
+        self.tables: dict[str, ChangelogTable] = {}
+        self.consumers: dict[str, StageConsumer] = {}
+        self._producer: AIOKafkaProducer | None = None
+        self._timers: list[tuple[float, Callable[[], Awaitable[None]]]] = []
+        self._timer_tasks: list[asyncio.Task] = []
 
-    # --- topics and events -----------------------------------------------------------------------
+    # --- Kafka clients -----------------------------------------------------------------------------
 
-    def topic(self, spec: TopicSpec) -> faust.TopicT:
-        return self.topics[spec.name]
+    def client_kwargs(self) -> dict[str, Any]:
+        return {"bootstrap_servers": self.settings.bootstrap, **self.settings.kafka_security()}
+
+    def consumer_kwargs(self) -> dict[str, Any]:
+        s = self.settings
+        return {
+            **self.client_kwargs(),
+            "session_timeout_ms": int(s.session_timeout_s * 1000),
+            "heartbeat_interval_ms": int(max(0.5, s.session_timeout_s / 6) * 1000),
+            "rebalance_timeout_ms": int(s.rebalance_timeout_s * 1000),
+            "max_poll_interval_ms": int(max(s.rebalance_timeout_s, 300.0) * 1000),
+            "max_partition_fetch_bytes": max(2 * s.max_event_bytes, 1_048_576),
+            "fetch_max_bytes": max(8 * s.max_event_bytes, 8_388_608),
+        }
+
+    def group_id(self, stage: str) -> str:
+        """Each stage consumes in its own consumer group, so every stage sees every event of its topic."""
+        return f"{self.settings.app_id}.{stage}"
+
+    @property
+    def producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            raise RuntimeError("the runtime is not started")
+        return self._producer
+
+    async def start(self) -> None:
+        """Start the producer, then every stage's consumer (each joins its group)."""
+        s = self.settings
+        self._producer = AIOKafkaProducer(
+            acks="all",
+            linger_ms=2,
+            max_request_size=max(s.max_event_bytes * 2, 1_048_576),
+            request_timeout_ms=30_000,
+            **self.client_kwargs(),
+        )
+        await self._producer.start()
+        grace = min(s.revoke_grace_s, s.rebalance_timeout_s / 3)
+        for name, cfg in self.stages.items():
+            consumer = StageConsumer(
+                cfg,
+                group_id=self.group_id(name),
+                consumer_kwargs=self.consumer_kwargs(),
+                on_error=self.fail_records,
+                revoke_grace_s=grace,
+            )
+            self.consumers[name] = consumer
+            await consumer.start()
+        for interval, fn in self._timers:
+            self._timer_tasks.append(asyncio.create_task(self._every(interval, fn)))
+
+    def every(self, interval_s: float, fn: Callable[[], Awaitable[None]]) -> None:
+        """Call ``await fn()`` every ``interval_s`` while the worker runs (sweeps, expiry)."""
+        self._timers.append((interval_s, fn))
+
+    async def _every(self, interval_s: float, fn: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await fn()
+            except Exception:
+                log.exception("periodic %s failed", getattr(fn, "__qualname__", fn))
+
+    def crashed(self) -> list[asyncio.Task]:
+        """Stage loops that ended (they only end on a fatal error before ``stop``)."""
+        return [c.task for c in self.consumers.values() if c.task is not None and c.task.done()]
+
+    async def wait_assigned(self) -> None:
+        await asyncio.gather(*(c.assigned.wait() for c in self.consumers.values()))
+
+    async def stop(self) -> None:
+        for t in self._timer_tasks:
+            t.cancel()
+        await asyncio.gather(*self._timer_tasks, return_exceptions=True)
+        await asyncio.gather(*(c.stop() for c in self.consumers.values()), return_exceptions=True)
+        if self._producer is not None:
+            await self._producer.stop()
+
+    # --- stages and tables -------------------------------------------------------------------------
+
+    def stage(
+        self,
+        name: str,
+        spec: TopicSpec,
+        handle: Callable[[list[Any]], Awaitable[None]],
+        *,
+        batch_size: int = 1,
+        wait_s: float = 0.0,
+        concurrency: int = 1,
+        tables: tuple[ChangelogTable, ...] = (),
+    ) -> None:
+        """Register stage ``name`` on ``spec``'s topic: ``await handle(records)`` for micro-batches of
+        ``ConsumerRecord``s (at most ``batch_size``, waiting up to ``wait_s`` to fill one), at most
+        ``concurrency`` calls at once. With ``concurrency=1`` and ``batch_size=1`` a partition's events
+        are handled one by one, in order. ``tables`` are restored before a partition is taken and
+        dropped when it goes."""
+        fault = self.settings.fault_inject.get(name)
+
+        async def run(records: list[Any]) -> None:
+            if fault and any(fault.encode() in (r.value or b"") for r in records):
+                raise RuntimeError(f"fault injected into {name} (FRAMEBUS_FAULT_INJECT)")
+            await handle(records)
+
+        self.stages[name] = StageConfig(
+            name=name,
+            topic=self.settings.topic(spec.name),
+            handle=run,
+            batch_size=batch_size,
+            batch_wait_s=wait_s,
+            concurrency=concurrency,
+            on_assigned=[t.restore for t in tables],
+            on_revoked=[t.drop for t in tables],
+        )
+
+    def table(self, name: str) -> ChangelogTable:
+        """A stage's state table, backed by the compacted changelog ``<app_id>-<name>-changelog``."""
+        if name not in self.tables:
+            self.tables[name] = ChangelogTable(
+                name,
+                changelog_topic(self.settings, name),
+                produce=self._produce_raw,
+                consumer_kwargs=self.client_kwargs(),
+                max_keys=self.settings.max_table_keys,
+            )
+        return self.tables[name]
+
+    # --- topics and events -------------------------------------------------------------------------
+
+    async def _produce_raw(
+        self,
+        topic: str,
+        key: bytes,
+        value: bytes | None,
+        partition: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        """Produce and wait for the broker's ack; transient broker errors are retried with backoff."""
+
+        async def once() -> None:
+            await self.producer.send_and_wait(topic, value=value, key=key, partition=partition, headers=headers)
+
+        await retry(
+            once,
+            attempts=SEND_ATTEMPTS,
+            is_transient=lambda e: isinstance(e, KafkaError) and getattr(e, "retriable", True),
+            what=f"produce to {topic}",
+        )
 
     async def send(self, spec: TopicSpec, key: str, event: ev.Event, trace_id: str | None = None) -> None:
         """Produce ``event`` and wait until the broker acknowledged it (the effect happened)."""
         value = codec.encode(event, max_bytes=self.settings.max_event_bytes)
-        headers = {TRACE_HEADER: trace_id.encode()} if trace_id else None
-        fut = await self.topic(spec).send(key=key.encode(), value=value, headers=headers)
-        await fut
+        headers = [(TRACE_HEADER, trace_id.encode())] if trace_id else None
+        await self._produce_raw(self.settings.topic(spec.name), key.encode(), value, headers=headers)
         self.count(f"sent.{spec.name}")
 
     async def send_all(self, spec: TopicSpec, items: list[tuple[str, ev.Event, str | None]]) -> None:
@@ -153,15 +307,16 @@ class Runtime:
         await asyncio.gather(*(self.send(spec, key, event, trace) for key, event, trace in items))
 
     async def dead_letter(
-        self, stage: str, spec: TopicSpec, event: faust.EventT, error: FramebusError, trace_id: str | None = None
+        self, stage: str, spec: TopicSpec, record: Any, error: FramebusError, trace_id: str | None = None
     ) -> None:
-        raw = event.value if isinstance(event.value, bytes) else bytes(event.value or b"")
+        raw = record.value if isinstance(record.value, bytes) else bytes(record.value or b"")
         try:
             original, encoding = raw.decode("utf-8"), "utf-8"
         except UnicodeDecodeError:
             original, encoding = base64.b64encode(raw).decode(), "base64"
-        key = event.key.decode("utf-8", "replace") if isinstance(event.key, bytes) else event.key
+        key = record.key.decode("utf-8", "replace") if isinstance(record.key, bytes) else record.key
         letter = ev.DeadLetter(
+            event_id=dlq_event_id(stage, record),
             stage=stage,
             topic=self.settings.topic(spec.name),
             key=key,
@@ -169,56 +324,127 @@ class Runtime:
             error_class=type(error).__name__,
             original=original,
             original_encoding=encoding,
+            original_partition=record.partition,
+            original_offset=record.offset,
             trace_id=trace_id,
         )
         log.warning("%s: dead-lettered %s: %s %s", stage, key, error.code, error.message)
         # The DLQ keeps the original even when it is near the size limit.
-        value = codec.encode(letter)
-        headers = {TRACE_HEADER: trace_id.encode()} if trace_id else None
-        fut = await self.topic(registry.DLQ).send(key=(key or "").encode(), value=value, headers=headers)
-        await fut
+        headers = [(TRACE_HEADER, trace_id.encode())] if trace_id else None
+        await self._produce_raw(
+            self.settings.topic(registry.DLQ.name), (key or "").encode(), codec.encode(letter), headers=headers
+        )
         self.count(f"dlq.{stage}")
 
     async def fail_video(
-        self, *, video_id: str, tenant: str, error: FramebusError, trace_id: str | None, uri: str | None = None
+        self,
+        *,
+        video_id: str,
+        tenant: str,
+        error: FramebusError,
+        trace_id: str | None,
+        uri: str | None = None,
+        run_id: str | None = None,
     ) -> None:
         """Tell publish that the video failed; it emits the ``status: failed`` document."""
         done = ev.SegmentDone(
-            video_id=video_id, tenant=tenant, uri=uri, trace_id=trace_id, error=ev.ErrorInfo(**error.as_dict())
+            video_id=video_id,
+            tenant=tenant,
+            uri=uri,
+            trace_id=trace_id,
+            run_id=run_id,
+            error=ev.ErrorInfo(**error.as_dict()),
         )
         await self.send(registry.PROGRESS, video_id, done, trace_id)
 
-    async def parse_batch(self, stage: str, spec: TopicSpec, events: list[faust.EventT]) -> list[tuple[Any, Any]]:
-        """Validate a micro-batch against ``spec``'s model; dead-letter what does not parse.
-
-        Returns ``(item, event)`` pairs in arrival order.
-        """
+    async def parse_batch(self, stage: str, spec: TopicSpec, records: list[Any]) -> list[tuple[Any, Any]]:
+        """Validate a micro-batch against ``spec``'s model; dead-letter what does not parse (and fail its
+        video when the event names one). Returns ``(item, record)`` pairs in arrival order."""
         pairs = []
-        for event in events:
+        for record in records:
             try:
-                pairs.append((codec.decode(spec.model, event.value), event))
+                pairs.append((codec.decode(spec.model, record.value, max_bytes=self.settings.max_event_bytes), record))
             except FramebusError as err:
-                await self.dead_letter(stage, spec, event, err, self.trace_id(event))
+                await self.fail_records(stage, [record], err, spec=spec)
         return pairs
 
     async def fail_batch(self, stage: str, spec: TopicSpec, pairs: list[tuple[Any, Any]], error: FramebusError) -> None:
         """Dead-letter every item of a batch that failed as a whole, and fail each video once."""
         failed: set[str] = set()
-        for item, event in pairs:
-            await self.dead_letter(stage, spec, event, error, item.trace_id)
+        for item, record in pairs:
+            await self.dead_letter(stage, spec, record, error, item.trace_id)
             if item.video_id not in failed:
                 failed.add(item.video_id)
                 await self.fail_video(
-                    video_id=item.video_id, tenant=item.tenant, error=error, trace_id=item.trace_id, uri=item.uri
+                    video_id=item.video_id,
+                    tenant=item.tenant,
+                    error=error,
+                    trace_id=item.trace_id,
+                    uri=getattr(item, "uri", None),
+                    run_id=getattr(item, "run_id", None),
+                )
+
+    async def fail_records(
+        self, stage: str, records: list[Any], exc: BaseException, *, spec: TopicSpec | None = None
+    ) -> None:
+        """What becomes of events whose handler raised (``StageConsumer``'s ``on_error``) or that do not
+        parse: a DLQ entry each, and a failed document for every video they name. Anything that is not a
+        ``FramebusError`` is a bug: code ``internal.error``."""
+        if isinstance(exc, FramebusError):
+            error = exc
+        else:
+            log.error("%s: unexpected %s", stage, type(exc).__name__, exc_info=exc)
+            error = InternalError(f"{stage} failed: {type(exc).__name__}: {exc}"[:2000])
+        spec = spec or stage_spec(stage)
+        for record in records:
+            ids = codec.salvage_ids(record.value, record.key)
+            trace_id = ids.trace_id or self.trace_id(record)
+            await self.dead_letter(stage, spec, record, error, trace_id)
+            if ids.video_id and stage == "publish":
+                # publish itself failed on this video: the failed document goes out directly (not through
+                # publish again, which would fail the same way)
+                doc = ev.VideoMetadata(
+                    video_id=ids.video_id,
+                    tenant=ids.tenant,
+                    status="failed",
+                    error=ev.ErrorInfo(**error.as_dict()),
+                    trace_id=trace_id,
+                    uri=ids.uri,
+                    run_id=ids.run_id,
+                    event_id=metadata_event_id(ids.video_id, ids.run_id),
+                )
+                await self.send(registry.METADATA, ids.video_id, doc, trace_id)
+            elif ids.video_id:
+                await self.fail_video(
+                    video_id=ids.video_id,
+                    tenant=ids.tenant,
+                    error=error,
+                    trace_id=trace_id,
+                    uri=ids.uri,
+                    run_id=ids.run_id or (run_id(record) if stage == "ingest" else None),
                 )
 
     @staticmethod
-    def trace_id(event: faust.EventT) -> str:
-        headers = event.headers or {}
-        for k, v in headers.items() if isinstance(headers, Mapping) else headers:
-            if k == TRACE_HEADER and v:
-                return v.decode() if isinstance(v, bytes) else str(v)
-        return uuid.uuid4().hex
+    def header(record: Any, name: str) -> str | None:
+        for k, v in record.headers or ():
+            if k == name and v:
+                return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+        return None
+
+    def trace_id(self, record: Any) -> str:
+        """The trace id a producer sent in the ``framebus-trace-id`` header, else the event's run id
+        (deterministic: a replayed event gets the same trace id)."""
+        return self.header(record, TRACE_HEADER) or run_id(record)
+
+    def run_id(self, record: Any) -> str:
+        return run_id(record)
+
+    async def hold(self, stage: str) -> None:
+        """Testing only (``fault_hold``): pause here, in the middle of ``stage``'s work."""
+        seconds = self.settings.fault_hold.get(stage)
+        if seconds:
+            log.warning("fault hold: %s for %.1fs", stage, seconds)
+            await asyncio.sleep(float(seconds))
 
     def count(self, name: str, n: int = 1) -> None:
         self.stats[name] = self.stats.get(name, 0) + n
@@ -229,28 +455,59 @@ class Runtime:
     @property
     def process_pool(self) -> ProcessPoolExecutor:
         if self._process_pool is None:
-            workers = self.decode_workers
-            self._process_pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+            self._process_pool = self._spawn_pool(self.decode_workers)
         return self._process_pool
 
-    async def in_process(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run CPU work in the process pool; a crashed child (hostile media) fails only this call."""
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self.process_pool, fn, *args)
-        except BrokenProcessPool:
+    def _spawn_pool(self, workers: int) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+
+    def _pool_broke(self, pool: ProcessPoolExecutor) -> None:
+        if self._process_pool is pool:
             self._process_pool = None
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    async def in_process(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run CPU work in the process pool. A crashed child (hostile media) breaks the pool and every
+        call running in it; each of those is run again, alone, in a process of its own, so only the
+        input that crashes again fails (``decode.crashed``)."""
+        loop = asyncio.get_running_loop()
+        pool = self.process_pool
+        try:
+            return await loop.run_in_executor(pool, fn, *args)
+        except BrokenProcessPool:
+            self._pool_broke(pool)
+        solo = self._spawn_pool(1)
+        try:
+            return await loop.run_in_executor(solo, fn, *args)
+        except BrokenProcessPool:
             raise DecodeError("the decoder process crashed on this input", code="decode.crashed") from None
+        finally:
+            solo.shutdown(wait=False, cancel_futures=True)
 
     async def in_process_streaming(
         self, fn: Callable[..., T], *args: Any, on_item: Callable[[Any], Any], bound: int = 4
     ) -> T:
         """Run ``fn(*args, queue)`` in the process pool, where ``fn`` puts results into ``queue`` as it
         goes; ``await on_item(item)`` for each here, in order, while it runs; return what ``fn`` returns.
-        The queue holds at most ``bound`` items (the child waits), so memory stays bounded."""
+        The queue holds at most ``bound`` items (the child waits), so memory stays bounded. A broken
+        pool is retried as ``in_process`` does (``on_item`` then sees the first items again)."""
+        pool = self.process_pool
+        try:
+            return await self._streaming(pool, fn, args, on_item, bound)
+        except BrokenProcessPool:
+            self._pool_broke(pool)
+        solo = self._spawn_pool(1)
+        try:
+            return await self._streaming(solo, fn, args, on_item, bound)
+        except BrokenProcessPool:
+            raise DecodeError("the decoder process crashed on this input", code="decode.crashed") from None
+        finally:
+            solo.shutdown(wait=False, cancel_futures=True)
+
+    async def _streaming(self, pool, fn, args, on_item, bound):
         loop = asyncio.get_running_loop()
         q = self.manager.Queue(maxsize=bound)
-        fut = loop.run_in_executor(self.process_pool, fn, *args, q)
+        fut = loop.run_in_executor(pool, fn, *args, q)
 
         def drain_until_done() -> None:  # a failed on_item must not leave the child blocked on put
             while not fut.done():
@@ -276,12 +533,13 @@ class Runtime:
                 await on_item(item)
             return await fut
         except BaseException as exc:
-            if not fut.done() and not isinstance(exc, asyncio.CancelledError):
-                # (on shutdown, closing the manager frees it)
-                await anyio.to_thread.run_sync(drain_until_done, limiter=self.queue_limiter)
-            if isinstance(exc, BrokenProcessPool):
-                self._process_pool = None
-                raise DecodeError("the decoder process crashed on this input", code="decode.crashed") from None
+            if not fut.done():
+                if isinstance(exc, asyncio.CancelledError):
+                    # cancelled (revoke, stop): the child finishes into a queue nobody reads; drain it in
+                    # the background so it does not block the pool worker (closing the manager also frees it)
+                    threading.Thread(target=drain_until_done, daemon=True, name="drain").start()
+                else:
+                    await anyio.to_thread.run_sync(drain_until_done, limiter=self.queue_limiter)
             raise
 
     @property
@@ -391,48 +649,52 @@ class Runtime:
     ) -> None:
         """Register a model agent on ``spec``: micro-batches from all its partitions, one handler call each.
 
-        The same events feed every model agent (each has its own stream of the topic); a batch is
-        bounded by ``batch_size`` and by ``wait_s`` (see :mod:`streams.batching`). The agent runs
-        ``model_batches_in_flight`` actors on one queue: while one batch is in the model thread, the
-        others are collected, parsed and prepared (frame decode, preprocessing: ``Runtime.in_prep_thread``)
-        and queued behind it, and finished ones' results are sent, so the model does not wait for the
-        event loop between batches (faust's ``take_events`` stops filling an actor's buffer while that
-        actor handles its batch). Each event is acked once its batch is handled, whichever actor took it.
+        The agent is a stage in its own consumer group (every model task sees every segment); a batch is
+        bounded by ``batch_size`` and by ``wait_s`` (see :mod:`streams.batching`). ``model_batches_in_flight``
+        batches run at once: while one is in the model thread, the others are collected, parsed and
+        prepared (frame decode, preprocessing: ``Runtime.in_prep_thread``) and queued behind it, and
+        finished ones' results are sent, so the model does not wait for the event loop between batches.
+        Offsets are committed only up to the lowest event still in a batch (``framebus.streams.delivery``).
         """
         self.batchers[name] = AdaptiveBatcher(name, batch_size)
         items_hist, seconds_hist = BATCH_ITEMS.labels(agent=name), BATCH_SECONDS.labels(agent=name)
 
-        async def agent(stream):
-            async for events in stream.take_events(batch_size, within=wait_s):
-                batch = list(events)
-                times = dict.fromkeys(BATCH_TIMINGS, 0.0)
-                token = _BATCH_TIMES.set(times)
-                started = time.perf_counter()
-                try:
-                    await handle_batch(self, batch)
-                finally:
-                    _BATCH_TIMES.reset(token)
-                    took = time.perf_counter() - started
-                    items_hist.observe(len(batch))
-                    seconds_hist.observe(took)
-                    # one line per batch at debug level (loadtest.bench_batching reads these)
-                    log.debug(
-                        "batch agent=%s items=%d handler_s=%.5f %s",
-                        name,
-                        len(batch),
-                        took,
-                        " ".join(f"{k}={v:.5f}" for k, v in times.items()),
-                    )
+        async def agent(batch: list[Any]) -> None:
+            times = dict.fromkeys(BATCH_TIMINGS, 0.0)
+            token = _BATCH_TIMES.set(times)
+            started = time.perf_counter()
+            try:
+                await handle_batch(self, batch)
+            finally:
+                _BATCH_TIMES.reset(token)
+                took = time.perf_counter() - started
+                items_hist.observe(len(batch))
+                seconds_hist.observe(took)
+                # one line per batch at debug level (loadtest.bench_batching reads these)
+                log.debug(
+                    "batch agent=%s items=%d handler_s=%.5f %s",
+                    name,
+                    len(batch),
+                    took,
+                    " ".join(f"{k}={v:.5f}" for k, v in times.items()),
+                )
 
-        agent.__name__ = name
-        self.app.agent(self.topic(spec), name=f"framebus.{name}", concurrency=self.settings.model_batches_in_flight)(
-            agent
+        self.stage(
+            name,
+            spec,
+            agent,
+            batch_size=batch_size,
+            wait_s=wait_s,
+            concurrency=self.settings.model_batches_in_flight,
         )
 
     @property
     def store(self):
-        if self._store is None:
-            self._store = self.settings.open_store()
+        # opened once, under a lock: the API's threads and the index stage may ask at the same moment, and
+        # two embedded Qdrant clients on one folder fail
+        with self._store_lock:
+            if self._store is None:
+                self._store = self.settings.open_store()
         return self._store
 
     def close(self) -> None:

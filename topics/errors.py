@@ -74,6 +74,18 @@ class VectorStoreError(FramebusError):
     transient = True
 
 
+class PublishTimeout(FramebusError):
+    """A video's work did not finish within ``publish_timeout_s`` (a lost part): it is published as failed."""
+
+    code = "publish.timeout"
+
+
+class InternalError(FramebusError):
+    """A bug or an unexpected exception inside a stage: the event still gets its DLQ entry and failed document."""
+
+    code = "internal.error"
+
+
 class BrokerError(FramebusError):
     code = "broker.failed"
     transient = True

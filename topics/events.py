@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class Event(BaseModel):
@@ -37,10 +37,26 @@ class IngestRequest(Event):
     schema_: Literal["framebus.ingest/v1"] = Field("framebus.ingest/v1", alias="schema")
     video_id: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9._:@/+=-]+$")
     uri: str = Field(min_length=1, max_length=4096, description="local path or file:// URI")
-    tenant: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
+    tenant: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
     tasks: list[str] | None = Field(None, description="subset of embed, caption, moderate; default all")
     priority: int = Field(0, ge=0, le=9)
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("video_id")
+    @classmethod
+    def _no_path_parts(cls, v: str) -> str:
+        # "/" may structure an id ("cam1/2026-01-01"), but no part may be empty, "." or "..": an id is an
+        # identifier, never a path (and framebus never uses it as a path component either)
+        if any(part in ("", ".", "..") for part in v.split("/")):
+            raise ValueError("video_id must not contain empty, '.' or '..' parts (no '//', no leading '/')")
+        return v
+
+
+EVENT_ID = Field(
+    None,
+    description="deterministic id of this event, equal on every replay: drop events whose event_id you have seen",
+)
+RUN_ID = Field(None, description="the ingest request this belongs to (its Kafka coordinates, or its run header)")
 
 
 class ModerationVerdict(BaseModel):
@@ -79,6 +95,8 @@ class VideoMetadata(Event):
     models: list[ModelRef] = Field(default_factory=list)
     trace_id: str | None = None
     uri: str | None = None
+    event_id: str | None = EVENT_ID
+    run_id: str | None = RUN_ID
 
 
 class ModerationAlert(Event):
@@ -94,6 +112,8 @@ class ModerationAlert(Event):
     trace_id: str | None = None
     segment_index: int | None = None
     model: str | None = Field(None, description="moderation model name/version")
+    event_id: str | None = EVENT_ID
+    run_id: str | None = RUN_ID
 
 
 Mode = Literal["t2v", "i2v", "v2v", "upscale", "interpolate"]
@@ -146,7 +166,10 @@ class DeadLetter(Event):
     error_class: str
     original: str = Field(description="the original value, UTF-8 text (or base64 when not UTF-8)")
     original_encoding: Literal["utf-8", "base64"] = "utf-8"
+    original_partition: int | None = None
+    original_offset: int | None = None
     trace_id: str | None = None
+    event_id: str | None = EVENT_ID
 
 
 # --- internal -----------------------------------------------------------------------------------
@@ -173,6 +196,7 @@ class DecodeTask(Event):
     tasks: list[str]
     video: VideoFacts
     trace_id: str
+    run_id: str | None = None
 
 
 class Frame(BaseModel):
@@ -196,6 +220,7 @@ class SegmentFrames(Event):
     frames: list[Frame]
     video: VideoFacts
     trace_id: str
+    run_id: str | None = None
 
 
 Task = Literal["embed", "caption", "moderate"]
@@ -218,6 +243,7 @@ class SegmentAnalysis(Event):
     moderation: ModerationVerdict | None = None
     video: VideoFacts
     trace_id: str
+    run_id: str | None = None
 
 
 class SegmentDone(Event):
@@ -234,3 +260,4 @@ class SegmentDone(Event):
     models: list[ModelRef] = Field(default_factory=list)
     error: ErrorInfo | None = None
     trace_id: str | None = None
+    run_id: str | None = None

@@ -19,10 +19,12 @@ class TopicSpec:
     model: type[ev.Event]
     public: bool
     description: str
+    #: created with ``cleanup.policy=compact``: its compacted view keeps the last event per key
+    compacted: bool = False
 
 
 INGEST = TopicSpec("framebus.ingest", "video id", ev.IngestRequest, True, "ingest requests from producers")
-METADATA = TopicSpec("framebus.metadata", "video id", ev.VideoMetadata, True, "one document per video")
+METADATA = TopicSpec("framebus.metadata", "video id", ev.VideoMetadata, True, "one document per video", compacted=True)
 MODERATION = TopicSpec("framebus.moderation", "video id", ev.ModerationAlert, True, "real-time alerts")
 GENERATE = TopicSpec("framebus.generate", "job id", ev.GenerationRequest, True, "generation requests")
 GENERATE_PROGRESS = TopicSpec(

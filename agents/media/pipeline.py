@@ -29,6 +29,7 @@ ones.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
 import re
@@ -321,15 +322,23 @@ def _frames_for_empty_segments(
 
 SHOT_FRAME_SIZE = 36  # short side of the frames the shot detector sees
 
+_SAFE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 def safe_component(name: str) -> str:
-    """``name`` as a single, harmless path component (no separators, no leading dot)."""
-    s = _UNSAFE.sub("_", name)[:200]
-    if not s or s.startswith("."):
-        s = "_" + s
-    return s
+    """``name`` as a single, harmless path component (no separators, no leading dot), distinct for distinct
+    names: a name that is already safe stays as it is; any other gets a digest of itself appended."""
+    if _SAFE.fullmatch(name):
+        return name
+    s = _UNSAFE.sub("_", name)[:80].lstrip(".")
+    return f"{s}-{hashlib.sha256(name.encode('utf-8', 'surrogatepass')).hexdigest()[:12]}"
+
+
+def thumbnail_dir(blob_dir: str | os.PathLike, tenant: str) -> Path:
+    """Where a tenant's thumbnails live: ``<blob_dir>/thumbnails/<tenant>`` (the HTTP API serves a tenant
+    only files under its own)."""
+    return Path(blob_dir) / "thumbnails" / safe_component(tenant)
 
 
 def _thumb_root(job: DecodeJob) -> Path | None:

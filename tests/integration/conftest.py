@@ -39,6 +39,10 @@ def stack_env(data_dir: Path, roots: list[Path], **extra: str) -> dict[str, str]
     return env
 
 
+FAULT_MARKER = "poison-"
+FAULT_STAGES = ("ingest", "decode", "embed", "caption", "moderate", "index", "publish")
+
+
 @dataclass
 class Stack:
     broker: str
@@ -64,7 +68,17 @@ def stack(tmp_path_factory, tiny_models) -> Stack:
     media.mkdir()
     broker, http = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     log = base / "up.log"
-    proc = start_stack(stack_env(base / "data", [media]), broker, http, log)
+    env = stack_env(
+        base / "data",
+        [media],
+        # limits the hostile-input corpus crosses with small files
+        FRAMEBUS_MAX_WIDTH="1024",
+        FRAMEBUS_MAX_HEIGHT="1024",
+        FRAMEBUS_MAX_DURATION_S="60",
+        # a bug in each stage, for the videos whose id carries its marker (test_hostile.py)
+        FRAMEBUS_FAULT_INJECT=",".join(f"{s}={FAULT_MARKER}{s}-" for s in FAULT_STAGES),
+    )
+    proc = start_stack(env, broker, http, log)
     try:
         yield Stack(broker=broker, http=http, media=media, data_dir=base / "data", log=log)
     finally:

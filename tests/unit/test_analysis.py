@@ -57,17 +57,8 @@ def test_a_segment_is_joined_once_every_task_reported_in_any_order():
 
 
 def test_parts_that_never_complete_expire():
-    from framebus.agents.expiry import ExpiringKeys
     from framebus.agents.index import stale
 
     parts = merge({}, part("caption", caption="a red circle"), now=1000.0)
     parts = merge(parts, part("embed", vector=[1.0, 0.0]), now=1500.0)  # the first part's time is kept
     assert not stale(parts, ttl_s=600, now=1599.0) and stale(parts, ttl_s=600, now=1601.0)
-    keys = ExpiringKeys()
-    keys.note(0, b"a", now=10.0)
-    keys.note(0, b"b", now=20.0)
-    keys.note(1, b"c", now=10.0)
-    assert keys.due(0, ttl_s=5, now=14.0) == [] and len(keys) == 3
-    assert keys.due(0, ttl_s=5, now=16.0) == [b"a"]
-    assert keys.due(0, ttl_s=5, now=100.0) == [b"b"] and keys.due(1, ttl_s=5, now=100.0) == [b"c"]
-    assert len(keys) == 0

@@ -40,10 +40,11 @@ def test_security_settings_pass_through(monkeypatch):
         "sasl_plain_username": "u",
         "sasl_plain_password": "p",
     }
-    from framebus.streams.runtime import broker_credentials
+    # every Kafka client of a worker gets them: stage consumers, table restores, the producer
+    from framebus.streams.runtime import Runtime
 
-    creds = broker_credentials(load_settings())
-    assert creds.username == "u" and creds.mechanism.value == "SCRAM-SHA-512"
+    kwargs = Runtime.consumer_kwargs(type("R", (), {"settings": load_settings(), "client_kwargs": lambda self: sec})())
+    assert {k: kwargs[k] for k in sec} == sec
 
 
 def test_invalid_values_are_rejected(monkeypatch):
