@@ -5,12 +5,12 @@ keeps the parts per segment (and run) in a table backed by a compacted changelog
 (``framebus.streams.state``) until all have arrived. A complete
 segment becomes one point (vector plus caption, moderation verdict, quality, times, model versions in
 the payload). Point ids are deterministic (tenant, video, segment, model version), so replays
-overwrite; a replayed result after its segment was written starts a new join that completes when the
-rest is replayed too (at-least-once). Parts whose segment never completes (another model's batch failed
-and failed the video, a lone replay) are dropped after ``join_ttl_s``, so the table does not grow with
+overwrite; a written segment leaves a small "done" marker for ``join_ttl_s``, so a replayed result of it
+is a no-op rather than a new join that would wait forever. Parts whose segment never completes (another
+model's batch failed and failed the video) are dropped after ``join_ttl_s``, so the table does not grow with
 failures (the expiry time is in the table values, so it survives restarts). Transient store errors are
 retried with backoff; after that the segment fails its video. Then SegmentDone goes to publish, carrying
-the full segment, and only then is the join entry deleted.
+the full segment, and only then does the join entry become the done marker.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def stale(parts: dict, ttl_s: float, now: float | None = None) -> bool:
 
 def complete(parts: dict) -> JoinedSegment | None:
     """The joined segment once every task it waits for has a result, else None (pure)."""
-    tasks = next(v for k, v in parts.items() if k != SINCE)["tasks"]
+    tasks = next(v for v in parts.values() if isinstance(v, dict) and "tasks" in v)["tasks"]
     if not all(t in parts for t in tasks):
         return None
     base = ev.SegmentAnalysis.model_validate(parts[tasks[0]])
@@ -114,6 +114,10 @@ def upsert(store, prefix: str, joined: JoinedSegment) -> None:
     store.upsert(name, [to_point(joined)])
 
 
+#: the join entry of a segment that was written
+DONE = "done"
+
+
 def join_key(item: ev.SegmentAnalysis) -> bytes:
     return f"{item.video_id}\x00{item.run_id or ''}\x00{item.segment.index}".encode()
 
@@ -129,9 +133,11 @@ def register(rt: Runtime) -> None:
             return
         swept[partition] = now
         for key in table.expired(partition, s.join_ttl_s, now):
+            done = (table.get(partition, key) or {}).get(DONE)
             await table.delete(partition, key)
-            rt.count("index.parts_expired")
-            log.warning("index: dropped the parts of %r: the rest did not come within %.0fs", key, s.join_ttl_s)
+            if not done:
+                rt.count("index.parts_expired")
+                log.warning("index: dropped the parts of %r: the rest did not come within %.0fs", key, s.join_ttl_s)
 
     async def write(joined: JoinedSegment, record: Any) -> bool:
         item = joined.analysis
@@ -170,15 +176,21 @@ def register(rt: Runtime) -> None:
             return
         item = pairs[0][0]
         key = join_key(item)
-        parts = merge(table.get(p, key) or {}, item)
+        parts = table.get(p, key) or {}
+        if parts.get(DONE):
+            rt.count("index.late_parts")  # a replayed result of a segment already written
+            return
+        parts = merge(parts, item)
         joined = complete(parts)
         if joined is None:
             await table.put(p, key, parts)
             return
-        # Order: the point and SegmentDone first, the join entry last. A crash in between replays this
-        # event, which completes the join again and repeats two idempotent effects.
+        # Order: the point and SegmentDone first, the done marker last. A crash in between replays this
+        # event, which completes the join again and repeats two idempotent effects. The marker (kept for
+        # join_ttl_s) makes later replays of the segment's other results no-ops instead of new joins that
+        # would wait forever.
         await write(joined, record)
-        await table.delete(p, key)
+        await table.put(p, key, {DONE: True})
 
     async def index(records: list[Any]) -> None:
         for record in records:  # in order: one partition's events are joined one after the other

@@ -220,9 +220,19 @@ class StageConsumer(ConsumerRebalanceListener):
             except BaseException:
                 self._slots.release()
                 raise
-            # a record of a partition no longer ours (revoked while it was being fetched) is not taken
-            records = [r for r in records if r.partition in self.offsets]
+            records = self._owned(records)
             if not records:
+                if log.isEnabledFor(logging.DEBUG) and time.monotonic() - getattr(self, "_dbg", 0) > 5:
+                    self._dbg = time.monotonic()
+                    log.debug(
+                        "%s: idle; assignment %s paused %s offsets %s positions %s highwater %s",
+                        self.config.name,
+                        sorted(tp.partition for tp in self.consumer.assignment()),
+                        sorted(tp.partition for tp in self.consumer.paused()),
+                        sorted(self.offsets),
+                        {tp.partition: await self.consumer.position(tp) for tp in self.consumer.assignment()},
+                        {tp.partition: self.consumer.highwater(tp) for tp in self.consumer.assignment()},
+                    )
                 self._slots.release()
                 await self._commit()
                 continue
@@ -231,9 +241,32 @@ class StageConsumer(ConsumerRebalanceListener):
                 self.offsets[r.partition].take(r.offset)
                 trackers[r.partition] = self.offsets[r.partition]
             self.stats["taken"] += len(records)
+            log.debug(
+                "%s: took %d record(s) %s",
+                self.config.name,
+                len(records),
+                [(r.partition, r.offset) for r in records][:8],
+            )
             task = asyncio.create_task(self._run(records, trackers))
             self.in_flight[task] = _InFlight(records, trackers)
             await self._commit()
+
+    def _owned(self, records: list[Any]) -> list[Any]:
+        """The records of partitions this stage may take now. A record of a partition that is not ready
+        (its table still being restored: aiokafka fetches as soon as it is assigned) is not dropped: the
+        partition is sought back to it, so it comes again. One of a partition no longer ours is left to
+        its new owner."""
+        ready, back = [], {}
+        for r in records:
+            if r.partition in self.offsets:
+                ready.append(r)
+            else:
+                back[r.partition] = min(back.get(r.partition, r.offset), r.offset)
+        for p, offset in back.items():
+            tp = TopicPartition(self.config.topic, p)
+            if tp in self.consumer.assignment():
+                self.consumer.seek(tp, offset)
+        return ready
 
     async def _run(self, records: list[Any], trackers: dict[int, PartitionOffsets]) -> None:
         try:
@@ -298,6 +331,7 @@ class StageConsumer(ConsumerRebalanceListener):
                 due[TopicPartition(self.config.topic, p)] = point
         if not due:
             return
+        log.debug("%s: committing %s", self.config.name, {tp.partition: o for tp, o in due.items()})
         try:
             await self.consumer.commit(due)
         except (CommitFailedError, IllegalStateError, KafkaError) as exc:

@@ -185,15 +185,15 @@ class Runtime:
         await self._producer.start()
         grace = min(s.revoke_grace_s, s.rebalance_timeout_s / 3)
         for name, cfg in self.stages.items():
-            consumer = StageConsumer(
+            self.consumers[name] = StageConsumer(
                 cfg,
                 group_id=self.group_id(name),
                 consumer_kwargs=self.consumer_kwargs(),
                 on_error=self.fail_records,
                 revoke_grace_s=grace,
             )
-            self.consumers[name] = consumer
-            await consumer.start()
+        # every stage joins its group at once (a join takes the broker's initial rebalance delay)
+        await asyncio.gather(*(c.start() for c in self.consumers.values()))
         for interval, fn in self._timers:
             self._timer_tasks.append(asyncio.create_task(self._every(interval, fn)))
 
