@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +129,34 @@ def frames_dir(blob_dir: Path) -> Path:
     return Path(blob_dir) / "frames"
 
 
+def sweep_blobs(root: Path, *, cap_bytes: int, ttl_s: float, now: float | None = None) -> tuple[int, int]:
+    """The claim-check store's backstop (publish deletes a run's frames when its document is out): delete
+    run folders older than ``ttl_s``, then the oldest until the store holds at most ``cap_bytes``.
+    Returns ``(folders deleted, bytes left)``. A video whose frames go this way fails with
+    ``event.frames_missing`` rather than the disk filling up."""
+    now = time.time() if now is None else now
+    runs = []
+    if root.is_dir():
+        for d in os.scandir(root):
+            if not d.is_dir(follow_symlinks=False):
+                continue
+            size, newest = 0, d.stat(follow_symlinks=False).st_mtime
+            for f in os.scandir(d.path):
+                st = f.stat(follow_symlinks=False)
+                size += st.st_size
+                newest = max(newest, st.st_mtime)
+            runs.append((newest, size, d.path))
+    runs.sort()
+    total, deleted = sum(size for _, size, _ in runs), 0
+    for newest, size, path in runs:
+        if now - newest <= ttl_s and total <= cap_bytes:
+            break
+        shutil.rmtree(path, ignore_errors=True)
+        total -= size
+        deleted += 1
+    return deleted, total
+
+
 def _as_uri(path: str | None) -> str | None:
     return Path(path).resolve().as_uri() if path else None
 
@@ -138,3 +168,16 @@ def register(rt: Runtime) -> None:
 
     # one handler call per process-pool worker: every worker can have a video in flight
     rt.stage("decode", registry.DECODE, decode, concurrency=rt.decode_workers)
+    s = rt.settings
+
+    async def sweep() -> None:
+        deleted, left = await rt.in_io_thread(
+            lambda: sweep_blobs(frames_dir(s.blob_dir), cap_bytes=s.blob_cap_bytes, ttl_s=s.blob_ttl_s)
+        )
+        if deleted:
+            rt.count("decode.blobs_evicted", deleted)
+            log.warning(
+                "decode: the claim-check store's backstop deleted %d run folder(s); %d bytes left", deleted, left
+            )
+
+    rt.every(30.0, sweep)

@@ -6,8 +6,9 @@
   embedding with the prompt embeddings. The policy is a plain dict
   (``framebus.models.profiles.DEFAULT_MODERATION_POLICY``).
 * ``ClipHeadModerator`` (tiny profile): a logistic-regression head (one sigmoid per category) on the
-  image embedding, trained by ``framebus.models.training.moderator.train_tiny_moderator`` and read from
-  ``<data_dir>/models/tiny-moderator.pt`` together with its per-category decision thresholds.
+  image embedding, optionally summed in log-odds with a zero-shot part (policy prompts, stored in the
+  file), trained by ``framebus.models.training.moderator.train_tiny_moderator`` and read from its file
+  together with its per-category decision thresholds (calibrated on the summed score).
 
 Both expose ``thresholds``: a frame is flagged for a category when its score is at or above it.
 """
@@ -153,16 +154,23 @@ class ClipZeroShotModerator(_OnEmbeddings):
         )
         self.info = ModelInfo(name=f"clip-zero-shot/{embedder.info.name}", version=h.hexdigest()[:12], task="moderate")
 
-    def score_embeddings(self, vectors: np.ndarray) -> list[dict[str, float]]:
+    def logits(self, vectors: np.ndarray) -> np.ndarray:
+        """``(n, categories)``: each category's log-odds against the safe prompts (before the sigmoid)."""
         vectors = np.asarray(vectors, dtype=np.float64).reshape(-1, self._text.shape[1])
-        logits = vectors @ self._text.T.astype(np.float64) / self.calibration.temperature  # (n, P)
-        safe = _log_mean_exp(logits[:, self._safe], axis=1)
-        cols = []
-        for c, idx in zip(self.categories, self._groups):
-            cols.append(
-                _sigmoid(_log_mean_exp(logits[:, idx], axis=1) - safe + float(self.calibration.bias.get(c, 0.0)))
-            )
-        scores = np.stack(cols, axis=1) if cols else np.zeros((len(vectors), 0))
+        sims = vectors @ self._text.T.astype(np.float64) / self.calibration.temperature  # (n, P)
+        safe = _log_mean_exp(sims[:, self._safe], axis=1)
+        cols = [
+            _log_mean_exp(sims[:, idx], axis=1) - safe + float(self.calibration.bias.get(c, 0.0))
+            for c, idx in zip(self.categories, self._groups)
+        ]
+        return np.stack(cols, axis=1) if cols else np.zeros((len(vectors), 0))
+
+    def config(self) -> dict[str, Any]:
+        """What rebuilds this moderator on the same embedder (stored in a head file)."""
+        return {"policy": self.policy, "safe": list(self.safe_prompts), "calibration": self.calibration.as_dict()}
+
+    def score_embeddings(self, vectors: np.ndarray) -> list[dict[str, float]]:
+        scores = _sigmoid(self.logits(vectors))
         return [{c: float(s) for c, s in zip(self.categories, row)} for row in scores]
 
     def __repr__(self) -> str:
@@ -182,8 +190,23 @@ class ClipHeadModerator(_OnEmbeddings):
         bias: np.ndarray,
         thresholds: Mapping[str, float],
         info: ModelInfo,
+        *,
+        zero_shot: ClipZeroShotModerator | None = None,
+        logit_offset: Sequence[float] | None = None,
+        logit_scale: Sequence[float] | None = None,
     ):
         self.embedder = embedder
+        self.zero_shot = zero_shot
+        k = len(categories)
+        self.logit_offset = np.asarray(logit_offset if logit_offset is not None else [0.0] * k, dtype=np.float64)
+        self.logit_scale = np.asarray(logit_scale if logit_scale is not None else [1.0] * k, dtype=np.float64)
+        if self.logit_offset.shape != (k,) or self.logit_scale.shape != (k,) or not (self.logit_scale > 0).all():
+            raise ModelError("moderation head calibration does not fit its categories", code="models.failed")
+        missing = sorted(set(categories) - set(zero_shot.categories)) if zero_shot is not None else []
+        if missing:
+            raise ModelError(
+                f"the zero-shot part of a moderation head lacks categories {missing}", code="models.bad_config"
+            )
         self.categories = [str(c) for c in categories]
         self.weight = np.asarray(weight, dtype=np.float64)  # (k, dim)
         self.bias = np.asarray(bias, dtype=np.float64).reshape(-1)  # (k,)
@@ -227,11 +250,39 @@ class ClipHeadModerator(_OnEmbeddings):
             )
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         info = ModelInfo(name=f"clip-head/{embedder.info.name}", version=digest[:12], task="moderate")
-        return cls(embedder, blob["categories"], weight, bias, blob.get("thresholds", {}), info)
+        zs = blob.get("zero_shot")
+        zero_shot = (
+            ClipZeroShotModerator(embedder, zs["policy"], zs.get("calibration"), safe_prompts=zs["safe"])
+            if zs
+            else None
+        )
+        return cls(
+            embedder,
+            blob["categories"],
+            weight,
+            bias,
+            blob.get("thresholds", {}),
+            info,
+            zero_shot=zero_shot,
+            logit_offset=blob.get("logit_offset"),
+            logit_scale=blob.get("logit_scale"),
+        )
+
+    def logits(self, vectors: np.ndarray) -> np.ndarray:
+        """``(n, categories)`` log-odds: the head's, plus the zero-shot part's when the head has one (a sum
+        of log-odds: the two must agree for a confident score, and either can carry a shot the other
+        scores near the middle)."""
+        vectors = np.asarray(vectors, dtype=np.float64).reshape(-1, self.weight.shape[1])
+        z = vectors @ self.weight.T + self.bias
+        if self.zero_shot is not None:
+            zl = self.zero_shot.logits(vectors)
+            z = z + zl[:, [self.zero_shot.categories.index(c) for c in self.categories]]
+        # recalibrated (when the file says so) so that scores are readable probabilities: the decision
+        # point at 0.5 and the nearest calibration shots near 0.12 / 0.88, not everything at 0.9999...
+        return (z - self.logit_offset) / self.logit_scale
 
     def score_embeddings(self, vectors: np.ndarray) -> list[dict[str, float]]:
-        vectors = np.asarray(vectors, dtype=np.float64).reshape(-1, self.weight.shape[1])
-        scores = _sigmoid(vectors @ self.weight.T + self.bias)
+        scores = _sigmoid(self.logits(vectors))
         return [{c: float(s) for c, s in zip(self.categories, row)} for row in scores]
 
     def __repr__(self) -> str:
@@ -247,6 +298,9 @@ def save_head(
     thresholds: Mapping[str, float],
     embedder: Embedder,
     metrics: Mapping[str, Any] | None = None,
+    zero_shot: Mapping[str, Any] | None = None,
+    logit_offset: Sequence[float] | None = None,
+    logit_scale: Sequence[float] | None = None,
 ) -> Path:
     """Write a ``ClipHeadModerator`` file atomically (temp file + rename)."""
     import os
@@ -264,6 +318,13 @@ def save_head(
         "embedder": {"name": embedder.info.name, "version": embedder.info.version, "dim": int(embedder.dim)},
         "metrics": json.loads(json.dumps(dict(metrics or {}), default=float)),
     }
+    if zero_shot:
+        blob["zero_shot"] = json.loads(json.dumps(dict(zero_shot)))
+    if logit_offset is not None:
+        blob["logit_offset"] = [float(v) for v in logit_offset]
+        blob["logit_scale"] = [
+            float(v) for v in (logit_scale if logit_scale is not None else [1.0] * len(logit_offset))
+        ]
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     torch.save(blob, tmp)
     os.replace(tmp, path)

@@ -131,6 +131,10 @@ def search(
     start: Annotated[float | None, typer.Option(help="segments ending at or after this second")] = None,
     end: Annotated[float | None, typer.Option(help="segments starting at or before this second")] = None,
     api: Annotated[str | None, typer.Option(help="HTTP API of a running framebus, HOST:PORT")] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="FRAMEBUS_API_KEY", help="the API key (Authorization: Bearer) when the API has keys"),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the response as JSON")] = False,
     config: ConfigOpt = None,
     data_dir: DataOpt = None,
@@ -152,13 +156,25 @@ def search(
         "end_s": end,
     }
     params = {k: v for k, v in params.items() if v is not None}
+    if api_key:
+        params.pop("tenant", None)  # the key names the tenant
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
         if image is None:
-            resp = httpx.get(f"http://{settings.http}/search", params={"q": query, **params}, timeout=60)
+            resp = httpx.get(
+                f"http://{settings.http}/search", params={"q": query, **params}, headers=headers, timeout=60
+            )
         else:
             resp = httpx.post(
-                f"http://{settings.http}/search/image", params=params, content=image.read_bytes(), timeout=60
+                f"http://{settings.http}/search/image",
+                params=params,
+                content=image.read_bytes(),
+                headers=headers,
+                timeout=60,
             )
+        if resp.status_code in (401, 403):
+            err_console.print(f"the API refused the search ({resp.status_code}): {resp.json().get('detail', '')}")
+            raise typer.Exit(1)
         resp.raise_for_status()
         data = resp.json()
     except httpx.ConnectError:

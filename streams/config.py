@@ -80,6 +80,13 @@ class Settings(BaseSettings):
     vector_backend: str = Field("qdrant", description="qdrant or faiss")
     collection_prefix: str = Field("framebus", description="vector collections are <prefix>_<model>_<version>")
 
+    blob_cap_bytes: int = Field(
+        2 * 1024**3, ge=0, description="bound of the claim-check frame store; the oldest runs go beyond it"
+    )
+    blob_ttl_s: float = Field(
+        24 * 3600.0, gt=0, description="claim-check frames of a run older than this are deleted (a backstop)"
+    )
+
     # --- models -------------------------------------------------------------------------------
     model_dir: Path | None = Field(
         None,

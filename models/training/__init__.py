@@ -119,6 +119,7 @@ TRAINERS: list[TrainSpec] = [
         revision=2,
     ),
     # after tiny-clip: the head is trained on the (trained) tiny CLIP's image embeddings.
+    # revision 4: the head plus zero-shot prompts (a sum of log-odds), thresholds on the sum
     # revision 3: fit and calibration on fresh shots, per-shot threshold in the widest gap of the scores
     TrainSpec(
         "tiny-moderator",
@@ -126,7 +127,7 @@ TRAINERS: list[TrainSpec] = [
         _train_moderator,
         "framebus.models.training.moderator",
         depends=("tiny-clip",),
-        revision=3,
+        revision=4,
     ),
 ]
 

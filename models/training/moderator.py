@@ -69,6 +69,14 @@ RECIPE: dict[str, Any] = {
     #: the threshold (gap_threshold): fewest balanced errors per calibration shot, then the middle (in
     #: logit space) of the widest gap between consecutive shot scores
     "threshold": "shot-gap-middle",
+    #: the head's log-odds plus those of zero-shot prompts with the world's policy (``world_zero_shot``),
+    #: thresholds calibrated on the sum: the two disagree on different shots (with training seed 2 the head
+    #: alone scored a held-out star under its threshold that the prompts caught), and their sum
+    #: separated the calibration shots by a gap of 3 to 8.5 log-odds units on seeds 0, 1 and 2
+    "zero_shot": "world-policy",
+    #: scores recalibrated after the threshold is found: sigmoid((z - z_threshold) / (margin / 2)), so the
+    #: decision point is 0.5 and the nearest calibration shots score about 0.12 / 0.88
+    "recalibrate": "threshold-margin",
     #: torch intra-op threads (part of the result)
     "threads": 2,
     "render_version": RENDER_VERSION,
@@ -280,7 +288,12 @@ def train_tiny_moderator(
         weight, bias = fit_logistic(
             x[:n_fit], y[:n_fit], l2=float(r["l2"]), iters=int(r["iters"]), balance=float(r["balance"])
         )
-        scores = 1 / (1 + np.exp(-(x.astype(np.float64) @ weight.T.astype(np.float64) + bias)))
+        logits = x.astype(np.float64) @ weight.T.astype(np.float64) + bias
+        zero_shot = world_zero_shot(embedder) if r["zero_shot"] == "world-policy" else None
+        if zero_shot is not None:
+            zl = zero_shot.logits(x)
+            logits = logits + zl[:, [zero_shot.categories.index(c) for c in categories]]
+        scores = 1 / (1 + np.exp(-logits))
         thresholds, margins, val_m, val_shot, fit_m = {}, {}, {}, {}, {}
         for j, c in enumerate(categories):
             cal_s, cal_y = shot_scores(scores[n_fit:, j], y[n_fit:, j], shot_ids[n_fit:])
@@ -290,6 +303,12 @@ def train_tiny_moderator(
             fit_m[c] = precision_recall(scores[:n_fit, j], y[:n_fit, j], thresholds[c])
             if log is not None:
                 log(f"{c}: threshold {thresholds[c]:.4f} margin {margins[c]:.2f} validation {val_m[c]}")
+        raw_thresholds = dict(thresholds)
+        offsets, scales = None, None
+        if r.get("recalibrate") == "threshold-margin":
+            offsets = [float(np.log(thresholds[c]) - np.log1p(-thresholds[c])) for c in categories]
+            scales = [max(float(margins[c]), 1e-3) / 2 for c in categories]
+            thresholds = dict.fromkeys(categories, 0.5)
 
     stats: dict[str, Any] = {
         "model": "tiny-moderator",
@@ -297,6 +316,7 @@ def train_tiny_moderator(
         "seed": int(seed),
         "categories": categories,
         "thresholds": {c: float(t) for c, t in thresholds.items()},
+        "raw_thresholds": {c: float(t) for c, t in raw_thresholds.items()},
         "margin": {c: round(float(m), 4) for c, m in margins.items()},
         "validation": val_m,
         "validation_shot": val_shot,
@@ -324,6 +344,9 @@ def train_tiny_moderator(
                 "recipe": r,
                 "seed": int(seed),
             },
+            zero_shot=zero_shot.config() if zero_shot is not None else None,
+            logit_offset=offsets,
+            logit_scale=scales,
         )
         stats["version"] = hashlib.sha256(Path(out_path).read_bytes()).hexdigest()[:12]
     stats["seconds"] = round(time.monotonic() - t0, 2)

@@ -273,7 +273,8 @@ def test_a_member_joining_and_leaving_loses_nothing(cluster):
 
 def test_the_stages_split_over_five_processes_serve_every_video(cluster):
     """ingest/index/publish, decode, embed, caption and moderate, each in its own worker process: every
-    model task sees every segment (its own consumer group)."""
+    model task sees every segment (its own consumer group). Frames go by claim-check (small events) and
+    are all deleted once their videos are published."""
     c = cluster
     requests = make_videos(c, 8, "split")
     for name, agents in (
@@ -283,7 +284,8 @@ def test_the_stages_split_over_five_processes_serve_every_video(cluster):
         ("gpu-caption", "caption"),
         ("gpu-moderate", "moderate"),
     ):
-        c.start(name, agents)
+        # small events: frames travel as claim-check files, which publish deletes once a video is done
+        c.start(name, agents, FRAMEBUS_MAX_EVENT_BYTES="20000")
     publish(c, requests)
     docs = wait_for_metadata(c.settings, [r.video_id for r in requests], timeout_s=240)
     for r in requests:
@@ -291,4 +293,10 @@ def test_the_stages_split_over_five_processes_serve_every_video(cluster):
         assert doc.status == "ok", doc.error
         assert {m.task for m in doc.models} == {"embed", "caption", "moderate"}
         assert doc.shots and all(s.caption and s.moderation is not None for s in doc.shots), r.video_id
+    frames = c.data_dir / "blobs" / "frames"
+    assert frames.is_dir(), "no frame went by claim-check"
+    deadline = time.monotonic() + 10  # publish deletes a run's frames right after its document
+    while any(frames.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(frames.iterdir()), f"claim-check files left: {sorted(p.name for p in frames.iterdir())[:5]}"
     check_outcome(c, requests, docs)

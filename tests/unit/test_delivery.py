@@ -164,3 +164,22 @@ def test_safe_components_are_single_harmless_and_distinct(tmp_path):
         assert c and "/" not in c and "\\" not in c and not c.startswith(".") and len(c) < 120
     assert safe_component("tenant-1") == "tenant-1"  # safe names stay readable
     assert thumbnail_dir(tmp_path, "..").parent == tmp_path / "thumbnails"
+
+
+def test_the_blob_store_backstop_deletes_expired_then_oldest_runs_down_to_its_cap(tmp_path):
+    import os
+
+    from framebus.agents.decode import sweep_blobs
+
+    for i, (age, size) in enumerate([(100, 300), (50, 300), (10, 300), (1, 300)]):
+        d = tmp_path / f"run{i}"
+        d.mkdir()
+        (d / "00000-0000.jpg").write_bytes(b"x" * size)
+        os.utime(d / "00000-0000.jpg", (1000 - age, 1000 - age))
+        os.utime(d, (1000 - age, 1000 - age))
+    # nothing over the cap and nothing expired: nothing goes
+    assert sweep_blobs(tmp_path, cap_bytes=10_000, ttl_s=1000, now=1000) == (0, 1200)
+    # run0 expired (100 s > 60 s), then the oldest until 600 bytes are left
+    assert sweep_blobs(tmp_path, cap_bytes=600, ttl_s=60, now=1000) == (2, 600)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run2", "run3"]
+    assert sweep_blobs(tmp_path / "none", cap_bytes=0, ttl_s=1, now=1000) == (0, 0)
