@@ -124,6 +124,7 @@ class StageConsumer(ConsumerRebalanceListener):
         self._stopping = False
         self._task: asyncio.Task | None = None
         self._last_commit = 0.0
+        self._idle_logged = 0.0
 
     # --- lifecycle ----------------------------------------------------------------------------------
 
@@ -222,15 +223,15 @@ class StageConsumer(ConsumerRebalanceListener):
                 raise
             records = self._owned(records)
             if not records:
-                if log.isEnabledFor(logging.DEBUG) and time.monotonic() - getattr(self, "_dbg", 0) > 5:
-                    self._dbg = time.monotonic()
+                if log.isEnabledFor(logging.DEBUG) and time.monotonic() - self._idle_logged > 5:
+                    self._idle_logged = time.monotonic()
                     log.debug(
-                        "%s: idle; assignment %s paused %s offsets %s positions %s highwater %s",
+                        "%s: idle; assigned %s, paused %s, ready %s, committed %s, highwater %s",
                         self.config.name,
                         sorted(tp.partition for tp in self.consumer.assignment()),
                         sorted(tp.partition for tp in self.consumer.paused()),
                         sorted(self.offsets),
-                        {tp.partition: await self.consumer.position(tp) for tp in self.consumer.assignment()},
+                        self.committed,
                         {tp.partition: self.consumer.highwater(tp) for tp in self.consumer.assignment()},
                     )
                 self._slots.release()
