@@ -300,3 +300,19 @@ def test_the_stages_split_over_five_processes_serve_every_video(cluster):
         time.sleep(0.2)
     assert not any(frames.iterdir()), f"claim-check files left: {sorted(p.name for p in frames.iterdir())[:5]}"
     check_outcome(c, requests, docs)
+
+
+def test_a_video_whose_work_never_finishes_is_published_as_failed_not_left_waiting(cluster):
+    """No worker runs the model stages, so no segment is ever done: after ``FRAMEBUS_PUBLISH_TIMEOUT_S``
+    publish sends ``status: failed`` with ``publish.timeout``, and its table keeps only closed markers."""
+    c = cluster
+    requests = make_videos(c, 2, "stuck")
+    c.start("edge", "ingest,decode,index,publish", FRAMEBUS_PUBLISH_TIMEOUT_S="4")
+    publish(c, requests)
+    docs = wait_for_metadata(c.settings, [r.video_id for r in requests], timeout_s=120)
+    for r in requests:
+        doc = docs[r.video_id][0][1]
+        assert doc.status == "failed" and doc.error.code == "publish.timeout", (r.video_id, doc.error)
+        assert "segments done" in doc.error.message
+    c.stop("edge")
+    assert table_leftovers(c.settings)["publish-progress"] == []
