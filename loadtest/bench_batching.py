@@ -84,7 +84,7 @@ def machine_cpu_s() -> tuple[float, float]:
 
 def model_thread_cpu_s(pid: int | None) -> float:
     """CPU seconds of ``pid``'s threads other than its main thread. In an embed worker the main thread
-    runs the event loop (faust, the Kafka clients, parsing, sends), the prep threads
+    runs the event loop (the Kafka clients, parsing, sends), the prep threads
     (``Runtime.prep_executor``) JPEG decode and preprocessing, the model thread the model; the io
     threads are idle."""
     total = 0.0
@@ -614,7 +614,7 @@ queued ms          waiting for the model thread (busy with the other batch): > 0
 model thread ms    time in the model thread (forward + per-segment means); forward ms: the forward only
 model busy %       model thread time / streaming window: 100 = the model never waited for input
 CPU ms/it          worker CPU per item: its threads (model + prep) and its main thread (event loop:
-                   faust, Kafka clients, parse, sends); baseline: the same work, serial, in process
+                   Kafka clients, parse, sends); baseline: the same work, serial, in process
 CPU s              CPU seconds during the streaming window: the worker, the broker, this process
                    (producer + consumer), and every other process on the machine"""
 

@@ -184,7 +184,7 @@ def train_tiny_captioner(
         build_word_tokenizer,
     )
     from framebus.models.openclip import _state_dict_digest, resolve_device
-    from framebus.models.world import COLOURS, MOTIONS, SHAPES, split, training_pairs
+    from framebus.models.world import COLOURS, MOTIONS, SHAPES, recipe_pairs, split
 
     unknown = set(overrides) - set(RECIPE)
     if unknown:
@@ -203,14 +203,7 @@ def train_tiny_captioner(
             train, _ = split(int(r["world_seed"]))
             if max_shots is not None:
                 train = train[:max_shots]
-            frames, specs = training_pairs(
-                train,
-                frames_per_shot,
-                size=fr["short_side"],
-                width=fr["width"],
-                height=fr["height"],
-                jpeg_quality=fr["jpeg_quality"],
-            )
+            frames, specs = recipe_pairs(train, frames_per_shot, fr)
             captions = [s.caption for s in specs]
             words = (
                 list(TINY_WORDS)

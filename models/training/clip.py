@@ -217,20 +217,12 @@ def _prepare_data(preprocess, world_seed: int, frames_per_shot: int, max_shots: 
     import torch
     from PIL import Image
 
-    from framebus.models.world import split, training_pairs
+    from framebus.models.world import recipe_pairs, split
 
     train, _ = split(world_seed)
     if max_shots is not None:
         train = train[:max_shots]
-    fr = RECIPE["frame"]
-    frames, specs = training_pairs(
-        train,
-        frames_per_shot,
-        size=fr["short_side"],
-        width=fr["width"],
-        height=fr["height"],
-        jpeg_quality=fr["jpeg_quality"],
-    )
+    frames, specs = recipe_pairs(train, frames_per_shot, RECIPE["frame"])
     x = torch.stack([preprocess(Image.fromarray(f)) for f in frames])
     return x, specs
 

@@ -447,6 +447,21 @@ def training_pairs(
     return frames, specs
 
 
+def recipe_pairs(
+    shots: list[ShotSpec], frames_per_shot: int, frame: dict[str, int]
+) -> tuple[list[np.ndarray], list[ShotSpec]]:
+    """``training_pairs`` with a training recipe's ``frame`` entry (``width``, ``height``,
+    ``short_side``, ``jpeg_quality``): the frames as the decode agent sends them."""
+    return training_pairs(
+        shots,
+        frames_per_shot,
+        size=frame["short_side"],
+        width=frame["width"],
+        height=frame["height"],
+        jpeg_quality=frame["jpeg_quality"],
+    )
+
+
 # ------------------------------------------------------------------------------------------------
 # text queries
 # ------------------------------------------------------------------------------------------------
