@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from pydantic import Field, field_validator
@@ -54,6 +54,12 @@ class Settings(BaseSettings):
         3600.0, gt=0, description="a video still unfinished this long after its first progress is published as failed"
     )
     max_table_keys: int = Field(1_000_000, ge=1, description="bound of each partition of a stage's state table")
+    delivery_guarantee: Literal["at_least_once", "exactly_once"] = Field(
+        "at_least_once",
+        description="at_least_once: idempotent effects, offsets committed after them (works on any broker); "
+        "exactly_once: one Kafka transaction per stage micro-batch (outputs, table changelog writes and "
+        "offsets), consumers read_committed; needs a broker with transactions (not the embedded one)",
+    )
     fault_inject: dict[str, str] = Field(
         default_factory=dict,
         description="testing only: stage=marker,...: the stage's handler raises on events whose value contains "

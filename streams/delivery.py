@@ -28,11 +28,41 @@ Order of effects, enforced here (``StageConsumer._run_loop``, ``_run``, ``_commi
 
 Replays are harmless because every effect is idempotent: point ids and document keys are
 deterministic, and every public event carries a deterministic ``event_id``.
+
+Exactly-once mode (``delivery_guarantee = "exactly_once"``; ``StageConsumer._run_loop_txn``,
+``_run_txn``, ``_transaction``, ``_rollback``). Each stage has its own transactional producer
+(``transactional_id`` ``<app_id>.<stage>.<worker name>``), reads with ``isolation_level=read_committed``,
+runs one micro-batch at a time (concurrency 1) and never commits offsets through the consumer:
+
+1. **Take** a micro-batch, as above.
+2. **Begin** a transaction on the stage's producer.
+3. **Effects.** The handler runs with ``TRANSACTION`` (a ``ContextVar``) set, so every event it produces
+   (``Runtime.send``/``send_all``, DLQ entries, ``ChangelogTable`` writes) goes through that producer,
+   inside the transaction; table writes keep an undo entry for their in-memory copy.
+4. **Offsets** ``{partition: last offset of the batch + 1}`` go into the same transaction
+   (``send_offsets_to_transaction(offsets, "<app_id>.<stage>")``).
+5. **Commit** the transaction: the outputs, the table writes and the consumed offsets become visible
+   together, or none of them does.
+
+Failure: any exception aborts the transaction and undoes its table writes in memory. A handler that
+raised (not a broker error) gets the at-least-once treatment inside fresh transactions: a batch is
+retried record by record, and a record that fails alone gets ``on_error``'s DLQ entry and failed document
+in a transaction of its own, with its offset. A broker error (or ``on_error`` failing) seeks the batch's
+partitions back to the first record not yet committed, and the batch is taken again after a backoff.
+``ProducerFenced`` (a newer instance owns the transactional id, or the transaction outlived its timeout)
+stops the stage: it logs why, leaves its group and ends its loop (the worker then stops). On revoke and
+stop, a transaction in flight gets ``revoke_grace_s`` to commit; past that it is cancelled and aborted
+before the partitions go. Effects outside Kafka (vector-store writes, claim-check files) are not
+transactional: they stay idempotent, as in the default mode. Periodic sweeps (``Runtime.every``) run
+outside any stage transaction, on the shared producer. Not verified against a transactional broker in
+this project (the embedded Tansu fails at InitProducerId; ``start_producer`` then fails the worker with
+``broker.transactions_unsupported``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -40,9 +70,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    KafkaError,
+    ProducerFenced,
+    TransactionalIdAuthorizationFailed,
+)
 
 from framebus.agents.base import backoff_s
+from framebus.topics.errors import BrokerError
 
 log = logging.getLogger("framebus.delivery")
 
@@ -71,6 +108,61 @@ class PartitionOffsets:
 
     def __len__(self) -> int:
         return len(self._in_flight)
+
+
+class StageTransaction:
+    """The open transaction of one stage (exactly-once mode): its producer, and how to undo in-memory
+    effects (table writes) when it aborts. ``TRANSACTION`` holds it while the stage's handler runs."""
+
+    def __init__(self, stage: str, producer: Any):
+        self.stage = stage
+        self.producer = producer
+        self._undo: list[Callable[[], None]] = []
+
+    def on_abort(self, undo: Callable[[], None]) -> None:
+        """``undo()`` runs (latest first) if this transaction aborts."""
+        self._undo.append(undo)
+
+    def rollback(self) -> None:
+        while self._undo:
+            self._undo.pop()()
+
+    def forget(self) -> None:
+        self._undo.clear()
+
+
+#: the stage transaction the running handler belongs to (``None``: at-least-once, or outside a stage)
+TRANSACTION: contextvars.ContextVar[StageTransaction | None] = contextvars.ContextVar(
+    "framebus_stage_transaction", default=None
+)
+
+
+def current_transaction() -> StageTransaction | None:
+    return TRANSACTION.get()
+
+
+def _fenced(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or what it was raised from) says the stage's producer was fenced."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, ProducerFenced):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def _broker_error(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or what it was raised from) is a Kafka client or broker error."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, KafkaError):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+class _HandlerFailed(Exception):
+    """The stage's handler raised (not a broker error): its failure is reported, not retried."""
 
 
 @dataclass
@@ -106,12 +198,23 @@ class StageConsumer(ConsumerRebalanceListener):
         on_error: Callable[[str, list[Any], BaseException], Awaitable[None]],
         commit_interval_s: float = 0.5,
         revoke_grace_s: float = 5.0,
+        transactional_producer: Callable[[], Any] | None = None,
+        producer_start_timeout_s: float = 30.0,
     ):
+        """``transactional_producer``: exactly-once mode (module docstring); a factory of this stage's
+        transactional ``AIOKafkaProducer`` (not started). ``consumer_kwargs`` should then read
+        ``read_committed``."""
         self.config = config
         self.group_id = group_id
         self.on_error = on_error
         self.commit_interval_s = commit_interval_s
         self.revoke_grace_s = revoke_grace_s
+        self._new_producer = transactional_producer
+        self.exactly_once = transactional_producer is not None
+        self.producer: Any = None  # the transactional producer (exactly-once mode), once started
+        self.producer_start_timeout_s = producer_start_timeout_s
+        self.fenced = False
+        self._txn_failures = 0
         self.consumer = AIOKafkaConsumer(
             group_id=group_id, enable_auto_commit=False, auto_offset_reset="earliest", **consumer_kwargs
         )
@@ -119,8 +222,8 @@ class StageConsumer(ConsumerRebalanceListener):
         self.committed: dict[int, int] = {}
         self.in_flight: dict[asyncio.Task, _InFlight] = {}
         self.assigned = asyncio.Event()  # the first assignment happened (ready)
-        self.stats = {"taken": 0, "finished": 0, "failed": 0, "cancelled": 0, "commits": 0}
-        self._slots = asyncio.Semaphore(max(1, config.concurrency))
+        self.stats = {"taken": 0, "finished": 0, "failed": 0, "cancelled": 0, "commits": 0, "aborts": 0}
+        self._slots = asyncio.Semaphore(1 if self.exactly_once else max(1, config.concurrency))
         self._stopping = False
         self._task: asyncio.Task | None = None
         self._last_commit = 0.0
@@ -129,9 +232,45 @@ class StageConsumer(ConsumerRebalanceListener):
     # --- lifecycle ----------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self.exactly_once:
+            await self.start_producer()
         self.consumer.subscribe([self.config.topic], listener=self)
         await self.consumer.start()
-        self._task = asyncio.create_task(self._run_loop(), name=f"stage-{self.config.name}")
+        loop = self._run_loop_txn() if self.exactly_once else self._run_loop()
+        self._task = asyncio.create_task(loop, name=f"stage-{self.config.name}")
+
+    async def start_producer(self) -> None:
+        """Exactly-once mode: start this stage's transactional producer (``InitProducerId``: it fences an
+        older instance with the same transactional id and aborts its open transaction). A broker without
+        transactions fails here, as a ``BrokerError`` the CLI prints as one line."""
+        if not self.exactly_once or self.producer is not None:
+            return
+        assert self._new_producer is not None
+        producer = self._new_producer()
+        txn_id = getattr(producer, "transactional_id", None) or getattr(
+            getattr(producer, "_txn_manager", None), "transactional_id", "?"
+        )
+        try:
+            await asyncio.wait_for(producer.start(), timeout=self.producer_start_timeout_s)
+        except (KafkaError, TimeoutError) as exc:
+            await asyncio.gather(producer.stop(), return_exceptions=True)
+            what = f"{type(exc).__name__}: {exc}".rstrip(": ") if str(exc) else type(exc).__name__
+            if isinstance(exc, TransactionalIdAuthorizationFailed):
+                raise BrokerError(
+                    f"the broker refused transactional id {txn_id!r} ({what}); grant the worker's principal "
+                    "WRITE and DESCRIBE on it, or set FRAMEBUS_DELIVERY_GUARANTEE=at_least_once",
+                    code="broker.transactions_unauthorized",
+                    transient=False,
+                ) from exc
+            raise BrokerError(
+                f"delivery_guarantee=exactly_once needs Kafka transactions, and the broker failed to start "
+                f"transactional producer {txn_id!r} ({what}); use a Kafka cluster with transactions "
+                "(Apache Kafka >= 2.5 or Redpanda) or set FRAMEBUS_DELIVERY_GUARANTEE=at_least_once",
+                code="broker.transactions_unsupported",
+                transient=False,
+            ) from exc
+        self.producer = producer
+        log.info("%s: transactional producer %r started", self.config.name, txn_id)
 
     async def stop(self) -> None:
         """Stop taking; give in-flight work ``revoke_grace_s``; commit; leave the group."""
@@ -142,6 +281,8 @@ class StageConsumer(ConsumerRebalanceListener):
         await self._drain(set(self.offsets))
         await self._commit(force=True)
         await self.consumer.stop()
+        if self.producer is not None:
+            await self.producer.stop()
 
     @property
     def task(self) -> asyncio.Task | None:
@@ -321,6 +462,8 @@ class StageConsumer(ConsumerRebalanceListener):
                 await asyncio.sleep(wait)
 
     async def _commit(self, force: bool = False) -> None:
+        if self.exactly_once:  # offsets are committed inside each batch's transaction, never here
+            return
         now = time.monotonic()
         if not force and now - self._last_commit < self.commit_interval_s:
             return
@@ -342,3 +485,199 @@ class StageConsumer(ConsumerRebalanceListener):
         for tp, point in due.items():
             self.committed[tp.partition] = point
         self.stats["commits"] += 1
+
+    # --- exactly-once mode (module docstring) -------------------------------------------------------
+
+    async def _run_loop_txn(self) -> None:
+        """One micro-batch at a time, each in a transaction of its own (``_run_txn``)."""
+        try:
+            while not self._stopping:
+                records = self._owned(await self._take())
+                if not records:
+                    continue
+                trackers = {}
+                for r in records:
+                    self.offsets[r.partition].take(r.offset)
+                    trackers[r.partition] = self.offsets[r.partition]
+                self.stats["taken"] += len(records)
+                task = asyncio.create_task(self._run_txn(records, trackers))
+                self.in_flight[task] = _InFlight(records, trackers)
+                while not task.done():
+                    await self._poll_paused()
+        finally:
+            if self.fenced:
+                # leave the group now: the partitions go to the instance that owns the transactional id
+                await asyncio.gather(self.consumer.stop(), return_exceptions=True)
+
+    async def _poll_paused(self) -> None:
+        """Poll with every partition paused while a transaction runs (group membership), taking nothing; a
+        record that still comes (a partition assigned meanwhile) is sought back, not dropped."""
+        paused = self.consumer.assignment()
+        self.consumer.pause(*paused)
+        try:
+            got = await self.consumer.getmany(timeout_ms=100)
+        finally:
+            self.consumer.resume(*[tp for tp in paused if tp in self.consumer.assignment()])
+        for tp, recs in got.items():
+            if recs and tp in self.consumer.assignment():
+                self.consumer.seek(tp, min(r.offset for r in recs))
+
+    async def _run_txn(self, records: list[Any], trackers: dict[int, PartitionOffsets]) -> None:
+        """The batch's transaction(s); on failure: abort (done by ``_transaction``), seek back to the first
+        record not committed, back off. ``ProducerFenced`` stops the stage."""
+        pending = list(records)
+        try:
+            if self.producer is None:  # replaced after a fatal producer error
+                await self.start_producer()
+            await self._transact(pending)
+            self._txn_failures = 0
+        except asyncio.CancelledError:
+            self.stats["cancelled"] += len(pending)
+            raise
+        except Exception as exc:
+            if _fenced(exc):
+                self._stop_fenced(exc)
+                return
+            wait = backoff_s(self._txn_failures, 0.5, 30.0)
+            self._txn_failures += 1
+            self._seek_back(pending)
+            log.warning(
+                "%s: transaction of %d record(s) aborted (%r); taking them again in %.1fs",
+                self.config.name,
+                len(pending),
+                exc,
+                wait,
+            )
+            await asyncio.sleep(wait)
+        finally:
+            for r in records:
+                trackers[r.partition].finish(r.offset)
+            self.in_flight.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
+
+    async def _transact(self, pending: list[Any]) -> None:
+        """The batch in one transaction; if its handler raised, each record alone, and a record that fails
+        alone gets ``on_error`` (DLQ entry, failed document) in a transaction of its own. Committed records
+        leave ``pending``."""
+        records = list(pending)
+        try:
+            await self._transaction(records, self.config.handle, handler=True)
+            self._committed(pending, records)
+            return
+        except _HandlerFailed as failed:
+            exc = failed.__cause__ or failed
+        if len(records) == 1:
+            await self._report_txn(records, exc)
+            self._committed(pending, records)
+            return
+        log.warning(
+            "%s: a batch of %d raised %r; handling each event alone (a transaction each)",
+            self.config.name,
+            len(records),
+            exc,
+        )
+        for record in records:
+            try:
+                await self._transaction([record], self.config.handle, handler=True)
+            except _HandlerFailed as failed:
+                await self._report_txn([record], failed.__cause__ or failed)
+            self._committed(pending, [record])
+
+    async def _report_txn(self, records: list[Any], exc: BaseException) -> None:
+        self.stats["failed"] += len(records)
+
+        async def report(recs: list[Any]) -> None:
+            await self.on_error(self.config.name, recs, exc)
+
+        await self._transaction(records, report, handler=False)
+
+    async def _transaction(
+        self, records: list[Any], work: Callable[[list[Any]], Awaitable[None]], *, handler: bool
+    ) -> None:
+        """begin -> ``work(records)`` with ``TRANSACTION`` set -> the records' next offsets -> commit. Any
+        exception aborts (``_rollback``) and is raised again; a handler's own failure (not a broker error)
+        as ``_HandlerFailed``."""
+        producer = self.producer
+        txn = StageTransaction(self.config.name, producer)
+        await producer.begin_transaction()
+        try:
+            token = TRANSACTION.set(txn)
+            try:
+                await work(records)
+            except (asyncio.CancelledError, KafkaError):
+                raise
+            except Exception as exc:
+                if not handler or _broker_error(exc) or self._producer_broken():
+                    raise
+                raise _HandlerFailed(str(exc)) from exc
+            finally:
+                TRANSACTION.reset(token)
+            offsets = self._next_offsets(records)
+            await producer.send_offsets_to_transaction(offsets, self.group_id)
+            await producer.commit_transaction()
+        except BaseException as exc:
+            await self._rollback(txn, exc)
+            raise
+        txn.forget()
+        self.stats["commits"] += 1
+        for tp, offset in offsets.items():
+            self.committed[tp.partition] = max(offset, self.committed.get(tp.partition, -1))
+
+    def _next_offsets(self, records: list[Any]) -> dict[TopicPartition, int]:
+        out: dict[TopicPartition, int] = {}
+        for r in records:
+            tp = TopicPartition(self.config.topic, r.partition)
+            out[tp] = max(out.get(tp, 0), r.offset + 1)
+        return out
+
+    def _producer_broken(self) -> bool:
+        """The producer is in a fatal state (its sender failed): it can only be replaced."""
+        manager = getattr(self.producer, "_txn_manager", None)
+        return bool(manager is not None and manager.is_fatal_error())
+
+    async def _rollback(self, txn: StageTransaction, exc: BaseException) -> None:
+        """Abort the open transaction and undo its in-memory table writes. A producer that cannot abort
+        (fatal error) is replaced before the next transaction; a fenced one is left as it is."""
+        txn.rollback()
+        self.stats["aborts"] += 1
+        if _fenced(exc):
+            return
+        if not self._producer_broken():
+            try:
+                await asyncio.wait_for(self.producer.abort_transaction(), timeout=self.producer_start_timeout_s)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as again:
+                if _fenced(again):
+                    raise
+                log.warning("%s: abort failed (%r); replacing the producer", self.config.name, again)
+        producer, self.producer = self.producer, None  # _run_txn starts a new one (InitProducerId aborts)
+        await asyncio.gather(producer.stop(), return_exceptions=True)
+
+    def _committed(self, pending: list[Any], done: list[Any]) -> None:
+        for r in done:
+            pending.remove(r)
+        self.stats["finished"] += len(done)
+
+    def _seek_back(self, pending: list[Any]) -> None:
+        """Each partition of ``pending`` back to its first record not committed (taken again next)."""
+        first: dict[int, int] = {}
+        for r in pending:
+            first[r.partition] = min(first.get(r.partition, r.offset), r.offset)
+        assignment = self.consumer.assignment()
+        for p, offset in first.items():
+            tp = TopicPartition(self.config.topic, p)
+            if tp in assignment:
+                self.consumer.seek(tp, offset)
+
+    def _stop_fenced(self, exc: BaseException) -> None:
+        txn_id = getattr(getattr(self.producer, "_txn_manager", None), "transactional_id", None)
+        log.error(
+            "%s: producer fenced (%s): a newer instance owns transactional id %r (or a transaction outlived "
+            "its timeout); this stage stops and leaves its group, its last transaction aborted",
+            self.config.name,
+            type(exc).__name__,
+            txn_id,
+        )
+        self.fenced = True
+        self._stopping = True

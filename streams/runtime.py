@@ -37,7 +37,7 @@ from prometheus_client import Counter, Histogram
 from framebus.agents.base import retry
 from framebus.streams.batching import AdaptiveBatcher, DeadlineThread
 from framebus.streams.config import Settings
-from framebus.streams.delivery import StageConfig, StageConsumer
+from framebus.streams.delivery import StageConfig, StageConsumer, current_transaction
 from framebus.streams.state import ChangelogTable
 from framebus.topics import codec, ids, registry
 from framebus.topics import events as ev
@@ -108,6 +108,11 @@ def run_id(record: Any) -> str:
     return run_id_of(record.topic, record.partition, record.offset)
 
 
+def isolation(settings: Settings) -> dict[str, Any]:
+    """How stage consumers and changelog restores read: only committed transactions in exactly-once mode."""
+    return {"isolation_level": "read_committed"} if settings.delivery_guarantee == "exactly_once" else {}
+
+
 def dlq_event_id(stage: str, record: Any) -> str:
     """A DLQ entry's ``event_id``: the stage and the original's coordinates (equal on every replay)."""
     return ids.dlq_event_id(stage, record.topic, record.partition, record.offset)
@@ -150,10 +155,15 @@ class Runtime:
     def client_kwargs(self) -> dict[str, Any]:
         return {"bootstrap_servers": self.settings.bootstrap, **self.settings.kafka_security()}
 
+    @property
+    def exactly_once(self) -> bool:
+        return self.settings.delivery_guarantee == "exactly_once"
+
     def consumer_kwargs(self) -> dict[str, Any]:
         s = self.settings
         return {
             **self.client_kwargs(),
+            **isolation(s),
             "session_timeout_ms": int(s.session_timeout_s * 1000),
             "heartbeat_interval_ms": int(max(0.5, s.session_timeout_s / 6) * 1000),
             "rebalance_timeout_ms": int(s.rebalance_timeout_s * 1000),
@@ -166,8 +176,33 @@ class Runtime:
         """Each stage consumes in its own consumer group, so every stage sees every event of its topic."""
         return f"{self.settings.app_id}.{stage}"
 
+    def transactional_id(self, stage: str) -> str:
+        """Exactly-once mode: stage ``stage``'s transactional id in this worker. Stable across restarts
+        only when the worker name is (``framebus worker --name``): a restarted worker then fences its
+        previous instance."""
+        return f"{self.settings.app_id}.{stage}.{self.worker_name}"
+
+    def transactional_producer(self, stage: str) -> AIOKafkaProducer:
+        """A stage's own transactional producer (not started). Its transaction timeout is the consumers'
+        max poll interval: a batch that takes longer loses its partitions anyway."""
+        s = self.settings
+        return AIOKafkaProducer(
+            transactional_id=self.transactional_id(stage),
+            transaction_timeout_ms=int(max(s.rebalance_timeout_s, 300.0) * 1000),
+            acks="all",
+            linger_ms=2,
+            max_request_size=max(s.max_event_bytes * 2, 1_048_576),
+            request_timeout_ms=30_000,
+            **self.client_kwargs(),
+        )
+
     @property
     def producer(self) -> AIOKafkaProducer:
+        """The producer of the running code: inside a stage transaction (exactly-once mode) that stage's
+        transactional producer, else the worker's shared one."""
+        txn = current_transaction()
+        if txn is not None:
+            return txn.producer
         if self._producer is None:
             raise RuntimeError("the runtime is not started")
         return self._producer
@@ -191,7 +226,16 @@ class Runtime:
                 consumer_kwargs=self.consumer_kwargs(),
                 on_error=self.fail_records,
                 revoke_grace_s=grace,
+                transactional_producer=(lambda n=name: self.transactional_producer(n)) if self.exactly_once else None,
             )
+        if self.exactly_once:  # one at a time: a broker without transactions fails on the first, clearly
+            try:
+                for c in self.consumers.values():
+                    await c.start_producer()
+            except BaseException:
+                await asyncio.gather(*(c.stop() for c in self.consumers.values()), return_exceptions=True)
+                await self._producer.stop()
+                raise
         # every stage joins its group at once (a join takes the broker's initial rebalance delay)
         await asyncio.gather(*(c.start() for c in self.consumers.values()))
         for interval, fn in self._timers:
@@ -267,7 +311,7 @@ class Runtime:
                 name,
                 changelog_topic(self.settings, name),
                 produce=self._produce_raw,
-                consumer_kwargs=self.client_kwargs(),
+                consumer_kwargs={**self.client_kwargs(), **isolation(self.settings)},
                 max_keys=self.settings.max_table_keys,
             )
         return self.tables[name]
@@ -282,14 +326,17 @@ class Runtime:
         partition: int | None = None,
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
-        """Produce and wait for the broker's ack; transient broker errors are retried with backoff."""
+        """Produce and wait for the broker's ack; transient broker errors are retried with backoff. Inside a
+        stage transaction (exactly-once mode) through that stage's producer, once: a failure aborts the
+        transaction and the stage retries all of it."""
+        producer = self.producer
 
         async def once() -> None:
-            await self.producer.send_and_wait(topic, value=value, key=key, partition=partition, headers=headers)
+            await producer.send_and_wait(topic, value=value, key=key, partition=partition, headers=headers)
 
         await retry(
             once,
-            attempts=SEND_ATTEMPTS,
+            attempts=1 if current_transaction() is not None else SEND_ATTEMPTS,
             is_transient=lambda e: isinstance(e, KafkaError) and getattr(e, "retriable", True),
             what=f"produce to {topic}",
         )

@@ -8,6 +8,11 @@ source partition ``p`` lives in changelog partition ``p``: whoever owns ``p`` ow
   the in-memory copy, so a handler that returned has its table writes on the broker.
 * When the stage is assigned partitions, ``restore`` reads their changelog partitions from the start to
   the end before the stage takes any event from them; on revoke, ``drop`` forgets them.
+* In exactly-once mode a write made inside a stage transaction (``delivery.current_transaction()``) goes
+  through that transaction's producer (``Runtime._produce_raw`` routes it) and leaves an undo entry: if the
+  transaction aborts, the in-memory copy returns to what it was (unless a later write changed it since).
+  The restore consumer then reads ``read_committed`` (``consumer_kwargs``): only committed changelog
+  records become state.
 * Values are JSON objects that carry the wall time they were first written (``_t``), so expiry
   survives restarts: ``expired(p, ttl_s)`` lists the keys older than ``ttl_s``, restored ones included.
 """
@@ -21,6 +26,8 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from framebus.streams.delivery import current_transaction
 
 log = logging.getLogger("framebus.state")
 STAMP = "_t"
@@ -71,12 +78,32 @@ class ChangelogTable:
             raise OverflowError(f"table {self.name} partition {partition} holds {self.max_keys} keys")
         await self._produce(self.topic, key, orjson.dumps(value), partition)
         part[key] = value
+        self._undo_on_abort(partition, key, old, value)
 
     async def delete(self, partition: int, key: bytes) -> None:
         if key not in self.data.get(partition, {}):
             return
         await self._produce(self.topic, key, None, partition)
-        self.data[partition].pop(key, None)
+        old = self.data[partition].pop(key, None)
+        self._undo_on_abort(partition, key, old, None)
+
+    def _undo_on_abort(self, partition: int, key: bytes, old: dict | None, new: dict | None) -> None:
+        """Inside a stage transaction: if it aborts, ``key`` goes back to ``old``, provided it still holds
+        what this write left (``new``; ``None``: deleted) and the partition was not dropped meanwhile."""
+        txn = current_transaction()
+        if txn is None:
+            return
+        part = self.data.get(partition)
+
+        def undo() -> None:
+            if part is None or self.data.get(partition) is not part or part.get(key) is not new:
+                return
+            if old is None:
+                part.pop(key, None)
+            else:
+                part[key] = old
+
+        txn.on_abort(undo)
 
     # --- partitions moving --------------------------------------------------------------------------
 
