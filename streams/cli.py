@@ -24,12 +24,14 @@ from framebus.streams.cliutil import (
 )
 from framebus.streams.config import Settings
 from framebus.streams.models_cli import models_app
+from framebus.streams.provenance_cli import provenance_app
 from framebus.topics.errors import FramebusError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 topics_app = typer.Typer(no_args_is_help=True, help="Topic names, partitions and JSON Schemas.")
 app.add_typer(topics_app, name="topics")
 app.add_typer(models_app, name="models", help="Train and evaluate the tiny profile's models.")
+app.add_typer(provenance_app, name="provenance", help="Check the C2PA provenance of a video.")
 dlq_app = typer.Typer(no_args_is_help=True, help="What the stages gave up on (framebus.dlq), and replaying it.")
 app.add_typer(dlq_app, name="dlq")
 BrokerOpt = Annotated[str | None, typer.Option("--broker", help="external Kafka bootstrap HOST:PORT[,...]")]
