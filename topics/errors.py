@@ -87,6 +87,11 @@ class InternalError(FramebusError):
 
 
 class BrokerError(FramebusError):
+    """The broker cannot be used as configured: ``broker.*`` (embedded broker missing, bad address,
+    unreachable, address in use; ``broker.transactions_unsupported`` / ``broker.transactions_unauthorized``:
+    ``FRAMEBUS_DELIVERY_GUARANTEE=exactly_once`` on a broker without usable Kafka transactions, raised by
+    ``streams.delivery.StageConsumer.start_producer``)."""
+
     code = "broker.failed"
     transient = True
 
