@@ -134,8 +134,8 @@ def ensure_signing_identity(
     (key file mode 0600, folder 0700; concurrent first calls make one identity: a file lock).
 
     Raises ``GenerationError(provenance.bad_identity)``: only one of ``cert_chain``/``key`` given, a file
-    that cannot be read or parsed, a key that does not match the certificate, a CA certificate as the
-    signer, an expired signer.
+    that cannot be read or parsed, a key that does not match the certificate, a signing certificate that is
+    a CA, is not valid now, or lacks the authority key identifier or extended key usage C2PA requires.
     """
     if (cert_chain is None) != (key is None):
         raise GenerationError(
@@ -160,7 +160,14 @@ def ensure_signing_identity(
         raise GenerationError(
             f"cannot create the local signing identity in {folder}: {e}", code="provenance.bad_identity"
         ) from None
-    return _identity(chain_pem, key_pem, source="local", cert_path=folder / CHAIN_FILE, anchors=ca_pem)
+    try:
+        return _identity(chain_pem, key_pem, source="local", cert_path=folder / CHAIN_FILE, anchors=ca_pem)
+    except GenerationError as e:
+        raise GenerationError(
+            f"{e.message} (remove {folder} to make a new local CA; files signed by the old one then no longer verify "
+            "unless its ca.pem is kept as a trust anchor)",
+            code=e.code,
+        ) from None
 
 
 def trust_anchors(data_dir: str | os.PathLike, cert_chain: str | os.PathLike | None = None) -> bytes | None:

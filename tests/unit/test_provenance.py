@@ -103,7 +103,7 @@ def test_local_identity_is_a_ca_and_an_end_entity_certificate(data_dir, identity
 def test_key_file_is_private(data_dir, identity):
     mode = os.stat(data_dir / "provenance" / "signer.key").st_mode
     assert stat.S_IMODE(mode) == 0o600
-    assert "key" not in repr(identity).replace("key_", "")  # the key stays out of logs
+    assert b"PRIVATE KEY" in identity.key and "PRIVATE KEY" not in repr(identity)  # the key stays out of logs
 
 
 def test_identity_is_made_once(data_dir, identity):
@@ -221,7 +221,7 @@ def _name(cn: str) -> x509.Name:
     )
 
 
-def _cert(subject, issuer, key, issuer_key, *, ca: bool):
+def _cert(subject, issuer, key, issuer_key, *, ca: bool, aki: bool = True, days: float = 30):
     now = dt.datetime.now(dt.UTC)
     usage = dict.fromkeys(
         (
@@ -241,12 +241,12 @@ def _cert(subject, issuer, key, issuer_key, *, ca: bool):
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=30))
+        .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
         .add_extension(x509.KeyUsage(digital_signature=not ca, key_cert_sign=ca, crl_sign=ca, **usage), critical=True)
     )
     builder = builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-    if subject != issuer:  # C2PA's certificate profile wants the authority key id on issued certificates
+    if aki and subject != issuer:  # C2PA's certificate profile wants the authority key id on issued certificates
         aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key())
         builder = builder.add_extension(aki, critical=False)
     if not ca:
@@ -327,3 +327,23 @@ def test_cli_verify_prints_the_verdict_and_exits_by_it(signed, data_dir, tmp_pat
 
     untrusted = runner.invoke(app, ["provenance", "verify", str(signed), "--data-dir", str(tmp_path / "elsewhere")])
     assert untrusted.exit_code == 1 and "not trusted" in untrusted.output
+
+
+@pytest.mark.parametrize(
+    ("change", "message"), [({"aki": False}, "authority key identifier"), ({"days": -0.01}, "not now")]
+)
+def test_a_configured_certificate_outside_the_c2pa_profile_is_refused(tmp_path, change, message):
+    root_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    root = _cert(_name("Example Root"), _name("Example Root"), root_key, root_key, ca=True)
+    leaf = _cert(_name("Example Newsroom"), root.subject, leaf_key, root_key, ca=False, **change)
+    chain, key = tmp_path / "chain.pem", tmp_path / "key.pem"
+    chain.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    key.write_bytes(
+        leaf_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    with pytest.raises(GenerationError) as err:
+        ensure_signing_identity(tmp_path, cert_chain=chain, key=key)
+    assert err.value.code == "provenance.bad_identity"
+    assert message in err.value.message
