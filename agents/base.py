@@ -74,8 +74,10 @@ class Runtime(Protocol):
         wait_s: float = 0.0,
         concurrency: int = 1,
         tables: tuple[Any, ...] = (),
+        broadcast: bool = False,
     ) -> None:
-        """Register a stage: its own consumer group on ``spec``'s topic (``framebus.streams.delivery``)."""
+        """Register a stage: its own consumer group on ``spec``'s topic (``framebus.streams.delivery``);
+        ``broadcast``: a group of this worker's own, so every worker sees every event."""
 
     def batched_agent(
         self, name: str, spec: TopicSpec, handle_batch: Callable[[Any, list], Any], *, batch_size: int, wait_s: float
@@ -86,8 +88,10 @@ class Runtime(Protocol):
     def every(self, interval_s: float, fn: Callable[[], Awaitable[None]]) -> None:
         """Call ``await fn()`` every ``interval_s`` while the worker runs."""
 
-    async def send(self, spec: TopicSpec, key: str, event: ev.Event, trace_id: str | None = None) -> None:
-        """Produce ``event`` and wait until the broker acknowledged it."""
+    async def send(
+        self, spec: TopicSpec, key: str, event: ev.Event, trace_id: str | None = None, *, run_id: str | None = None
+    ) -> None:
+        """Produce ``event`` and wait until the broker acknowledged it (``run_id``: its run header)."""
 
     async def send_all(self, spec: TopicSpec, items: list[tuple[str, ev.Event, str | None]]) -> None:
         """Produce several events at once and wait for all their acks."""

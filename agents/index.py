@@ -101,6 +101,7 @@ def to_point(joined: JoinedSegment) -> SegmentPoint:
             "moderation": seg.moderation.model_dump() if seg.moderation else None,
             "flagged": bool(seg.moderation and seg.moderation.flagged),
             "quality": seg.quality,
+            "origin": item.video.origin,
         },
     )
 

@@ -7,14 +7,16 @@ handle, a DLQ entry plus a failure that becomes a ``status: failed`` metadata do
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from framebus.agents.base import Runtime
+from framebus.agents.media.pipeline import safe_component
 from framebus.agents.media.probe import Limits, probe
 from framebus.agents.media.uri import resolve_uri
 from framebus.topics import codec, registry
 from framebus.topics import events as ev
-from framebus.topics.errors import FramebusError
+from framebus.topics.errors import FramebusError, IngestError
 
 log = logging.getLogger("framebus.agents.ingest")
 
@@ -28,7 +30,7 @@ async def handle(rt: Runtime, record: Any) -> None:
         await rt.fail_records("ingest", [record], err)
         return
     try:
-        path = resolve_uri(req.uri, s.allowed_roots)
+        path = _resolve(req, s)
         info = await rt.in_process(probe, path, Limits.from_settings(s))
     except FramebusError as err:
         await rt.dead_letter("ingest", registry.INGEST, record, err, trace_id)
@@ -44,6 +46,7 @@ async def handle(rt: Runtime, record: Any) -> None:
         codec=info.codec,
         pix_fmt=info.pix_fmt,
         rotation=info.rotation,
+        origin="generated" if req.options.get("origin") == "generated" else None,
     )
     task = ev.DecodeTask(
         video_id=req.video_id,
@@ -57,6 +60,18 @@ async def handle(rt: Runtime, record: Any) -> None:
     )
     await rt.send(registry.DECODE, req.video_id, task, trace_id)
     log.info("ingest: %s planned (%.2fs %s %dx%d)", req.video_id, info.duration_s, info.codec, info.width, info.height)
+
+
+def _resolve(req: ev.IngestRequest, s) -> Path:
+    """The request's file: under the allowed roots, or a generated video of the request's own tenant
+    (``<data_dir>/generated/<tenant>/``, what the generate agent ingests: the closed loop)."""
+    generated = s.generated_dir / safe_component(req.tenant)
+    try:
+        return resolve_uri(req.uri, s.allowed_roots)
+    except IngestError as err:
+        if err.code != "ingest.outside_allowed_roots" or not generated.is_dir():
+            raise
+        return resolve_uri(req.uri, [generated])
 
 
 def register(rt: Runtime) -> None:

@@ -48,6 +48,7 @@ def build_metadata(state: dict) -> ev.VideoMetadata:
         width=video.get("width"),
         height=video.get("height"),
         codec=video.get("codec"),
+        origin=video.get("origin"),
         shots=[] if error else segments,
         models=[ev.ModelRef.model_validate(m) for m in models.values()],
         trace_id=state.get("trace_id"),

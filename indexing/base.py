@@ -59,6 +59,7 @@ class SegmentHit:
     thumbnail: str | None = None
     caption: str | None = None
     flagged: bool | None = None
+    origin: str | None = None
 
 
 @dataclass(frozen=True)
@@ -66,15 +67,19 @@ class SegmentFilter:
     """Optional narrowing of a search, applied inside the store query with the tenant filter.
 
     ``flagged``: only segments whose moderation verdict flagged (True) or did not flag (False) them;
-    ``start_s``/``end_s``: only segments overlapping that time range of their video.
+    ``start_s``/``end_s``: only segments overlapping that time range of their video;
+    ``origin``: only segments of videos of that origin (``generated``: what framebus generated).
     """
 
     flagged: bool | None = None
+    origin: str | None = None
     start_s: float | None = None
     end_s: float | None = None
 
     def matches(self, payload: dict[str, Any]) -> bool:
         if self.flagged is not None and bool((payload.get("extra") or {}).get("flagged")) != self.flagged:
+            return False
+        if self.origin is not None and (payload.get("extra") or {}).get("origin") != self.origin:
             return False
         if self.start_s is not None and float(payload["end_s"]) < self.start_s:
             return False
@@ -179,4 +184,5 @@ def hit_from_payload(payload: dict[str, Any], score: float) -> SegmentHit:
         thumbnail=payload.get("thumbnail"),
         caption=extra.get("caption"),
         flagged=extra.get("flagged"),
+        origin=extra.get("origin"),
     )

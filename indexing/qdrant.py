@@ -97,6 +97,8 @@ class QdrantStore:
         must = []
         if where is not None and where.flagged is not None:
             must.append(models.FieldCondition(key="extra.flagged", match=models.MatchValue(value=where.flagged)))
+        if where is not None and where.origin is not None:
+            must.append(models.FieldCondition(key="extra.origin", match=models.MatchValue(value=where.origin)))
         if where is not None and where.start_s is not None:
             must.append(models.FieldCondition(key="end_s", range=models.Range(gte=where.start_s)))
         if where is not None and where.end_s is not None:

@@ -128,3 +128,106 @@ class Moderator(Protocol):
     def score_prepared(self, batch: Any) -> list[dict[str, float]]:
         """A ``prepare_images`` batch (or a slice of one) -> one score dict per image."""
         ...
+
+
+# --- generation ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GenerationSpec:
+    """What one generation job asks of a ``VideoGenerator`` (validated by the agent; snapped to the
+    model's constraints by ``VideoGenerator.normalise``).
+
+    ``source`` holds the source clip's RGB uint8 frames ``(T, H, W, 3)`` for ``v2v``/``i2v`` (``i2v``: one
+    frame); ``strength`` is how much of it is re-noised (``1.0``: all of it, as text-to-video)."""
+
+    prompt: str
+    seed: int
+    steps: int
+    guidance: float
+    num_frames: int
+    fps: float
+    width: int
+    height: int
+    negative_prompt: str | None = None
+    mode: str = "t2v"
+    source: np.ndarray | None = None
+    strength: float = 0.6
+
+
+@dataclass
+class SamplerCheckpoint:
+    """The sampling state after ``step`` of ``total_steps`` denoising steps: enough to resume the job in
+    another process and end with the same output as an uninterrupted run (same seed, same steps).
+
+    ``latents`` is a CPU ``torch.Tensor``; ``rng_state`` the sampler's ``torch.Generator`` state (a uint8
+    tensor) or ``None`` for a deterministic sampler; ``extra`` any backend-specific tensors or numbers."""
+
+    step: int
+    total_steps: int
+    latents: Any
+    rng_state: Any = None
+    extra: dict[str, Any] | None = None
+
+    def to_bytes(self) -> bytes:
+        import io
+
+        import torch
+
+        buf = io.BytesIO()
+        torch.save(
+            {
+                "step": self.step,
+                "total_steps": self.total_steps,
+                "latents": self.latents,
+                "rng_state": self.rng_state,
+                "extra": self.extra or {},
+            },
+            buf,
+        )
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> SamplerCheckpoint:
+        import io
+
+        import torch
+
+        d = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        return cls(d["step"], d["total_steps"], d["latents"], d["rng_state"], d["extra"] or None)
+
+
+@runtime_checkable
+class VideoGenerator(Protocol):
+    """Text (or video) to video. ``generate`` runs the whole sampler and returns RGB uint8 frames
+    ``(num_frames, height, width, 3)``; it may be called from any thread, one job at a time.
+
+    ``on_step(checkpoint)`` is called after every denoising step with the state after it; it may raise
+    (e.g. to cancel) and the exception propagates out of ``generate``. ``resume`` starts from such a
+    checkpoint instead of step 0: the output equals an uninterrupted run of the same spec.
+    ``generate_batch`` runs compatible specs (same shape and steps) in one sampler call where the backend
+    can; ``batchable`` says whether it can."""
+
+    info: ModelInfo
+    batchable: bool
+
+    def normalise(self, spec: GenerationSpec) -> GenerationSpec:
+        """``spec`` snapped to what the model accepts (frame counts such as 8N+1, size multiples, step
+        and frame caps), or ``ModelError`` ``generate.unsupported`` when it cannot be."""
+        ...
+
+    def generate(
+        self,
+        spec: GenerationSpec,
+        *,
+        resume: SamplerCheckpoint | None = None,
+        on_step: Any = None,
+    ) -> np.ndarray: ...
+
+    def generate_batch(self, specs: list[GenerationSpec], *, on_step: Any = None) -> list[np.ndarray]:
+        """``on_step(index_in_batch, checkpoint)``."""
+        ...
+
+    def preview(self, checkpoint: SamplerCheckpoint, spec: GenerationSpec) -> np.ndarray:
+        """A small RGB uint8 frame (the middle frame, cheaply decoded) of the state in ``checkpoint``."""
+        ...

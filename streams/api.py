@@ -235,10 +235,14 @@ def create_api(rt) -> FastAPI:
         # no stats, no broker: the counters are process-wide and would show other tenants' activity
         return {"status": "ok", "tenant": mine, "models": settings.models, "agents": getattr(rt, "agents", [])}
 
-    def where(flagged: bool | None, start_s: float | None, end_s: float | None) -> SegmentFilter | None:
-        if flagged is None and start_s is None and end_s is None:
+    def where(
+        flagged: bool | None, start_s: float | None, end_s: float | None, origin: str | None = None
+    ) -> SegmentFilter | None:
+        if flagged is None and start_s is None and end_s is None and origin is None:
             return None
-        return SegmentFilter(flagged=flagged, start_s=start_s, end_s=end_s)
+        return SegmentFilter(flagged=flagged, start_s=start_s, end_s=end_s, origin=origin)
+
+    origin_help = "only videos of this origin: generated (what framebus generated)"
 
     tenant_help = "with an API key: optional, and only the key's tenant (else 403); without keys: required"
 
@@ -251,10 +255,17 @@ def create_api(rt) -> FastAPI:
         flagged: bool | None = Query(None, description="moderation verdict of the segment"),
         start_s: float | None = Query(None, ge=0, description="segments ending at or after"),
         end_s: float | None = Query(None, ge=0, description="segments starting at or before"),
+        origin: str | None = Query(None, pattern="^[a-z_]{1,32}$", description=origin_help),
     ) -> SearchResponse:
         scope = read_tenant(request, tenant)
         return search(
-            settings, rt.embedder, rt.store, q, tenant=scope, limit=limit, where=where(flagged, start_s, end_s)
+            settings,
+            rt.embedder,
+            rt.store,
+            q,
+            tenant=scope,
+            limit=limit,
+            where=where(flagged, start_s, end_s, origin),
         )
 
     @api.post("/search/image", response_model=SearchResponse)
@@ -265,6 +276,7 @@ def create_api(rt) -> FastAPI:
         flagged: bool | None = Query(None),
         start_s: float | None = Query(None, ge=0),
         end_s: float | None = Query(None, ge=0),
+        origin: str | None = Query(None, pattern="^[a-z_]{1,32}$", description=origin_help),
     ) -> SearchResponse:
         """Query by example: the request body is an image (JPEG, PNG, WebP), at most 10 MB."""
         scope = read_tenant(request, tenant)
@@ -284,7 +296,7 @@ def create_api(rt) -> FastAPI:
             tenant=scope,
             image=image,
             limit=limit,
-            where=where(flagged, start_s, end_s),
+            where=where(flagged, start_s, end_s, origin),
         )
 
     @api.get("/thumbnails/{relpath:path}")

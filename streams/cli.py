@@ -23,6 +23,9 @@ from framebus.streams.cliutil import (
     settings_or_exit,
 )
 from framebus.streams.config import Settings
+from framebus.streams.eval_cli import eval_app
+from framebus.streams.generate_cli import cancel as generate_cancel
+from framebus.streams.generate_cli import generate
 from framebus.streams.models_cli import models_app
 from framebus.streams.provenance_cli import provenance_app
 from framebus.topics.errors import FramebusError
@@ -34,6 +37,7 @@ app.add_typer(models_app, name="models", help="Train and evaluate the tiny profi
 app.add_typer(provenance_app, name="provenance", help="Check the C2PA provenance of a video.")
 dlq_app = typer.Typer(no_args_is_help=True, help="What the stages gave up on (framebus.dlq), and replaying it.")
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(eval_app, name="eval", help="Measure models against the synthetic world (eval generation).")
 BrokerOpt = Annotated[str | None, typer.Option("--broker", help="external Kafka bootstrap HOST:PORT[,...]")]
 ModelsOpt = Annotated[str | None, typer.Option("--models", help="model profile: default or tiny")]
 
@@ -132,6 +136,7 @@ def search(
     moderation: Annotated[str | None, typer.Option(help="only 'flagged' or only 'clean' segments")] = None,
     start: Annotated[float | None, typer.Option(help="segments ending at or after this second")] = None,
     end: Annotated[float | None, typer.Option(help="segments starting at or before this second")] = None,
+    generated: Annotated[bool, typer.Option("--generated", help="only videos framebus generated")] = False,
     api: Annotated[str | None, typer.Option(help="HTTP API of a running framebus, HOST:PORT")] = None,
     api_key: Annotated[
         str | None,
@@ -156,6 +161,7 @@ def search(
         "flagged": {"flagged": True, "clean": False}.get(moderation),
         "start_s": start,
         "end_s": end,
+        "origin": "generated" if generated else None,
     }
     params = {k: v for k, v in params.items() if v is not None}
     if api_key:
@@ -193,7 +199,12 @@ def _search_local(settings: Settings, query: str | None, image: Path | None, par
     from framebus.streams.api import decode_image
     from framebus.streams.search import search as run_search
 
-    where = SegmentFilter(flagged=params.get("flagged"), start_s=params.get("start_s"), end_s=params.get("end_s"))
+    where = SegmentFilter(
+        flagged=params.get("flagged"),
+        start_s=params.get("start_s"),
+        end_s=params.get("end_s"),
+        origin=params.get("origin"),
+    )
     try:
         store = settings.open_store()
         try:
@@ -338,6 +349,10 @@ def loadtest(ctx: typer.Context) -> None:
     from framebus.loadtest.soak import main as run_loadtest
 
     sys.exit(run_loadtest(ctx.args))
+
+
+app.command("generate")(generate)
+app.command("cancel")(generate_cancel)
 
 
 def main() -> None:

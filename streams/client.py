@@ -104,3 +104,87 @@ async def ingest(
     finally:
         if watcher:
             await watcher.stop()
+
+
+class TopicTail:
+    """Reads public topics from their current end, without joining a consumer group."""
+
+    def __init__(self, settings: Settings, specs: Iterable[registry.TopicSpec]):
+        self.settings = settings
+        self.topics = [settings.topic(s.name) for s in specs]
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.bootstrap, enable_auto_commit=False, group_id=None, **settings.kafka_security()
+        )
+
+    async def start(self) -> None:
+        await self.consumer.start()
+        tps: list[TopicPartition] = []
+        deadline = time.monotonic() + 10
+        for topic in self.topics:
+            parts = self.consumer.partitions_for_topic(topic) or set()
+            while not parts and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+                await self.consumer.topics()
+                parts = self.consumer.partitions_for_topic(topic) or set()
+            tps += [TopicPartition(topic, p) for p in sorted(parts)]
+        self.consumer.assign(tps)
+        await self.consumer.seek_to_end(*tps)
+        for tp in tps:
+            await self.consumer.position(tp)
+
+    async def records(self, timeout_ms: int = 500) -> list:
+        """What arrived within ``timeout_ms`` (possibly nothing)."""
+        batch = await self.consumer.getmany(timeout_ms=timeout_ms)
+        return [r for records in batch.values() for r in records]
+
+    async def stop(self) -> None:
+        await self.consumer.stop()
+
+
+async def publish_event(settings: Settings, spec: registry.TopicSpec, key: str, event: ev.Event) -> str:
+    """Send one public event (with a fresh trace id, which it returns)."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, **settings.kafka_security())
+    await producer.start()
+    trace = uuid.uuid4().hex
+    try:
+        await producer.send_and_wait(
+            settings.topic(spec.name),
+            key=key.encode(),
+            value=codec.encode(event),
+            headers=[(TRACE_HEADER, trace.encode())],
+        )
+    finally:
+        await producer.stop()
+    return trace
+
+
+async def generate(
+    settings: Settings,
+    request: ev.GenerationRequest,
+    *,
+    wait: bool,
+    timeout_s: float = 600.0,
+    on_progress=None,
+) -> ev.GenerationResult | None:
+    """Publish a generation request; with ``wait`` follow its progress (``on_progress(event)``) to its result."""
+    tail = TopicTail(settings, [registry.GENERATE_PROGRESS, registry.GENERATE_RESULTS]) if wait else None
+    if tail:
+        await tail.start()
+    try:
+        await publish_event(settings, registry.GENERATE, request.job_id, request)
+        if tail is None:
+            return None
+        results_topic = settings.topic(registry.GENERATE_RESULTS.name)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for rec in await tail.records():
+                if rec.key != request.job_id.encode():
+                    continue
+                if rec.topic == results_topic:
+                    return codec.decode(ev.GenerationResult, rec.value)
+                if on_progress is not None:
+                    on_progress(codec.decode(ev.GenerationProgress, rec.value))
+        return None
+    finally:
+        if tail:
+            await tail.stop()

@@ -167,6 +167,53 @@ class Settings(BaseSettings):
         default_factory=dict, description='per category: {"threshold": 0.7, "action": "block"}'
     )
 
+    # --- generation ---------------------------------------------------------------------------
+    generator: str | None = Field(
+        None,
+        description="generator backend instead of the profile's: tiny, diffusers-ltx, diffusers-wan (registry names)",
+    )
+    generator_options: dict[str, Any] = Field(
+        default_factory=dict, description='options of that backend, e.g. {"model_id": "...", "dtype": "bf16"} (JSON)'
+    )
+    generate_steps: int | None = Field(
+        None, ge=1, le=1000, description="steps of a request that names none; unset = the model's default"
+    )
+    generate_max_steps: int = Field(200, ge=1, le=1000, description="requests asking for more steps are refused")
+    generate_max_frames: int = Field(257, ge=1, le=1024, description="requests asking for more frames are refused")
+    generate_max_pixels: int = Field(1280 * 720, ge=256, description="width x height above this is refused")
+    generate_checkpoint_every: int = Field(
+        2, ge=1, description="steps between checkpoints of a job's sampling state (a killed job resumes from the last)"
+    )
+    generate_preview_every: int = Field(4, ge=1, description="steps between preview frames on the progress topic")
+    generate_queue: int = Field(
+        8, ge=1, le=256, description="jobs a generation worker takes at once (queued by priority)"
+    )
+    generate_tenant_cap: int = Field(
+        4, ge=1, description="queued plus running jobs of one tenant in one worker; past it: generate.quota_exceeded"
+    )
+    generate_batch_size: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="compatible jobs (same model, shape, steps) sampled in one call where the backend can",
+    )
+    generate_crf: int = Field(20, ge=0, le=51, description="H.264 constant rate factor of generated videos")
+    generate_prompt_check: bool = Field(True, description="check prompts before any compute (terms, then embedding)")
+    generate_blocked_terms: list[str] = Field(
+        default_factory=list, description="words or phrases a prompt must not contain (case-insensitive, whole words)"
+    )
+    generate_prompt_threshold: float = Field(
+        0.5, ge=0, le=1, description="a prompt whose similarity to a moderation category scores this or more is blocked"
+    )
+    generate_moderate_output: bool = Field(True, description="moderate the finished video before it is published")
+    generate_ingest: bool = Field(True, description="ingest each finished video (closed loop), tagged generated")
+    generated_cap_bytes: int = Field(10 * 1024**3, ge=0, description="bound of the generated and quarantined videos")
+    generated_ttl_s: float = Field(30 * 24 * 3600.0, gt=0, description="generated videos older than this are deleted")
+    provenance_cert: Path | None = Field(
+        None, description="PEM certificate chain (leaf first) that signs C2PA manifests; unset = a local CA in data_dir"
+    )
+    provenance_key: Path | None = Field(None, description="PEM private key of provenance_cert")
+
     # --- HTTP ---------------------------------------------------------------------------------
     http: str = Field("127.0.0.1:8080", description="where the HTTP API listens")
     api_keys: dict[str, str] = Field(
@@ -215,7 +262,7 @@ class Settings(BaseSettings):
                 raise TypeError(f"api_keys: the tenant of key {i} is not a tenant name (letters, digits, . _ -)")
         return dict(v)
 
-    @field_validator("moderation_policy", mode="before")
+    @field_validator("moderation_policy", "generator_options", mode="before")
     @classmethod
     def _parse_policy(cls, v: Any) -> Any:
         return orjson.loads(v) if isinstance(v, str) else v
@@ -227,7 +274,7 @@ class Settings(BaseSettings):
             return dict(pair.split("=", 1) for pair in v.split(",") if "=" in pair)
         return v
 
-    @field_validator("tasks", mode="before")
+    @field_validator("tasks", "generate_blocked_terms", mode="before")
     @classmethod
     def _split_tasks(cls, v: Any) -> Any:
         return [t.strip() for t in v.split(",") if t.strip()] if isinstance(v, str) else v
@@ -262,6 +309,16 @@ class Settings(BaseSettings):
     @property
     def blob_dir(self) -> Path:
         return self.data_dir / "blobs"
+
+    @property
+    def generated_dir(self) -> Path:
+        """Finished generated videos, per tenant: ``<data_dir>/generated/<tenant>`` (ingest accepts files there)."""
+        return self.data_dir / "generated"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        """Generated videos withheld by moderation: ``<data_dir>/quarantine/<tenant>`` (never published)."""
+        return self.data_dir / "quarantine"
 
     @property
     def model_cache_dir(self) -> Path:

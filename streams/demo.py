@@ -135,7 +135,72 @@ def train_tiny_models(settings) -> None:
     console.print(f"trained in {time.monotonic() - started:.0f}s")
 
 
-def run_demo(workdir: Path | None = None, *, keep: bool = False) -> int:
+GENERATE_PROMPT = "a red circle moving left"
+
+
+def demo_generation(settings, http: str, strip: Path) -> bool:
+    """Generate a clip from a prompt (progress bar from framebus.generate.progress), save a strip of its
+    frames as an image, and find it in search as generated content (the closed loop)."""
+    import uuid
+
+    import av
+    import numpy as np
+    from PIL import Image
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    from framebus.streams.client import generate
+    from framebus.topics.events import GenerationRequest
+
+    console.rule("generation")
+    req = GenerationRequest(
+        job_id=f"demo-{uuid.uuid4().hex[:8]}", prompt=GENERATE_PROMPT, tenant="demo", seed=1, num_frames=16, fps=8
+    )
+    t0 = time.monotonic()
+    with Progress(
+        TextColumn(f"generating {GENERATE_PROMPT!r}"), BarColumn(), TextColumn("{task.fields[note]}"), console=console
+    ) as bar:
+        task = bar.add_task("gen", total=None, note="queued")
+
+        def on_progress(p) -> None:
+            bar.update(task, total=p.total_steps, completed=p.step, note=f"step {p.step}/{p.total_steps}")
+
+        result = asyncio.run(generate(settings, req, wait=True, timeout_s=600, on_progress=on_progress))
+    if result is None or result.status != "ok":
+        console.print(f"[red]generation failed:[/] {result.error if result else 'no result'}")
+        return False
+    path = Path(result.uri.removeprefix("file://"))
+    with av.open(str(path)) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    picks = [frames[i] for i in np.linspace(0, len(frames) - 1, 6).round().astype(int)]
+    big = [np.asarray(Image.fromarray(f).resize((160, 160 * f.shape[0] // f.shape[1]), Image.NEAREST)) for f in picks]
+    Image.fromarray(np.concatenate(big, axis=1)).save(strip)
+    console.print(
+        f"generated {len(frames)} frames in {time.monotonic() - t0:.1f}s with "
+        f"{result.model.name}/{result.model.version} ({result.steps} steps): {path}"
+    )
+    console.print(f"frames 1..{len(frames)}, six of them side by side: {strip}")
+    console.print(f"signed (C2PA): framebus provenance verify {path}")
+    deadline, hit = time.monotonic() + 180, None
+    while hit is None and time.monotonic() < deadline:
+        resp = httpx.get(
+            f"http://{http}/search",
+            params={"q": GENERATE_PROMPT, "tenant": "demo", "limit": 3, "origin": "generated"},
+            timeout=60,
+        )
+        resp.raise_for_status()
+        data = resp.json()
+        hit = next((v for v in data["results"] if v["video_id"] == result.video_id), None)
+        if hit is None:
+            time.sleep(1)
+    if hit is None:
+        console.print(f"[red]the generated clip {result.video_id} was not found by search[/]")
+        return False
+    console.print("search for generated content (origin=generated), the clip ingested back (closed loop):")
+    print_search_results(data)
+    return True
+
+
+def run_demo(workdir: Path | None = None, *, keep: bool = False, strip_to: Path | None = None) -> int:
 
     started = time.monotonic()
     work = Path(workdir or tempfile.mkdtemp(prefix="framebus-demo-")).resolve()
@@ -223,11 +288,13 @@ def run_demo(workdir: Path | None = None, *, keep: bool = False) -> int:
         resp.raise_for_status()
         console.print("only shots after the first 3 seconds of their video:")
         print_search_results(resp.json())
+        generated = demo_generation(settings, http, Path(strip_to or Path.cwd() / "framebus-demo-generated.png"))
     finally:
         stop_stack(proc)
     ok = [docs.get(r.video_id) for r in requests[:-1]]
     bad = docs.get(requests[-1].video_id)
     success = all(d is not None and d.status == "ok" for d in ok) and bad is not None and bad.status == "failed"
+    success = success and generated
     console.rule(f"demo {'finished' if success else 'FAILED'} in {time.monotonic() - started:.1f}s")
     if not keep and workdir is None:
         shutil.rmtree(work, ignore_errors=True)

@@ -49,7 +49,7 @@ log = logging.getLogger("framebus.runtime")
 T = TypeVar("T")
 TRACE_HEADER = "framebus-trace-id"
 RUN_HEADER = "framebus-run-id"
-AGENTS = ("ingest", "decode", "embed", "caption", "moderate", "index", "publish")
+AGENTS = ("ingest", "decode", "embed", "caption", "moderate", "index", "publish", "generate")
 MODEL_AGENTS = ("embed", "caption", "moderate")
 #: attempts of a produce that fails with a transient broker error (aiokafka retries inside each as well)
 SEND_ATTEMPTS = 5
@@ -87,6 +87,8 @@ STAGE_TOPICS = {
     "moderate": registry.FRAMES,
     "index": registry.ANALYSIS,
     "publish": registry.PROGRESS,
+    "generate": registry.GENERATE,
+    "generate-cancel": registry.GENERATE_CANCEL,
 }
 
 
@@ -146,6 +148,7 @@ class Runtime:
         self.stages: dict[str, StageConfig] = {}
         self.tables: dict[str, ChangelogTable] = {}
         self.consumers: dict[str, StageConsumer] = {}
+        self.broadcast: set[str] = set()
         self._producer: AIOKafkaProducer | None = None
         self._timers: list[tuple[float, Callable[[], Awaitable[None]]]] = []
         self._timer_tasks: list[asyncio.Task] = []
@@ -173,7 +176,10 @@ class Runtime:
         }
 
     def group_id(self, stage: str) -> str:
-        """Each stage consumes in its own consumer group, so every stage sees every event of its topic."""
+        """Each stage consumes in its own consumer group, so every stage sees every event of its topic (a
+        broadcast stage: in a group of this worker's own, so every worker sees every event)."""
+        if stage in self.broadcast:
+            return f"{self.settings.app_id}.{stage}.{self.worker_name}"
         return f"{self.settings.app_id}.{stage}"
 
     def transactional_id(self, stage: str) -> str:
@@ -280,12 +286,16 @@ class Runtime:
         wait_s: float = 0.0,
         concurrency: int = 1,
         tables: tuple[ChangelogTable, ...] = (),
+        broadcast: bool = False,
     ) -> None:
         """Register stage ``name`` on ``spec``'s topic: ``await handle(records)`` for micro-batches of
         ``ConsumerRecord``s (at most ``batch_size``, waiting up to ``wait_s`` to fill one), at most
         ``concurrency`` calls at once. With ``concurrency=1`` and ``batch_size=1`` a partition's events
         are handled one by one, in order. ``tables`` are restored before a partition is taken and
-        dropped when it goes."""
+        dropped when it goes. ``broadcast``: this worker reads every partition, in a group of its own
+        (``<app_id>.<stage>.<worker name>``), from the start of the topic (cancels every worker must see)."""
+        if broadcast:
+            self.broadcast.add(name)
         fault = self.settings.fault_inject.get(name)
 
         async def run(records: list[Any]) -> None:
@@ -341,11 +351,16 @@ class Runtime:
             what=f"produce to {topic}",
         )
 
-    async def send(self, spec: TopicSpec, key: str, event: ev.Event, trace_id: str | None = None) -> None:
-        """Produce ``event`` and wait until the broker acknowledged it (the effect happened)."""
+    async def send(
+        self, spec: TopicSpec, key: str, event: ev.Event, trace_id: str | None = None, *, run_id: str | None = None
+    ) -> None:
+        """Produce ``event`` and wait until the broker acknowledged it (the effect happened). ``run_id``: the
+        ``framebus-run-id`` header (an ingest request that is the same run on every replay)."""
         value = codec.encode(event, max_bytes=self.settings.max_event_bytes)
-        headers = [(TRACE_HEADER, trace_id.encode())] if trace_id else None
-        await self._produce_raw(self.settings.topic(spec.name), key.encode(), value, headers=headers)
+        headers = [(TRACE_HEADER, trace_id.encode())] if trace_id else []
+        if run_id:
+            headers.append((RUN_HEADER, run_id.encode()))
+        await self._produce_raw(self.settings.topic(spec.name), key.encode(), value, headers=headers or None)
         self.count(f"sent.{spec.name}")
 
     async def send_all(self, spec: TopicSpec, items: list[tuple[str, ev.Event, str | None]]) -> None:
@@ -668,7 +683,7 @@ class Runtime:
 
         With the tiny profile, first trains the tiny models that are missing or stale (``train_tiny``).
         """
-        if self.settings.models == "tiny" and self.settings.train_tiny and set(agents) & set(MODEL_AGENTS):
+        if self.settings.models == "tiny" and self.settings.train_tiny and set(agents) & {*MODEL_AGENTS, "generate"}:
             from framebus.models.training import ensure_tiny_models
 
             # says which model it trains and why (missing, stale), and how long it took

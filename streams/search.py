@@ -28,6 +28,7 @@ class SegmentResult(BaseModel):
 class VideoResult(BaseModel):
     video_id: str
     score: float
+    origin: str | None = Field(None, description='"generated" for a video framebus generated')
     segments: list[SegmentResult]
 
 
@@ -75,6 +76,7 @@ def search(
         VideoResult(
             video_id=h.video_id,
             score=h.score,
+            origin=next((s.origin for s in h.segments if s.origin), None),
             segments=[
                 SegmentResult(
                     index=s.segment_index,

@@ -97,6 +97,7 @@ class VideoMetadata(Event):
     uri: str | None = None
     event_id: str | None = EVENT_ID
     run_id: str | None = RUN_ID
+    origin: str | None = Field(None, description='"generated" for a video framebus generated (the closed loop)')
 
 
 class ModerationAlert(Event):
@@ -117,13 +118,24 @@ class ModerationAlert(Event):
 
 
 Mode = Literal["t2v", "i2v", "v2v", "upscale", "interpolate"]
+#: a job id is an identifier (no "/", not "." or ".."): the generated video is ingested as ``generated/<job_id>``
+JOB_ID = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:@+=-]+$")
+
+
+def _not_dots(v: str) -> str:
+    if v in (".", ".."):
+        raise ValueError("job_id must not be '.' or '..'")
+    return v
+
+
+TENANT = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
 
 
 class GenerationRequest(Event):
     schema_: Literal["framebus.generate/v1"] = Field("framebus.generate/v1", alias="schema")
-    job_id: str = Field(min_length=1, max_length=256)
+    job_id: str = JOB_ID
     prompt: str = Field(min_length=1, max_length=4000)
-    tenant: str = Field(min_length=1, max_length=128)
+    tenant: str = TENANT
     negative_prompt: str | None = None
     seed: int | None = None
     steps: int | None = Field(None, ge=1, le=1000)
@@ -133,28 +145,64 @@ class GenerationRequest(Event):
     width: int | None = Field(None, ge=16, le=4096)
     height: int | None = Field(None, ge=16, le=4096)
     mode: Mode = "t2v"
-    source_uri: str | None = None
-    priority: int = Field(0, ge=0, le=9)
+    source_uri: str | None = Field(None, max_length=4096, description="v2v, i2v, upscale, interpolate: local file")
+    strength: float | None = Field(None, gt=0, le=1, description="v2v: how much of the source is re-noised")
+    scale: float | None = Field(None, gt=1, le=8, description="upscale: factor")
+    priority: int = Field(0, ge=0, le=9, description="higher runs first (interactive 5-9, batch 0-4)")
+
+    @field_validator("job_id")
+    @classmethod
+    def _job_id(cls, v: str) -> str:
+        return _not_dots(v)
 
 
 class GenerationProgress(Event):
     schema_: Literal["framebus.generate.progress/v1"] = Field("framebus.generate.progress/v1", alias="schema")
     job_id: str
     tenant: str
-    step: int
+    step: int = Field(description="denoising steps done")
     total_steps: int
     message: str | None = None
+    eta_s: float | None = Field(None, ge=0, description="estimated seconds until the last step")
+    preview: str | None = Field(None, description="a small preview frame of the current state (file:// URI, JPEG)")
+    resumed_from: int | None = Field(None, ge=0, description="the step a resumed job started from")
+    run_id: str | None = RUN_ID
+    event_id: str | None = EVENT_ID
+
+
+GenerationStatus = Literal["ok", "failed", "blocked", "cancelled"]
 
 
 class GenerationResult(Event):
     schema_: Literal["framebus.generate.results/v1"] = Field("framebus.generate.results/v1", alias="schema")
     job_id: str
     tenant: str
-    status: Literal["ok", "failed"]
-    uri: str | None = None
-    video_id: str | None = None
+    status: GenerationStatus
+    uri: str | None = Field(None, description="the encoded MP4 (file:// URI); absent unless status is ok")
+    video_id: str | None = Field(None, description="the id under which the video was ingested (closed loop)")
     provenance: dict[str, Any] = Field(default_factory=dict)
     error: ErrorInfo | None = None
+    thumbnail: str | None = None
+    model: ModelRef | None = None
+    steps: int | None = None
+    resumed_from: int | None = None
+    seconds: float | None = Field(None, description="wall time of the sampling, this run")
+    trace_id: str | None = None
+    event_id: str | None = EVENT_ID
+
+
+class GenerationCancel(Event):
+    """Stops a queued or running job at its next step (it ends ``status: cancelled``)."""
+
+    schema_: Literal["framebus.generate.cancel/v1"] = Field("framebus.generate.cancel/v1", alias="schema")
+    job_id: str = JOB_ID
+    tenant: str = TENANT
+    reason: str | None = Field(None, max_length=500)
+
+    @field_validator("job_id")
+    @classmethod
+    def _job_id(cls, v: str) -> str:
+        return _not_dots(v)
 
 
 class DeadLetter(Event):
@@ -185,6 +233,7 @@ class VideoFacts(BaseModel):
     codec: str
     pix_fmt: str | None = None
     rotation: int = 0
+    origin: str | None = Field(None, description='"generated" for a video framebus generated (the closed loop)')
 
 
 class DecodeTask(Event):

@@ -33,3 +33,18 @@ def dlq_event_id(stage: str, topic: str, partition: int, offset: int) -> str:
 def run_id_of(topic: str, partition: int, offset: int) -> str:
     """The run of an ingest request read at these coordinates."""
     return digest("run", topic, partition, offset, n=24)
+
+
+def generation_result_event_id(tenant: str, job_id: str) -> str:
+    """One GenerationResult per job: the same ``job_id`` twice gives one result."""
+    return digest("generate.result", tenant, job_id)
+
+
+def generation_progress_event_id(tenant: str, job_id: str, step: int, resumed_from: int | None = None) -> str:
+    """One GenerationProgress per (job, step, resume point)."""
+    return digest("generate.progress", tenant, job_id, step, resumed_from if resumed_from is not None else "")
+
+
+def generated_video_id(job_id: str) -> str:
+    """The video id a finished job's video is ingested under (closed loop)."""
+    return f"generated/{job_id}"

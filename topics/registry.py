@@ -30,7 +30,10 @@ GENERATE = TopicSpec("framebus.generate", "job id", ev.GenerationRequest, True, 
 GENERATE_PROGRESS = TopicSpec(
     "framebus.generate.progress", "job id", ev.GenerationProgress, True, "generation progress"
 )
-GENERATE_RESULTS = TopicSpec("framebus.generate.results", "job id", ev.GenerationResult, True, "generation results")
+GENERATE_RESULTS = TopicSpec(
+    "framebus.generate.results", "job id", ev.GenerationResult, True, "generation results", compacted=True
+)
+GENERATE_CANCEL = TopicSpec("framebus.generate.cancel", "job id", ev.GenerationCancel, True, "generation job cancels")
 DLQ = TopicSpec("framebus.dlq", "original key", ev.DeadLetter, True, "events a stage gave up on")
 
 DECODE = TopicSpec("framebus.internal.decode", "video id", ev.DecodeTask, False, "decode work")
@@ -46,7 +49,7 @@ PROGRESS = TopicSpec(
     "framebus.internal.progress", "video id", ev.SegmentDone, False, "finished segments and failed videos"
 )
 
-PUBLIC = (INGEST, METADATA, MODERATION, GENERATE, GENERATE_PROGRESS, GENERATE_RESULTS, DLQ)
+PUBLIC = (INGEST, METADATA, MODERATION, GENERATE, GENERATE_PROGRESS, GENERATE_RESULTS, GENERATE_CANCEL, DLQ)
 INTERNAL = (DECODE, FRAMES, ANALYSIS, PROGRESS)
 ALL = PUBLIC + INTERNAL
 

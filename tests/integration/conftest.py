@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import subprocess
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from framebus.streams.broker import EmbeddedBroker, ensure_topics
 from framebus.streams.client import ingest
 from framebus.streams.config import Settings, load_settings
-from framebus.streams.demo import free_port, start_stack, stop_stack
+from framebus.streams.demo import free_port, start_process, start_stack, stop_stack
 from framebus.topics.events import IngestRequest, VideoMetadata
 
 pytestmark = pytest.mark.integration
@@ -85,3 +89,73 @@ def stack(tmp_path_factory, tiny_models) -> Stack:
         stop_stack(proc)
         if os.environ.get("FRAMEBUS_TEST_SHOW_LOG"):
             sys.stderr.write(log.read_text(errors="replace")[-20000:])
+
+
+# --- a small cluster: one broker, worker processes, a shared data dir -----------------------------------
+
+
+@dataclass
+class Cluster:
+    base: Path
+    broker: EmbeddedBroker
+    media: Path
+    settings: Settings
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.base / "data"
+
+    def start(self, name: str, agents: str, **env: str) -> subprocess.Popen:
+        e = stack_env(
+            self.data_dir, [self.media], FRAMEBUS_BROKER=self.broker.address, FRAMEBUS_DECODE_WORKERS="1", **env
+        )
+        proc = start_process(
+            [sys.executable, "-m", "framebus.streams.cli", "worker", "--agents", agents, "--name", name]
+            + ["--log-level", "info"],
+            e,
+            "framebus worker ready",
+            self.log(name),
+            timeout_s=240,
+        )
+        self.procs[name] = proc
+        return proc
+
+    def log(self, name: str) -> Path:
+        return self.base / f"{name}.log"
+
+    def kill(self, name: str) -> None:
+        proc = self.procs.pop(name)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+
+    def stop(self, name: str) -> None:
+        stop_stack(self.procs.pop(name))
+
+    def wait_for_log(self, name: str, text: str, timeout_s: float = 120) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if text in self.log(name).read_text(errors="replace"):
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"{name} never logged {text!r}:\n{self.log(name).read_text(errors='replace')[-4000:]}")
+
+
+@pytest.fixture
+def cluster(tmp_path, tiny_models):
+    broker = EmbeddedBroker(f"127.0.0.1:{free_port()}")
+    broker.start()
+    media = tmp_path / "media"
+    media.mkdir()
+    settings = load_settings(broker=broker.address, data_dir=tmp_path / "data")
+    asyncio.run(ensure_topics(settings))
+    c = Cluster(tmp_path, broker, media, settings)
+    try:
+        yield c
+    finally:
+        for name in list(c.procs):
+            c.stop(name)
+        broker.stop()
+        if os.environ.get("FRAMEBUS_TEST_SHOW_LOG"):
+            for log in sorted(tmp_path.glob("*.log")):
+                sys.stderr.write(f"--- {log.name}\n{log.read_text(errors='replace')[-8000:]}\n")

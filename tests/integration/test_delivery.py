@@ -9,15 +9,10 @@ hold once everything is done (nothing left waiting).
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
 import sys
 import time
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import orjson
 import pytest
@@ -25,85 +20,14 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from framebus.indexing.ids import collection_name
 from framebus.models.base import ModelInfo
-from framebus.streams.broker import TABLES, EmbeddedBroker, ensure_topics
+from framebus.streams.broker import TABLES
 from framebus.streams.client import publish_ingest
-from framebus.streams.config import Settings, load_settings
-from framebus.streams.demo import free_port, start_process, stop_stack
+from framebus.streams.config import Settings
 from framebus.topics import registry
 from framebus.topics.events import IngestRequest, VideoMetadata
-from tests.integration.conftest import stack_env
+from tests.integration.conftest import Cluster
 
 pytestmark = pytest.mark.integration
-
-
-# --- a small cluster: one broker, worker processes, a shared data dir -----------------------------------
-
-
-@dataclass
-class Cluster:
-    base: Path
-    broker: EmbeddedBroker
-    media: Path
-    settings: Settings
-    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
-
-    @property
-    def data_dir(self) -> Path:
-        return self.base / "data"
-
-    def start(self, name: str, agents: str, **env: str) -> subprocess.Popen:
-        e = stack_env(
-            self.data_dir, [self.media], FRAMEBUS_BROKER=self.broker.address, FRAMEBUS_DECODE_WORKERS="1", **env
-        )
-        proc = start_process(
-            [sys.executable, "-m", "framebus.streams.cli", "worker", "--agents", agents, "--name", name]
-            + ["--log-level", "info"],
-            e,
-            "framebus worker ready",
-            self.log(name),
-            timeout_s=240,
-        )
-        self.procs[name] = proc
-        return proc
-
-    def log(self, name: str) -> Path:
-        return self.base / f"{name}.log"
-
-    def kill(self, name: str) -> None:
-        proc = self.procs.pop(name)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-
-    def stop(self, name: str) -> None:
-        stop_stack(self.procs.pop(name))
-
-    def wait_for_log(self, name: str, text: str, timeout_s: float = 120) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if text in self.log(name).read_text(errors="replace"):
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"{name} never logged {text!r}:\n{self.log(name).read_text(errors='replace')[-4000:]}")
-
-
-@pytest.fixture
-def cluster(tmp_path, tiny_models):
-    broker = EmbeddedBroker(f"127.0.0.1:{free_port()}")
-    broker.start()
-    media = tmp_path / "media"
-    media.mkdir()
-    settings = load_settings(broker=broker.address, data_dir=tmp_path / "data")
-    asyncio.run(ensure_topics(settings))
-    c = Cluster(tmp_path, broker, media, settings)
-    try:
-        yield c
-    finally:
-        for name in list(c.procs):
-            c.stop(name)
-        broker.stop()
-        if os.environ.get("FRAMEBUS_TEST_SHOW_LOG"):
-            for log in sorted(tmp_path.glob("*.log")):
-                sys.stderr.write(f"--- {log.name}\n{log.read_text(errors='replace')[-8000:]}\n")
 
 
 def make_videos(c: Cluster, n: int, prefix: str) -> list[IngestRequest]:

@@ -58,6 +58,7 @@ def test_public_topics_have_the_contract_names_and_required_fields():
         "framebus.generate",
         "framebus.generate.progress",
         "framebus.generate.results",
+        "framebus.generate.cancel",
         "framebus.dlq",
     }
     schemas = registry.json_schemas()
