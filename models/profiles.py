@@ -41,6 +41,10 @@ DEFAULT_EMBEDDER_ARCH = "ViT-B-32"
 DEFAULT_EMBEDDER_TAG = "laion2b_s34b_b79k"
 # Pretrained captioner, by Hugging Face name (BlipForConditionalGeneration + BlipProcessor).
 DEFAULT_CAPTIONER_NAME = "Salesforce/blip-image-captioning-base"
+# Pretrained text-to-video models, by Hugging Face name (diffusers format; framebus.models.diffusers_video):
+# LTX-Video serves the default profile; Wan 2.1 is the ``diffusers-wan`` backend's default.
+DEFAULT_GENERATOR_MODEL = "Lightricks/LTX-Video"
+WAN_GENERATOR_MODEL = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
 
 # Zero-shot moderation policy of the default profile: category -> CLIP text prompts. Scores are a
 # softmax (temperature ``calibration.temperature``) of each category's prompts against the safe prompts.
@@ -86,6 +90,7 @@ PROFILES: dict[str, Profile] = {
                 "calibration": DEFAULT_MODERATION_CALIBRATION,
             },
         ),
+        generator=ModelSpec("diffusers-ltx", {"model_id": DEFAULT_GENERATOR_MODEL}),
     ),
     "tiny": Profile(
         name="tiny",

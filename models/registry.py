@@ -13,7 +13,7 @@ from framebus.models.profiles import TASKS, get_profile
 from framebus.topics.errors import ModelError
 
 if TYPE_CHECKING:
-    from framebus.models.base import Captioner, Embedder, ModelSettings, Moderator
+    from framebus.models.base import Captioner, Embedder, ModelSettings, Moderator, VideoGenerator
 
 Factory = Callable[..., Any]
 _FACTORIES: dict[tuple[str, str], Factory] = {}
@@ -145,3 +145,18 @@ def _clip_head_moderator(
     from framebus.models.training import tiny_path
 
     return ClipHeadModerator.load(path or tiny_path(settings, "tiny-moderator"), embedder, **kw)
+
+@register("generator", "diffusers-ltx")
+def _diffusers_ltx_generator(settings: ModelSettings, **kw: Any) -> VideoGenerator:
+    """LTX-Video through diffusers (``model_id``, memory options; ``random_tiny: true``: random tiny weights)."""
+    from framebus.models.diffusers_video import load_ltx
+
+    return load_ltx(settings, cache_dir=hf_cache_dir(settings), **kw)
+
+
+@register("generator", "diffusers-wan")
+def _diffusers_wan_generator(settings: ModelSettings, **kw: Any) -> VideoGenerator:
+    """Wan 2.1/2.2 through diffusers (options as ``diffusers-ltx``)."""
+    from framebus.models.diffusers_video import load_wan
+
+    return load_wan(settings, cache_dir=hf_cache_dir(settings), **kw)
