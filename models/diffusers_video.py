@@ -630,8 +630,19 @@ def tiny_version(family: str, pipe: Any, seed: int) -> str:
 # --- loading pretrained pipelines ------------------------------------------------------------------
 
 
-def weights_missing_message(model_id: str, *, cache_dir: Path | None, local_dir: Path | None, cause: str = "") -> str:
+#: the pipeline folders a download needs (repositories such as ``Lightricks/LTX-Video`` also hold large
+#: single-file checkpoints at their root, which diffusers does not read)
+COMPONENTS = {
+    "ltx": ("scheduler", "text_encoder", "tokenizer", "transformer", "vae"),
+    "wan": ("scheduler", "text_encoder", "tokenizer", "transformer", "transformer_2", "vae"),
+}
+
+
+def weights_missing_message(
+    model_id: str, *, family: str, cache_dir: Path | None, local_dir: Path | None, cause: str = ""
+) -> str:
     """The ``models.weights_missing`` text for a diffusers video model."""
+    include = " ".join(["model_index.json", *(f"'{c}/*'" for c in COMPONENTS[family])])
     lines = [
         f"pretrained weights for the diffusers text-to-video model {model_id} are not available locally and could "
         "not be downloaded (offline, or the Hugging Face hub is unreachable)."
@@ -642,11 +653,11 @@ def weights_missing_message(model_id: str, *, cache_dir: Path | None, local_dir:
     if cache_dir is not None:
         lines.append(
             f"  - fill the Hugging Face cache framebus uses, {cache_dir}: run framebus once with hub access, "
-            f"or `hf download {model_id} --cache-dir {cache_dir}` (it lives under the data_dir setting, "
-            f"FRAMEBUS_DATA_DIR)"
+            f"or `hf download {model_id} --cache-dir {cache_dir} --include {include}` (it lives under the "
+            "data_dir setting, FRAMEBUS_DATA_DIR)"
         )
     else:
-        lines.append(f"  - run once with hub access, or `hf download {model_id}`")
+        lines.append(f"  - run once with hub access, or `hf download {model_id} --include {include}`")
     if local_dir is not None:
         lines.append(f"  - or put a diffusers-format copy (model_index.json and its folders) at {local_dir}")
     lines.append('or run fully offline with the tiny model profile: FRAMEBUS_MODELS=tiny (models = "tiny").')
@@ -783,7 +794,7 @@ def load_diffusers_video(
             if _is_missing_weights(e):
                 cause = (str(e).splitlines() or [type(e).__name__])[0][:300]
                 raise ModelNotAvailable(
-                    weights_missing_message(model_id, cache_dir=cache, local_dir=local_dir, cause=cause)
+                    weights_missing_message(model_id, family=family, cache_dir=cache, local_dir=local_dir, cause=cause)
                 ) from e
             raise ModelError(f"cannot load diffusers video model {model_id}: {type(e).__name__}: {e}") from e
         name = f"diffusers/{model_id}"

@@ -229,7 +229,8 @@ def test_missing_weights_raise_model_not_available(tmp_path, loader):
     assert e.value.code == "models.weights_missing"
     model_id = diffusers_video.DEFAULT_MODEL[loader.removeprefix("load_")]
     msg = e.value.message
-    assert f"hf download {model_id} --cache-dir {hf_cache_dir(settings)}" in msg
+    assert f"hf download {model_id} --cache-dir {hf_cache_dir(settings)} --include model_index.json" in msg
+    assert "'transformer/*'" in msg  # the pipeline's folders, not the repository's single-file checkpoints
     assert "FRAMEBUS_MODELS=tiny" in msg
 
 
