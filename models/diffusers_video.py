@@ -110,6 +110,7 @@ def resumable_scheduler_class() -> type:
     """``ResumableFlowMatchScheduler``: ``FlowMatchEulerDiscreteScheduler`` whose ``set_timesteps`` (same
     signature: the pipelines inspect it for ``sigmas``/``timesteps``) computes the whole schedule, then drops
     its first ``skip_steps`` entries; ``step`` also keeps the step's clean estimate (``denoised``)."""
+    import torch
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     class ResumableFlowMatchScheduler(FlowMatchEulerDiscreteScheduler):
@@ -134,11 +135,10 @@ def resumable_scheduler_class() -> type:
                 self.num_inference_steps = len(self.timesteps)
 
         def step(self, model_output, timestep, sample, *args, **kwargs):
-            if self.step_index is None:
-                self._init_step_index(timestep)
-            sigma = self.sigmas[self.step_index].to(sample.device, sample.dtype)
-            self.denoised = sample.float() - sigma.float() * model_output.float()
-            return super().step(model_output, timestep, sample, *args, **kwargs)
+            out = super().step(model_output, timestep, sample, *args, **kwargs)
+            sigma = self.sigmas[self.step_index - 1].to(sample.device, torch.float32)  # the step just taken
+            self.denoised = sample.float() - sigma * model_output.float()
+            return out
 
     return ResumableFlowMatchScheduler
 
@@ -152,19 +152,17 @@ def resumable_scheduler(scheduler: Any, *, shift: float | None = None) -> Any:
     cls = resumable_scheduler_class()
     config = dict(scheduler.config)
     if isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
-        new = cls.from_config(config, **({"shift": float(shift)} if shift is not None else {}))
-    elif config.get("use_flow_sigmas") or config.get("prediction_type") == "flow_prediction":
-        new = cls(
+        return cls.from_config(config, **({"shift": float(shift)} if shift is not None else {}))
+    if config.get("use_flow_sigmas") or config.get("prediction_type") == "flow_prediction":
+        return cls(
             num_train_timesteps=int(config.get("num_train_timesteps", 1000)),
             shift=float(shift if shift is not None else config.get("flow_shift") or 1.0),
         )
-    else:
-        raise ModelError(
-            f"scheduler {type(scheduler).__name__} is not a flow-matching scheduler; the diffusers video backend "
-            "samples with flow-matching Euler",
-            code="models.unsupported",
-        )
-    return new
+    raise ModelError(
+        f"scheduler {type(scheduler).__name__} is not a flow-matching scheduler; the diffusers video backend "
+        "samples with flow-matching Euler",
+        code="models.unsupported",
+    )
 
 
 # --- the generator ---------------------------------------------------------------------------------
@@ -250,10 +248,9 @@ class DiffusersVideoGenerator:
                 pipe.enable_model_cpu_offload(device=device)
             except (ImportError, ValueError) as e:  # diffusers asks for accelerate
                 raise ModelError(f"cpu_offload needs accelerate: {e}", code="models.unsupported") from e
-            self.device = torch.device(device)
         else:
             pipe.to(device)
-            self.device = torch.device(device)
+        self.device = torch.device(device)
         pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe
         self._lock = threading.RLock()
@@ -289,8 +286,7 @@ class DiffusersVideoGenerator:
     def normalise(self, spec: GenerationSpec) -> GenerationSpec:
         """``spec`` snapped to the model: ``num_frames`` to the nearest ``kN+1`` (``k``: ``temporal_multiple``)
         within ``1..max_frames``; width and height scaled together so the longer side is at most ``max_side``,
-        then each rounded to a multiple of ``spatial_multiple`` (at least one); steps within
-        ``min_steps..max_steps``;
+        then each rounded to a multiple of ``spatial_multiple`` (at least one); steps within ``min_steps..max_steps``;
         ``fps`` the model's native rate (Wan) or a positive integer (LTX, which takes it as conditioning).
         ``ModelError`` ``generate.unsupported``: a mode other than ``t2v``, or a non-positive size, frame
         count, step count or fps."""

@@ -192,6 +192,15 @@ def test_a_batch_of_two_prompts_is_one_call_with_a_generator_each(gen, reference
     assert not np.array_equal(outs[0], outs[1])
 
 
+def test_a_batch_of_mixed_shapes_runs_one_call_per_shape(gen):
+    size = CASES[gen.family]["size"]
+    specs = [_spec(gen, steps=2), _spec(gen, steps=2, width=2 * size), _spec(gen, steps=2, seed=9)]
+    calls: list[tuple[int, int]] = []
+    outs = gen.generate_batch(specs, on_step=lambda i, c: calls.append((i, c.step)))
+    assert [o.shape for o in outs] == [(9, size, size, 3), (9, size, 2 * size, 3), (9, size, size, 3)]
+    assert calls == [(0, 1), (2, 1), (0, 2), (2, 2), (1, 1), (1, 2)]
+
+
 def test_preview_decodes_a_small_middle_frame(gen, reference):
     ckpt = SamplerCheckpoint.from_bytes(reference[1][0])
     assert "denoised" in ckpt.extra
@@ -275,3 +284,32 @@ def test_a_local_diffusers_directory_loads_through_from_pretrained(tmp_path, fam
         assert g.pipe.scheduler.config.shift == 3.0
     spec = _spec(g, steps=2)
     assert g.generate(spec).shape == (spec.num_frames, spec.height, spec.width, 3)
+
+
+@pytest.mark.parametrize("family", sorted(CASES))
+def test_memory_options_reach_the_pipeline(family):
+    import torch
+
+    from framebus.models.diffusers_video import DiffusersVideoGenerator, build_tiny_pipeline
+
+    g = DiffusersVideoGenerator(
+        build_tiny_pipeline(family),
+        family=family,
+        name="tiny",
+        version="v",
+        device="cpu",
+        dtype="bf16",
+        vae_tiling=True,
+        vae_slicing=True,
+        cpu_offload=True,  # a CUDA-only option: ignored on the CPU
+        max_sequence_length=16,
+    )
+    assert g.pipe.transformer.dtype == g.pipe.text_encoder.dtype == torch.bfloat16
+    assert g.pipe.vae.dtype == (torch.float32 if family == "wan" else torch.bfloat16)  # Wan's VAE stays fp32
+    assert g.pipe.vae.use_tiling and g.pipe.vae.use_slicing
+    spec = _spec(g, steps=2)
+    frames = g.generate(spec)
+    assert frames.shape == (spec.num_frames, spec.height, spec.width, 3) and frames.dtype == np.uint8
+    with pytest.raises(ModelError) as e:
+        DiffusersVideoGenerator(build_tiny_pipeline(family), family=family, name="t", version="v", dtype="fp8")
+    assert e.value.code == "models.bad_input"
