@@ -77,6 +77,13 @@ def load_moderator(settings: ModelSettings, embedder: Embedder) -> Moderator:
     return create("moderator", spec.backend, settings, embedder=embedder, **spec.options)
 
 
+def load_generator(settings: ModelSettings) -> VideoGenerator:
+    """The video generator of profile ``settings.models`` (``ModelError`` ``models.unknown_backend`` when the
+    profile has none; the tiny one needs its trained weights: ``ModelNotAvailable`` otherwise)."""
+    spec = _spec(settings, "generator")
+    return create("generator", spec.backend, settings, **spec.options)
+
+
 # --- built-in backends -----------------------------------------------------------------------------
 
 
@@ -145,6 +152,18 @@ def _clip_head_moderator(
     from framebus.models.training import tiny_path
 
     return ClipHeadModerator.load(path or tiny_path(settings, "tiny-moderator"), embedder, **kw)
+
+
+@register("generator", "tiny")
+def _tiny_generator(settings: ModelSettings, *, path: str | None = None) -> VideoGenerator:
+    from pathlib import Path
+
+    from framebus.models.generator import TinyVideoGenerator
+    from framebus.models.training import model_version, tiny_path
+
+    file = Path(path) if path else tiny_path(settings, "tiny-generator")
+    return TinyVideoGenerator.load(file, version=model_version(file) if file.is_file() else None)
+
 
 @register("generator", "diffusers-ltx")
 def _diffusers_ltx_generator(settings: ModelSettings, **kw: Any) -> VideoGenerator:

@@ -1,0 +1,242 @@
+"""Train the tiny video generator (``framebus.models.generator``) on the synthetic world.
+
+``train_tiny_generator(out_path, seed=)`` renders clips of world shots (``sample_shots`` over every
+combination except ``HELDOUT_COMBOS``, which no training clip shows, so the evaluation can report
+compositional generalisation), then trains, in order:
+
+1. the video autoencoder, on the clips (reconstruction loss with the object's pixels weighted up, a small
+   L2 on the latents), and records the per-channel mean and std of the latents;
+2. the text encoder and the diffusion transformer together, on the standardised latents of the same clips
+   with their captions, by rectified flow matching (``x_t = (1 - t) x_0 + t noise``, target
+   ``noise - x_0``, ``t`` logit-normal), the caption replaced by the empty prompt ``cfg_dropout`` of the
+   time (classifier-free guidance); the transformer's weights are an exponential moving average.
+
+Deterministic for a seed on one torch build (fixed thread count, ``torch.use_deterministic_algorithms``,
+every random draw from a seeded generator). Writes ``out_path`` atomically.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from framebus.models.training import deterministic_torch
+from framebus.models.world import RENDER_VERSION
+
+#: ``(shape, colour, motion)`` combinations no training clip shows (each shape, motion and colour but one
+#: appears once): the evaluation's held-out combinations
+HELDOUT_COMBOS: tuple[tuple[str, str, str], ...] = (
+    ("circle", "yellow", "up"),
+    ("square", "red", "left"),
+    ("triangle", "blue", "down"),
+    ("star", "green", "right"),
+)
+
+#: Every hyperparameter that determines the trained generator (with the seed and the torch build):
+#: ``framebus.models.training`` hashes it to key its cache, so change a value here, never in code.
+RECIPE: dict[str, Any] = {
+    "world_seed": 0,
+    #: training clips per (non-held-out) combination; rendered at render_scale x the native size and
+    #: box-filtered down (anti-aliased edges, like the decode agent's downscaled frames)
+    "clips_per_combo": 12,
+    "render_scale": 2,
+    "heldout_combos": [list(c) for c in HELDOUT_COMBOS],
+    #: GeneratorConfig fields
+    "model": {
+        "frames": 16,
+        "fps": 8.0,
+        "width": 64,
+        "height": 48,
+        "ae_channels": [16, 48],
+        "latent_channels": 8,
+        "patch": [2, 2, 2],
+        "dim": 128,
+        "depth": 4,
+        "heads": 4,
+        "mlp_ratio": 3.0,
+        "text_layers": 2,
+        "text_len": 8,
+        "shift": 2.0,
+    },
+    #: the autoencoder trains on random crops (frames, height, width) of the clips: it is convolutional
+    "ae": {"steps": 500, "batch": 16, "crop": [4, 32, 32], "lr": 2e-3, "object_weight": 4.0, "latent_l2": 1e-3},
+    "dit": {
+        "steps": 1000,
+        "batch": 16,
+        "lr": 1e-3,
+        "warmup": 50,
+        "weight_decay": 0.0,
+        "cfg_dropout": 0.1,
+        "ema": 0.99,
+        "logit_normal_std": 1.0,
+    },
+    "threads": 2,
+    "render_version": RENDER_VERSION,
+}
+
+
+def render_clips(shots: list[Any], frames: int, fps: float, width: int, height: int, scale: int = 1) -> np.ndarray:
+    """``(n, frames, height, width, 3)`` uint8: frame ``k`` of each shot at ``k / fps`` seconds, rendered at
+    ``scale`` x the size and box-filtered down."""
+    from framebus.models.world import render_frame
+
+    out = np.empty((len(shots), frames, height, width, 3), np.uint8)
+    for i, spec in enumerate(shots):
+        for k in range(frames):
+            f = render_frame(spec, k / fps, width * scale, height * scale).astype(np.float32)
+            if scale > 1:
+                f = f.reshape(height, scale, width, scale, 3).mean(axis=(1, 3))
+            out[i, k] = np.clip(f + 0.5, 0, 255).astype(np.uint8)
+    return out
+
+
+def training_shots(recipe: dict[str, Any] | None = None) -> list[Any]:
+    from framebus.models.world import all_combinations, sample_shots
+
+    r = recipe or RECIPE
+    exclude = {tuple(c) for c in r["heldout_combos"]}
+    n = (len(all_combinations()) - len(exclude)) * int(r["clips_per_combo"])
+    return sample_shots(np.random.default_rng([int(r["world_seed"]), 11]), n, exclude=exclude)
+
+
+def _crops(video: Any, n: int, crop: list[int], gen: Any) -> Any:
+    """``n`` random ``crop`` (frames, height, width) windows of random clips of ``video``; frame offsets are
+    even (the autoencoder's temporal stride)."""
+    import torch
+
+    ct, ch, cw = crop
+    _, _, t, h, w = video.shape
+    out = []
+    for _ in range(n):
+        i = int(torch.randint(video.shape[0], (1,), generator=gen))
+        t0 = 2 * int(torch.randint((t - ct) // 2 + 1, (1,), generator=gen))
+        y0 = int(torch.randint(h - ch + 1, (1,), generator=gen))
+        x0 = int(torch.randint(w - cw + 1, (1,), generator=gen))
+        out.append(video[i, :, t0 : t0 + ct, y0 : y0 + ch, x0 : x0 + cw])
+    return torch.stack(out)
+
+
+def _lr(step: int, steps: int, base: float, warmup: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * 0.5 * (1 + np.cos(np.pi * (step - warmup) / max(1, steps - warmup)))
+
+
+def train_tiny_generator(
+    out_path: Path | None, *, seed: int = 0, recipe: dict[str, Any] | None = None, log: Any = None
+) -> dict[str, Any]:
+    """Train the generator (see the module docstring) and save it to ``out_path`` (skipped when ``None``).
+    Returns stats: ``seconds``, ``data_seconds``, ``ae_seconds``, ``dit_seconds``, ``ae_final_loss``,
+    ``final_loss`` (flow-matching loss, mean of the last 50 steps), ``params``, ``clips``, ``version``."""
+    import torch
+
+    from framebus.models.generator import GeneratorConfig, TinyVideoModel, frames_to_tensor, tokenize
+
+    r = recipe or RECIPE
+    t_start = time.monotonic()
+    with deterministic_torch(int(r["threads"])):
+        torch.manual_seed(int(seed))
+        cfg = GeneratorConfig.from_dict(r["model"])
+        model = TinyVideoModel.fresh(cfg, seed=int(seed))
+        shots = training_shots(r)
+        clips = render_clips(shots, cfg.frames, cfg.fps, cfg.width, cfg.height, int(r["render_scale"]))
+        video = torch.cat([frames_to_tensor(c) for c in clips])  # (n, 3, T, H, W)
+        captions = [s.caption for s in shots]
+        data_s = time.monotonic() - t_start
+        gen = torch.Generator().manual_seed(int(seed) * 1000 + 7)
+
+        # 1. the autoencoder
+        ae, a = model.autoencoder.train(), r["ae"]
+        opt = torch.optim.Adam(ae.parameters(), lr=a["lr"])
+        t0 = time.monotonic()
+        ae_losses = []
+        for step in range(int(a["steps"])):
+            for g in opt.param_groups:
+                g["lr"] = _lr(step, int(a["steps"]), a["lr"], 20)
+            x = _crops(video, int(a["batch"]), a["crop"], gen)
+            z = ae.encode(x)
+            rec = ae.decode(z)
+            # the object and its trail are bright on a dark background: weigh them up
+            weight = 1 + a["object_weight"] * (x.amax(dim=1, keepdim=True) > -0.2).float()
+            loss = (weight * (rec - x).abs()).mean() + a["latent_l2"] * z.pow(2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            ae_losses.append(float(loss))
+            if log is not None and step % 50 == 0:
+                log(f"ae {step} {float(loss):.4f}")
+        ae.eval()
+        ae_s = time.monotonic() - t0
+        with torch.no_grad():
+            lat = torch.cat([ae.encode(video[i : i + 64]) for i in range(0, len(video), 64)])
+            ae.latent_mean.copy_(lat.mean(dim=(0, 2, 3, 4)))
+            ae.latent_std.copy_(lat.std(dim=(0, 2, 3, 4)).clamp_min(1e-4))
+            lat = ae.normalise_latents(lat)
+        for p in ae.parameters():
+            p.requires_grad_(False)
+
+        # 2. text encoder + transformer by flow matching
+        d = r["dit"]
+        te, dit = model.text_encoder.train(), model.transformer.train()
+        params = list(te.parameters()) + list(dit.parameters())
+        opt = torch.optim.AdamW(params, lr=d["lr"], weight_decay=d["weight_decay"])
+        ema_te, ema_dit = copy.deepcopy(te).eval(), copy.deepcopy(dit).eval()
+        ema_params = list(ema_te.parameters()) + list(ema_dit.parameters())
+        t0 = time.monotonic()
+        losses = []
+        for step in range(int(d["steps"])):
+            for g in opt.param_groups:
+                g["lr"] = _lr(step, int(d["steps"]), d["lr"], int(d["warmup"]))
+            idx = torch.randint(len(lat), (int(d["batch"]),), generator=gen)
+            x0 = lat[idx]
+            drop = torch.rand(len(idx), generator=gen) < d["cfg_dropout"]
+            prompts = ["" if dr else captions[int(i)] for i, dr in zip(idx, drop)]
+            t = torch.sigmoid(torch.randn(len(idx), generator=gen) * d["logit_normal_std"])
+            noise = torch.randn(x0.shape, generator=gen)
+            tb = t.view(-1, 1, 1, 1, 1)
+            xt = (1 - tb) * x0 + tb * noise
+            v = model.velocity(xt, t, te(tokenize(prompts, cfg.text_len)))
+            loss = (v - (noise - x0)).pow(2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            with torch.no_grad():
+                torch._foreach_lerp_(ema_params, params, 1 - d["ema"])
+            losses.append(float(loss))
+            if log is not None and step % 50 == 0:
+                log(f"dit {step} {np.mean(losses[-50:]):.4f} {time.monotonic() - t0:.0f}s")
+        dit_s = time.monotonic() - t0
+        model.text_encoder, model.transformer = ema_te, ema_dit
+        n_params = sum(p.numel() for m in (ae, ema_te, ema_dit) for p in m.parameters())
+        stats = {
+            "model": "tiny-generator",
+            "seed": int(seed),
+            "clips": len(clips),
+            "params": int(n_params),
+            "data_seconds": round(data_s, 2),
+            "ae_seconds": round(ae_s, 2),
+            "dit_seconds": round(dit_s, 2),
+            "ae_final_loss": round(float(np.mean(ae_losses[-20:])), 5),
+            "initial_loss": round(float(np.mean(losses[:20])), 5),
+            "final_loss": round(float(np.mean(losses[-50:])), 5),
+            "steps": int(a["steps"]) + int(d["steps"]),
+            "heldout_combos": [" ".join(c) for c in r["heldout_combos"]],
+        }
+        model.meta = dict(stats)
+        if out_path is not None:
+            model.save(Path(out_path))
+            from framebus.models.common import file_digest
+
+            stats["version"] = file_digest(Path(out_path))[:12]
+    stats["seconds"] = round(time.monotonic() - t_start, 2)
+    return stats
+
+
+def train_for_settings(out_path: Path, settings: Any) -> dict[str, Any]:
+    """``TrainSpec.train``: always on CPU, seed ``settings.train_seed``."""
+    return train_tiny_generator(Path(out_path), seed=int(getattr(settings, "train_seed", 0) or 0))
