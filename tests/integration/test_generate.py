@@ -159,6 +159,7 @@ def test_generate_cli_end_to_end(stack: Stack, tmp_path):
             time.sleep(2)
     assert doc is not None, f"generated/{jid} not found by search as generated content: {found}"
     assert all(v["origin"] == "generated" for v in found["results"])
+    assert found["results"][0]["video_id"] == result.video_id, found  # its own prompt ranks it first
 
 
 def _box(data: bytes, kind: bytes) -> int:
@@ -281,21 +282,40 @@ def test_foreign_kafka_client_publishes_and_reads(stack: Stack):
 # --- a worker killed mid-job -------------------------------------------------------------------------
 
 
-def test_killed_worker_resumes_from_checkpoint(cluster: Cluster):
+#: (generator backend, its options, request shape): the project's own model, and the real diffusers LTX and
+#: Wan pipelines built from tiny random configs (their outputs are noise, so output moderation is off for them)
+BACKENDS = {
+    "tiny": ({}, {}),
+    "ltx": (
+        {"FRAMEBUS_GENERATOR": "diffusers-ltx", "FRAMEBUS_GENERATOR_OPTIONS": '{"random_tiny": true}'},
+        {"width": 32, "height": 32, "num_frames": 9},
+    ),
+    "wan": (
+        {"FRAMEBUS_GENERATOR": "diffusers-wan", "FRAMEBUS_GENERATOR_OPTIONS": '{"random_tiny": true}'},
+        {"width": 16, "height": 16, "num_frames": 9},
+    ),
+}
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_killed_worker_resumes_from_checkpoint(cluster: Cluster, backend: str):
     """SIGKILL the generation worker mid-job; another takes the job's partition over and resumes from the
     last checkpoint (fewer steps than a fresh run; the progress topic says resumed_from), and the video is
-    the same as an uninterrupted run of the same request."""
+    the same as an uninterrupted run of the same request. The same agent, for every backend."""
+    extra_env, shape = BACKENDS[backend]
     # each step holds 0.25 s (a test hook), so the kill lands mid-job
     env = {
         "FRAMEBUS_GENERATE_CHECKPOINT_EVERY": "2",
         "FRAMEBUS_GENERATE_INGEST": "false",
         "FRAMEBUS_FAULT_HOLD": "generate=0.25",
+        **({"FRAMEBUS_GENERATE_MODERATE_OUTPUT": "false"} if extra_env else {}),
+        **extra_env,
     }
     follow = Follower(cluster.settings)
     try:
         cluster.start("gen-a", "generate", **env)
         steps = 40
-        spec = {"prompt": "a blue circle moving up", "tenant": "default", "steps": steps, "seed": 5}
+        spec = {"prompt": "a blue circle moving up", "tenant": "default", "steps": steps, "seed": 5, **shape}
         killed = job_id("killed")
         send(cluster.settings, ev.GenerationRequest(job_id=killed, **spec))
         follow.wait_step(killed, 9)
@@ -314,9 +334,71 @@ def test_killed_worker_resumes_from_checkpoint(cluster: Cluster):
         send(cluster.settings, ev.GenerationRequest(job_id=fresh, **spec))
         again = follow.wait_result(fresh, 300)
         assert again.status == "ok" and again.resumed_from is None
+        assert again.model.name == result.model.name and (backend == "tiny") == ("tiny-generator" in again.model.name)
         assert len({p.step for p in follow.progress[fresh]}) == steps
         a, _ = read_video(uri_path(result.uri))
         b, _ = read_video(uri_path(again.uri))
         assert a.shape == b.shape and np.array_equal(a, b)
     finally:
         follow.close()
+
+
+# --- video-to-video ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def source_clip(stack: Stack) -> Path:
+    from framebus.models.world import ShotSpec, make_world_video
+
+    spec = ShotSpec(shape="square", colour="yellow", motion="right", background=2, seed=4242)
+    return make_world_video(stack.media / "v2v-source.mp4", [spec], fps=8, width=96, height=64).path
+
+
+def test_upscale_and_interpolate_a_source_video(stack: Stack, follow: Follower, source_clip: Path):
+    src, src_facts = read_video(source_clip)
+    up, inter = job_id("upscale"), job_id("interp")
+    send(
+        stack.settings,
+        ev.GenerationRequest(
+            job_id=up, prompt="upscale", tenant="default", mode="upscale", source_uri=str(source_clip), scale=2
+        ),
+    )
+    send(
+        stack.settings,
+        ev.GenerationRequest(
+            job_id=inter, prompt="smoother", tenant="default", mode="interpolate", source_uri=str(source_clip), fps=16
+        ),
+    )
+    r_up, r_in = follow.wait_result(up), follow.wait_result(inter)
+    assert r_up.status == "ok" and r_in.status == "ok", (r_up, r_in)
+    big, _ = read_video(uri_path(r_up.uri))
+    assert big.shape[1:3] == (2 * src.shape[1], 2 * src.shape[2]) and len(big) == len(src)
+    smooth, facts = read_video(uri_path(r_in.uri))
+    assert facts["fps"] == pytest.approx(16.0) and len(smooth) == pytest.approx(2 * len(src), abs=1)
+    assert r_up.provenance["source_sha256"] and r_up.provenance["mode"] == "upscale"
+
+
+def test_v2v_and_a_source_outside_the_roots(stack: Stack, follow: Follower, source_clip: Path, tmp_path):
+    v2v, outside = job_id("v2v"), job_id("outside")
+    send(
+        stack.settings,
+        ev.GenerationRequest(
+            job_id=v2v,
+            prompt="a yellow square moving right",
+            tenant="default",
+            mode="v2v",
+            source_uri=str(source_clip),
+            strength=0.5,
+            steps=8,
+        ),
+    )
+    elsewhere = tmp_path / "elsewhere.mp4"
+    elsewhere.write_bytes(source_clip.read_bytes())
+    send(
+        stack.settings,
+        ev.GenerationRequest(job_id=outside, prompt="x", tenant="default", mode="upscale", source_uri=str(elsewhere)),
+    )
+    r, bad = follow.wait_result(v2v), follow.wait_result(outside)
+    assert r.status == "ok" and r.steps == 8, r
+    assert len([p for p in follow.progress[v2v]]) < 8  # strength 0.5: only the last part of the steps runs
+    assert bad.status == "failed" and bad.error.code == "ingest.outside_allowed_roots"
