@@ -45,12 +45,14 @@ runs one micro-batch at a time (concurrency 1) and never commits offsets through
    together, or none of them does.
 
 Failure: any exception aborts the transaction and undoes its table writes in memory. A handler that
-raised (not a broker error) gets the at-least-once treatment inside fresh transactions: a batch is
-retried record by record, and a record that fails alone gets ``on_error``'s DLQ entry and failed document
-in a transaction of its own, with its offset. A broker error (or ``on_error`` failing) seeks the batch's
-partitions back to the first record not yet committed, and the batch is taken again after a backoff.
-``ProducerFenced`` (a newer instance owns the transactional id, or the transaction outlived its timeout)
-stops the stage: it logs why, leaves its group and ends its loop (the worker then stops). On revoke and
+raised (not a transient broker error) gets the at-least-once treatment inside fresh transactions: a
+batch is retried record by record, and a record that fails alone gets ``on_error``'s DLQ entry and
+failed document in a transaction of its own, with its offset. A transient broker error, a failed begin,
+offsets or commit, or ``on_error`` failing, seeks the batch's partitions back to the first record not yet
+committed, and the batch is taken again after a backoff (a producer left in a fatal state is replaced
+first). ``ProducerFenced`` (a newer instance owns the transactional id, or a transaction outlived its
+timeout; also when the producer's sender died of it) stops the stage without a new producer, so it never
+fences the newer instance back: it logs why, leaves its group and ends its loop (the worker then stops). On revoke and
 stop, a transaction in flight gets ``revoke_grace_s`` to commit; past that it is cancelled and aborted
 before the partitions go. Effects outside Kafka (vector-store writes, claim-check files) are not
 transactional: they stay idempotent, as in the default mode. Periodic sweeps (``Runtime.every``) run
@@ -74,6 +76,7 @@ from aiokafka.errors import (
     CommitFailedError,
     IllegalStateError,
     KafkaError,
+    KafkaTimeoutError,
     ProducerFenced,
     TransactionalIdAuthorizationFailed,
 )
@@ -151,11 +154,12 @@ def _fenced(exc: BaseException | None) -> bool:
     return False
 
 
-def _broker_error(exc: BaseException | None) -> bool:
-    """Whether ``exc`` (or what it was raised from) is a Kafka client or broker error."""
+def _transient_broker_error(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or what it was raised from) is a Kafka error worth retrying the transaction for
+    (the broker unreachable or busy, a timeout); other Kafka errors fail the events, as in the default mode."""
     seen = 0
     while exc is not None and seen < 10:
-        if isinstance(exc, KafkaError):
+        if isinstance(exc, KafkaError) and (exc.retriable or isinstance(exc, KafkaTimeoutError)):
             return True
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return False
@@ -254,7 +258,7 @@ class StageConsumer(ConsumerRebalanceListener):
             await asyncio.wait_for(producer.start(), timeout=self.producer_start_timeout_s)
         except (KafkaError, TimeoutError) as exc:
             await asyncio.gather(producer.stop(), return_exceptions=True)
-            what = f"{type(exc).__name__}: {exc}".rstrip(": ") if str(exc) else type(exc).__name__
+            what = str(exc) if isinstance(exc, KafkaError) else f"no answer in {self.producer_start_timeout_s:.0f}s"
             if isinstance(exc, TransactionalIdAuthorizationFailed):
                 raise BrokerError(
                     f"the broker refused transactional id {txn_id!r} ({what}); grant the worker's principal "
@@ -263,8 +267,8 @@ class StageConsumer(ConsumerRebalanceListener):
                     transient=False,
                 ) from exc
             raise BrokerError(
-                f"delivery_guarantee=exactly_once needs Kafka transactions, and the broker failed to start "
-                f"transactional producer {txn_id!r} ({what}); use a Kafka cluster with transactions "
+                f"exactly_once delivery needs Kafka transactions, and the broker failed to start transactional "
+                f"producer {txn_id!r} ({what}); use a Kafka cluster with transactions "
                 "(Apache Kafka >= 2.5 or Redpanda) or set FRAMEBUS_DELIVERY_GUARANTEE=at_least_once",
                 code="broker.transactions_unsupported",
                 transient=False,
@@ -527,6 +531,11 @@ class StageConsumer(ConsumerRebalanceListener):
         record not committed, back off. ``ProducerFenced`` stops the stage."""
         pending = list(records)
         try:
+            failure = self._producer_failure()  # its sender died between batches
+            if failure is not None:
+                if _fenced(failure):
+                    raise failure
+                await self._replace_producer()
             if self.producer is None:  # replaced after a fatal producer error
                 await self.start_producer()
             await self._transact(pending)
@@ -535,9 +544,12 @@ class StageConsumer(ConsumerRebalanceListener):
             self.stats["cancelled"] += len(pending)
             raise
         except Exception as exc:
-            if _fenced(exc):
-                self._stop_fenced(exc)
+            failure = self._producer_failure()
+            if _fenced(exc) or _fenced(failure):
+                self._stop_fenced(exc if _fenced(exc) else failure)  # type: ignore[arg-type]
                 return
+            if failure is not None:
+                await self._replace_producer()
             wait = backoff_s(self._txn_failures, 0.5, 30.0)
             self._txn_failures += 1
             self._seek_back(pending)
@@ -603,10 +615,10 @@ class StageConsumer(ConsumerRebalanceListener):
             token = TRANSACTION.set(txn)
             try:
                 await work(records)
-            except (asyncio.CancelledError, KafkaError):
+            except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if not handler or _broker_error(exc) or self._producer_broken():
+                if not handler or _fenced(exc) or _transient_broker_error(exc) or self._producer_broken():
                     raise
                 raise _HandlerFailed(str(exc)) from exc
             finally:
@@ -634,25 +646,40 @@ class StageConsumer(ConsumerRebalanceListener):
         manager = getattr(self.producer, "_txn_manager", None)
         return bool(manager is not None and manager.is_fatal_error())
 
+    def _producer_failure(self) -> BaseException | None:
+        """Why the producer is in a fatal state (``ProducerFenced``, ...), or ``None`` when it is not."""
+        if not self._producer_broken():
+            return None
+        task = getattr(getattr(self.producer, "_sender", None), "sender_task", None)
+        if task is not None and task.done() and not task.cancelled() and task.exception() is not None:
+            return task.exception()
+        return KafkaError("the transactional producer is in a fatal state")
+
+    async def _replace_producer(self) -> None:
+        """Drop the producer; ``_run_txn`` starts a new one (its InitProducerId aborts what is open)."""
+        producer, self.producer = self.producer, None
+        if producer is not None:
+            await asyncio.gather(producer.stop(), return_exceptions=True)
+
     async def _rollback(self, txn: StageTransaction, exc: BaseException) -> None:
         """Abort the open transaction and undo its in-memory table writes. A producer that cannot abort
         (fatal error) is replaced before the next transaction; a fenced one is left as it is."""
         txn.rollback()
         self.stats["aborts"] += 1
-        if _fenced(exc):
-            return
-        if not self._producer_broken():
+        failure = self._producer_failure()
+        if _fenced(exc) or _fenced(failure):
+            return  # nothing to abort (the newer instance did); the caller stops the stage
+        if failure is None:
             try:
                 await asyncio.wait_for(self.producer.abort_transaction(), timeout=self.producer_start_timeout_s)
                 return
             except asyncio.CancelledError:
                 raise
             except Exception as again:
-                if _fenced(again):
+                if _fenced(again) or _fenced(self._producer_failure()):
                     raise
                 log.warning("%s: abort failed (%r); replacing the producer", self.config.name, again)
-        producer, self.producer = self.producer, None  # _run_txn starts a new one (InitProducerId aborts)
-        await asyncio.gather(producer.stop(), return_exceptions=True)
+        await self._replace_producer()
 
     def _committed(self, pending: list[Any], done: list[Any]) -> None:
         for r in done:

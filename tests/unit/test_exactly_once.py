@@ -334,6 +334,73 @@ def test_a_fenced_producer_stops_the_stage_with_a_clear_line(runtime, caplog):
     assert any("producer fenced" in r.getMessage() and "newer instance" in r.getMessage() for r in caplog.records)
 
 
+class DeadSender:
+    """What aiokafka leaves when a producer's sender task died: a fatal transaction manager."""
+
+    def __init__(self, exc: BaseException, txn_id: str):
+        self.transactional_id = txn_id
+        self.exc = exc
+
+    def is_fatal_error(self) -> bool:
+        return True
+
+    @property
+    def sender_task(self):
+        died = asyncio.get_running_loop().create_future()
+        died.set_exception(self.exc)
+        died.exception()  # retrieved: no "never retrieved" warning
+        return died
+
+
+def kill_sender(producer: RecordingProducer, exc: BaseException) -> None:
+    producer._txn_manager = DeadSender(exc, producer.transactional_id)  # type: ignore[attr-defined]
+    producer._sender = producer._txn_manager  # type: ignore[attr-defined]
+
+
+def test_a_producer_whose_sender_died_fenced_stops_the_stage_and_is_not_replaced(runtime):
+    """Fenced in the background (the sender died of ProducerFenced): the stage stops without starting a
+    new producer, whose InitProducerId would fence the newer instance back."""
+    log: list = []
+    made: list = []
+
+    async def handle(records):
+        pass
+
+    async def go():
+        sc = make_stage(runtime, log, handle)
+        factory = sc._new_producer
+        sc._new_producer = lambda: made.append(1) or factory()
+        await sc.start_producer()
+        kill_sender(sc.producer, ProducerFenced())
+        await run_batch(sc, [Record(TOPIC, 0, 5)])
+        return sc
+
+    sc = asyncio.run(go())
+    assert sc.fenced and len(made) == 1 and log == []
+
+
+def test_a_producer_in_a_fatal_state_is_replaced_and_the_batch_taken_again(runtime, no_backoff):
+    log: list = []
+    made: list = []
+
+    async def handle(records):
+        await runtime.send(registry.PROGRESS, "v1", done_event("v1"))
+
+    async def go():
+        sc = make_stage(runtime, log, handle)
+        factory = sc._new_producer
+        sc._new_producer = lambda: made.append(1) or factory()
+        await sc.start_producer()
+        first = sc.producer
+        kill_sender(first, KafkaConnectionError("sender crashed"))
+        await run_batch(sc, [Record(TOPIC, 0, 5)])
+        return sc, first
+
+    sc, first = asyncio.run(go())
+    assert first.stopped and len(made) == 2 and not sc.fenced
+    assert log[-2:] == [("offsets", "stage", {0: 6}, GROUP), ("commit", "stage")] and sc.committed == {0: 6}
+
+
 def test_a_revoke_cancels_a_transaction_past_the_grace_and_aborts_it(runtime):
     log: list = []
     table = runtime.table("publish-state")
