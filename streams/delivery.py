@@ -507,7 +507,9 @@ class StageConsumer(ConsumerRebalanceListener):
                 task = asyncio.create_task(self._run_txn(records, trackers))
                 self.in_flight[task] = _InFlight(records, trackers)
                 while not task.done():
-                    await self._poll_paused()
+                    done, _ = await asyncio.wait({task}, timeout=1.0)
+                    if not done:  # a long batch: poll now and then (group membership, max poll interval)
+                        await self._poll_paused()
         finally:
             if self.fenced:
                 # leave the group now: the partitions go to the instance that owns the transactional id
@@ -608,6 +610,8 @@ class StageConsumer(ConsumerRebalanceListener):
         """begin -> ``work(records)`` with ``TRANSACTION`` set -> the records' next offsets -> commit. Any
         exception aborts (``_rollback``) and is raised again; a handler's own failure (not a broker error)
         as ``_HandlerFailed``."""
+        if self.producer is None:  # dropped by a failed abort just before
+            await self.start_producer()
         producer = self.producer
         txn = StageTransaction(self.config.name, producer)
         await producer.begin_transaction()
