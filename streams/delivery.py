@@ -165,6 +165,45 @@ def _transient_broker_error(exc: BaseException | None) -> bool:
     return False
 
 
+def _txn_id(producer: Any) -> str:
+    return getattr(producer, "transactional_id", None) or getattr(
+        getattr(producer, "_txn_manager", None), "transactional_id", "?"
+    )
+
+
+async def start_transactional(producer: Any, timeout_s: float = 30.0) -> None:
+    """Start a transactional producer (``InitProducerId``: it fences an older instance with the same
+    transactional id and aborts its open transaction). A broker without usable transactions fails here
+    with a one-line ``BrokerError``: ``broker.transactions_unsupported`` (``_unauthorized`` for ACLs)."""
+    try:
+        await asyncio.wait_for(producer.start(), timeout=timeout_s)
+    except (KafkaError, TimeoutError) as exc:
+        await asyncio.gather(producer.stop(), return_exceptions=True)
+        txn_id = _txn_id(producer)
+        what = str(exc) if isinstance(exc, KafkaError) else f"no answer in {timeout_s:.0f}s"
+        if isinstance(exc, TransactionalIdAuthorizationFailed):
+            raise BrokerError(
+                f"the broker refused transactional id {txn_id!r} ({what}); grant the worker's principal "
+                "WRITE and DESCRIBE on it, or set FRAMEBUS_DELIVERY_GUARANTEE=at_least_once",
+                code="broker.transactions_unauthorized",
+                transient=False,
+            ) from exc
+        raise BrokerError(
+            f"exactly_once delivery needs Kafka transactions, and the broker failed to start transactional "
+            f"producer {txn_id!r} ({what}); use a Kafka cluster with transactions "
+            "(Apache Kafka >= 2.5 or Redpanda) or set FRAMEBUS_DELIVERY_GUARANTEE=at_least_once",
+            code="broker.transactions_unsupported",
+            transient=False,
+        ) from exc
+
+
+async def check_transactions(producer: Any, timeout_s: float = 30.0) -> None:
+    """The startup check of exactly-once mode on its own (e.g. before loading models): start and stop one
+    transactional producer (not started; ``Runtime.transactional_producer("probe")``)."""
+    await start_transactional(producer, timeout_s)
+    await producer.stop()
+
+
 class _HandlerFailed(Exception):
     """The stage's handler raised (not a broker error): its failure is reported, not retried."""
 
@@ -251,30 +290,9 @@ class StageConsumer(ConsumerRebalanceListener):
             return
         assert self._new_producer is not None
         producer = self._new_producer()
-        txn_id = getattr(producer, "transactional_id", None) or getattr(
-            getattr(producer, "_txn_manager", None), "transactional_id", "?"
-        )
-        try:
-            await asyncio.wait_for(producer.start(), timeout=self.producer_start_timeout_s)
-        except (KafkaError, TimeoutError) as exc:
-            await asyncio.gather(producer.stop(), return_exceptions=True)
-            what = str(exc) if isinstance(exc, KafkaError) else f"no answer in {self.producer_start_timeout_s:.0f}s"
-            if isinstance(exc, TransactionalIdAuthorizationFailed):
-                raise BrokerError(
-                    f"the broker refused transactional id {txn_id!r} ({what}); grant the worker's principal "
-                    "WRITE and DESCRIBE on it, or set FRAMEBUS_DELIVERY_GUARANTEE=at_least_once",
-                    code="broker.transactions_unauthorized",
-                    transient=False,
-                ) from exc
-            raise BrokerError(
-                f"exactly_once delivery needs Kafka transactions, and the broker failed to start transactional "
-                f"producer {txn_id!r} ({what}); use a Kafka cluster with transactions "
-                "(Apache Kafka >= 2.5 or Redpanda) or set FRAMEBUS_DELIVERY_GUARANTEE=at_least_once",
-                code="broker.transactions_unsupported",
-                transient=False,
-            ) from exc
+        await start_transactional(producer, self.producer_start_timeout_s)
         self.producer = producer
-        log.info("%s: transactional producer %r started", self.config.name, txn_id)
+        log.info("%s: transactional producer %r started", self.config.name, _txn_id(producer))
 
     async def stop(self) -> None:
         """Stop taking; give in-flight work ``revoke_grace_s``; commit; leave the group."""

@@ -469,3 +469,13 @@ def test_the_default_mode_keeps_its_concurrency_and_has_no_producer():
     sc = asyncio.run(go())
     sc.consumer._closed = True  # never started
     assert not sc.exactly_once and sc.producer is None and sc._slots._value == 3
+
+
+def test_the_startup_check_alone_starts_and_stops_one_producer():
+    ok = RecordingProducer("probe", [])
+    asyncio.run(delivery.check_transactions(ok))
+    assert ok.started and ok.stopped
+    refused = RecordingProducer("probe", [], fail={"start": [UnknownError()]})
+    with pytest.raises(BrokerError) as info:
+        asyncio.run(delivery.check_transactions(refused))
+    assert info.value.code == "broker.transactions_unsupported" and refused.stopped
