@@ -1,7 +1,8 @@
 """Model profiles: which backend (and options) serves each task.
 
 ``Settings.models`` (``FRAMEBUS_MODELS``) names a profile. The embedder, captioner and moderator are
-wired; the generator slot is reserved for later work and is ``None``.
+wired; the tiny profile's generator is the project's own latent video diffusion model
+(``framebus.models.generator``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class Profile:
     embedder: ModelSpec
     captioner: ModelSpec | None = None
     moderator: ModelSpec | None = None
-    generator: ModelSpec | None = None  # reserved
+    generator: ModelSpec | None = None
 
     def spec(self, task: str) -> ModelSpec | None:
         if task not in TASKS:
@@ -98,6 +99,7 @@ PROFILES: dict[str, Profile] = {
         embedder=ModelSpec("framebus_tiny_clip"),
         captioner=ModelSpec("tiny"),  # <data_dir>/models/tiny-captioner/ (trained), else seeded random init
         moderator=ModelSpec("clip-head"),  # <data_dir>/models/tiny-moderator.pt (trained; required)
+        generator=ModelSpec("tiny"),  # tiny-generator.pt: the latent video diffusion model (trained; required)
     ),
 }
 

@@ -106,6 +106,12 @@ def _train_moderator(out_path: Path, settings: ModelSettings) -> dict[str, Any]:
     return train_for_settings(out_path, settings)
 
 
+def _train_generator(out_path: Path, settings: ModelSettings) -> dict[str, Any]:
+    from framebus.models.training.generator import train_for_settings
+
+    return train_for_settings(out_path, settings)
+
+
 TRAINERS: list[TrainSpec] = [
     # revision 2: 4 frames per shot over the whole shot, 1200 steps
     TrainSpec("tiny-clip", _tiny_clip_filename(), _train_clip, "framebus.models.training.clip", revision=2),
@@ -129,6 +135,8 @@ TRAINERS: list[TrainSpec] = [
         depends=("tiny-clip",),
         revision=4,
     ),
+    # the latent video diffusion model (autoencoder, text encoder, diffusion transformer); trained from pixels
+    TrainSpec("tiny-generator", "tiny-generator.pt", _train_generator, "framebus.models.training.generator"),
 ]
 
 
@@ -156,7 +164,7 @@ def recipe_id(spec: TrainSpec, settings: ModelSettings) -> str:
 
 
 def tiny_path(settings: ModelSettings, name: str) -> Path:
-    """The file of tiny model ``name`` (``tiny-clip``, ``tiny-captioner``, ``tiny-moderator``) for
+    """The file of tiny model ``name`` (``tiny-clip``, ``tiny-captioner``, ``tiny-moderator``, ``tiny-generator``) for
     ``settings``; it may not exist yet (``ensure_tiny_models`` trains it)."""
     return trainer(name).path(settings)
 
