@@ -38,11 +38,16 @@ class Follower:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.tail = TopicTail(settings, [registry.GENERATE_PROGRESS, registry.GENERATE_RESULTS])
         self.progress: dict[str, list[ev.GenerationProgress]] = {}
         self.results: dict[str, list[ev.GenerationResult]] = {}
         self.loop = asyncio.new_event_loop()
-        self.loop.run_until_complete(self.tail.start())
+
+        async def start() -> TopicTail:  # aiokafka clients are made inside their loop
+            tail = TopicTail(settings, [registry.GENERATE_PROGRESS, registry.GENERATE_RESULTS])
+            await tail.start()
+            return tail
+
+        self.tail = self.loop.run_until_complete(start())
 
     def poll(self, seconds: float) -> None:
         async def go() -> None:
