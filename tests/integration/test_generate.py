@@ -103,10 +103,10 @@ def read_video(path: Path) -> tuple[np.ndarray, dict]:
             "codec": cc.name,
             "pix_fmt": cc.pix_fmt,
             "fps": float(s.average_rate),
-            "primaries": str(cc.color_primaries),
-            "trc": str(cc.color_trc),
-            "space": str(cc.colorspace),
-            "range": str(cc.color_range),
+            "primaries": int(cc.color_primaries),
+            "trc": int(cc.color_trc),
+            "space": int(cc.colorspace),
+            "range": int(cc.color_range),
         }
         frames = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(s)])
     return frames, facts
@@ -140,7 +140,8 @@ def test_generate_cli_end_to_end(stack: Stack, tmp_path):
     frames, facts = read_video(path)
     assert frames.shape[0] == 16 and facts["fps"] == pytest.approx(8.0)
     assert facts["codec"] == "h264" and facts["pix_fmt"] == "yuv420p"
-    assert "709" in facts["primaries"] and "709" in facts["trc"] and "709" in facts["space"]
+    bt709, tv = 1, 1  # AVCOL_PRI/TRC/SPC_BT709, AVCOL_RANGE_MPEG
+    assert (facts["primaries"], facts["trc"], facts["space"], facts["range"]) == (bt709, bt709, bt709, tv)
     assert uri_path(result.thumbnail).is_file()
 
     env = {"FRAMEBUS_DATA_DIR": str(stack.data_dir)}
