@@ -12,7 +12,8 @@ Order of effects for one job (``Generation.handle``; each step's effects are ack
    ``job_id`` twice gives one result. A job cancelled before it started ends ``cancelled`` here.
 3. **Admit.** Limits (steps, frames, pixels, mode, source under the allowed roots and within the ingest
    limits), the tenant's cap of queued plus running jobs (``generate.quota_exceeded``), then the prompt
-   check (policy terms, then embedding similarity to the moderation categories): before any compute.
+   check (policy terms, then embedding similarity to the moderation categories; ``t2v``/``v2v``/``i2v``,
+   whose output the prompt drives): before any compute. The source URI is checked before the prompt.
 4. **Sample.** Jobs wait in a priority queue (higher ``priority`` first, then arrival); compatible ones
    (same model, shape, steps, none resuming) are sampled in one call. After every step: a cancel stops the
    job (``cancelled``); every ``generate_checkpoint_every`` steps the sampling state is written atomically
@@ -337,22 +338,27 @@ class Generation:
         )
         return self.generator.normalise(spec)
 
-    async def _source(self, req: ev.GenerationRequest) -> tuple[np.ndarray, float]:
-        """The source clip of a video-to-video job: a local file under the allowed roots, checked against
-        the ingest limits before it is decoded (as ingest checks)."""
-        from framebus.agents.media.probe import Limits
-        from framebus.agents.media.transform import read_frames
+    def _source_path(self, req: ev.GenerationRequest) -> Path:
+        """The source file of a video-to-video job: a local file under the allowed roots (as ingest checks).
+        Checked before anything else, prompt check included, so a hostile URI fails the same way in every
+        mode."""
         from framebus.agents.media.uri import resolve_uri
 
         if not req.source_uri:
             raise GenerationError(f"mode {req.mode} needs source_uri", code="generate.bad_request")
-        path = resolve_uri(req.source_uri, self.s.allowed_roots)
+        return resolve_uri(req.source_uri, self.s.allowed_roots)
+
+    async def _source(self, path: Path) -> tuple[np.ndarray, float]:
+        """Decode the source clip, checked against the ingest limits before it is decoded."""
+        from framebus.agents.media.probe import Limits
+        from framebus.agents.media.transform import read_frames
+
         return await self.rt.in_process(read_frames, path, self.s.generate_max_frames, Limits.from_settings(self.s))
 
     async def check_prompt(self, req: ev.GenerationRequest) -> FramebusError | None:
         s = self.s
-        if not s.generate_prompt_check:
-            return None
+        if not s.generate_prompt_check or req.mode in ("upscale", "interpolate"):
+            return None  # upscale and interpolate do not read the prompt: their output is still moderated
         if blocked_term(req.prompt, s.generate_blocked_terms) is not None:
             return GenerationError("the prompt contains a policy term", code="generate.prompt_blocked")
         rt = self.rt
@@ -472,13 +478,14 @@ class Generation:
         rt = self.rt
         if (req.tenant, req.job_id) in self.cancelled:
             raise Cancelled(req.job_id)
+        source_path = self._source_path(req) if req.mode != "t2v" else None
         blocked = await self.check_prompt(req)
         if blocked is not None:
             await self.finish(record, req, "blocked", trace_id=trace_id, error=blocked)
             return
         source, source_fps = (None, None)
-        if req.mode != "t2v":
-            source, source_fps = await self._source(req)
+        if source_path is not None:
+            source, source_fps = await self._source(source_path)
         if req.mode in ("upscale", "interpolate"):
             frames, fps = await self._transform(req, source, source_fps)
             await self.publish(record, req, trace_id, frames, fps, steps=None, resumed_from=None, seconds=0.0)

@@ -369,13 +369,9 @@ class StageConsumer(ConsumerRebalanceListener):
     async def _run_loop(self) -> None:
         while not self._stopping:
             if self._slots.locked():
-                # every slot busy: keep polling (membership), take nothing
-                paused = self.consumer.assignment()
-                self.consumer.pause(*paused)
-                try:
-                    await self.consumer.getmany(timeout_ms=100)
-                finally:
-                    self.consumer.resume(*[tp for tp in paused if tp in self.consumer.assignment()])
+                # every slot busy: keep polling (membership), take nothing (a record of a partition
+                # assigned during the poll is sought back, never dropped)
+                await self._poll_paused()
                 await self._commit()
                 continue
             await self._slots.acquire()
@@ -534,8 +530,9 @@ class StageConsumer(ConsumerRebalanceListener):
                 await asyncio.gather(self.consumer.stop(), return_exceptions=True)
 
     async def _poll_paused(self) -> None:
-        """Poll with every partition paused while a transaction runs (group membership), taking nothing; a
-        record that still comes (a partition assigned meanwhile) is sought back, not dropped."""
+        """Poll with every partition paused (every slot busy, or a transaction running): group membership,
+        taking nothing; a record that still comes (a partition assigned meanwhile) is sought back, not
+        dropped."""
         paused = self.consumer.assignment()
         self.consumer.pause(*paused)
         try:

@@ -183,3 +183,25 @@ def test_the_blob_store_backstop_deletes_expired_then_oldest_runs_down_to_its_ca
     assert sweep_blobs(tmp_path, cap_bytes=600, ttl_s=60, now=1000) == (2, 600)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run2", "run3"]
     assert sweep_blobs(tmp_path / "none", cap_bytes=0, ttl_s=1, now=1000) == (0, 0)
+
+
+def test_records_polled_while_every_slot_is_busy_are_sought_back_not_dropped():
+    """While every handler slot is busy the stage polls with its partitions paused (membership only). A
+    partition assigned during that poll is not paused, so records of it can still arrive: they must be
+    sought back, or the next batch starts after them and the commit point passes offsets never handled."""
+    from framebus.streams.delivery import StageConfig, StageConsumer
+    from tests.unit.test_exactly_once import TOPIC, Record, RecordingConsumer
+
+    async def go():
+        cfg = StageConfig(name="embed", topic=TOPIC, handle=None, concurrency=1)  # type: ignore[arg-type]
+        sc = StageConsumer(cfg, group_id="g", consumer_kwargs={"bootstrap_servers": "127.0.0.1:1"}, on_error=None)  # type: ignore[arg-type]
+        sc.consumer._closed = True  # never started; replaced by the stand-in
+        sc.consumer = RecordingConsumer([0, 1], [[Record(TOPIC, 1, 5), Record(TOPIC, 1, 6)]])  # type: ignore[assignment]
+        await sc._slots.acquire()  # every slot busy
+        loop = asyncio.create_task(sc._run_loop())
+        await asyncio.sleep(0.3)
+        sc._stopping = True
+        await asyncio.wait_for(loop, 5)
+        return sc.consumer.seeks
+
+    assert asyncio.run(go()) == [(1, 5)]
