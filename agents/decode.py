@@ -18,7 +18,7 @@ from typing import Any
 
 from framebus.agents.base import Runtime
 from framebus.agents.media.pipeline import DecodedSegment, DecodeJob, decode_video_to_queue, thumbnail_dir
-from framebus.agents.media.uri import resolve_uri
+from framebus.agents.media.uri import resolve_media_uri
 from framebus.topics import codec, registry
 from framebus.topics import events as ev
 from framebus.topics.errors import FramebusError
@@ -59,7 +59,7 @@ async def handle(rt: Runtime, record: Any) -> None:
     trace_id = task.trace_id
     try:
         # the path came from an internal topic: check it against the allowed roots again
-        path = resolve_uri(task.path, s.allowed_roots)
+        path = resolve_media_uri(task.path, s, task.tenant)
     except FramebusError as err:
         await rt.dead_letter("decode", registry.DECODE, record, err, trace_id)
         await rt.fail_video(

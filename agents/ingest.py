@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from framebus.agents.base import Runtime
-from framebus.agents.media.pipeline import safe_component
 from framebus.agents.media.probe import Limits, probe
-from framebus.agents.media.uri import resolve_uri
+from framebus.agents.media.uri import resolve_media_uri
 from framebus.topics import codec, registry
 from framebus.topics import events as ev
-from framebus.topics.errors import FramebusError, IngestError
+from framebus.topics.errors import FramebusError
 
 log = logging.getLogger("framebus.agents.ingest")
 
@@ -63,15 +62,8 @@ async def handle(rt: Runtime, record: Any) -> None:
 
 
 def _resolve(req: ev.IngestRequest, s) -> Path:
-    """The request's file: under the allowed roots, or a generated video of the request's own tenant
-    (``<data_dir>/generated/<tenant>/``, what the generate agent ingests: the closed loop)."""
-    generated = s.generated_dir / safe_component(req.tenant)
-    try:
-        return resolve_uri(req.uri, s.allowed_roots)
-    except IngestError as err:
-        if err.code != "ingest.outside_allowed_roots" or not generated.is_dir():
-            raise
-        return resolve_uri(req.uri, [generated])
+    """The request's file: under the allowed roots, or a generated video of the request's own tenant."""
+    return resolve_media_uri(req.uri, s, req.tenant)
 
 
 def register(rt: Runtime) -> None:

@@ -23,6 +23,7 @@ import re
 import stat
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from framebus.topics.errors import IngestError
@@ -101,3 +102,18 @@ def resolve_uri(uri: str, roots: Iterable[os.PathLike | str] = ()) -> Path:
     if not os.access(real, os.R_OK):
         raise _fail("ingest.unreadable", f"permission denied: {raw}")
     return real
+
+
+def resolve_media_uri(uri: str, settings: Any, tenant: str) -> Path:
+    """``resolve_uri`` against what a stage may read for ``tenant``: the allowed ingest roots, and the
+    tenant's own generated videos (``<data_dir>/generated/<tenant>/``, what the generate agent ingests:
+    the closed loop). Every stage that opens a file (ingest, decode) checks it here."""
+    from framebus.agents.media.pipeline import safe_component
+
+    generated = settings.generated_dir / safe_component(tenant)
+    try:
+        return resolve_uri(uri, settings.allowed_roots)
+    except IngestError as err:
+        if err.code != "ingest.outside_allowed_roots" or not generated.is_dir():
+            raise
+        return resolve_uri(uri, [generated])

@@ -173,3 +173,24 @@ def test_error_is_ingest_error_with_message(tree):
         resolve_uri("http://example.com/a.mp4", [root])
     assert ei.value.as_dict()["code"] == "ingest.unsupported_scheme"
     assert "http" in ei.value.message
+
+
+def test_a_stage_reads_its_tenants_generated_videos_and_nothing_else_outside_the_roots(tmp_path):
+    """Ingest and decode (which re-checks the path from an internal topic) both accept a generated video
+    of the request's own tenant, and no other tenant's."""
+    from framebus.agents.media.uri import resolve_media_uri
+    from framebus.streams.config import Settings
+
+    media = tmp_path / "media"
+    media.mkdir()
+    s = Settings(data_dir=tmp_path / "data", ingest_roots=[media])
+    own = s.generated_dir / "acme" / "job.mp4"
+    other = s.generated_dir / "globex" / "job.mp4"
+    for f in (own, other):
+        f.parent.mkdir(parents=True)
+        f.write_bytes(b"x")
+    assert resolve_media_uri(own.as_uri(), s, "acme") == own.resolve()
+    for uri, tenant in ((other.as_uri(), "acme"), (own.as_uri(), "globex"), (str(tmp_path / "data"), "acme")):
+        with pytest.raises(IngestError) as e:
+            resolve_media_uri(uri, s, tenant)
+        assert e.value.code == "ingest.outside_allowed_roots"
