@@ -84,6 +84,19 @@ def run_worker(rt: Runtime, *, ready_line: str, loglevel: str = "warn", on_ready
         rt.close()
 
 
+def preflight(rt: Runtime) -> None:
+    """Checks that need the broker, before models load (seconds, not the minute a model may take): in
+    exactly-once mode, that the broker supports transactions (``broker.transactions_unsupported``)."""
+    if not rt.exactly_once:
+        return
+    from framebus.streams.delivery import check_transactions
+
+    async def probe() -> None:  # an aiokafka client is made inside its loop
+        await check_transactions(rt.transactional_producer("probe"))
+
+    asyncio.run(probe())
+
+
 def configure_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -111,6 +124,7 @@ def up(settings: Settings, *, with_api: bool = True, loglevel: str = "warning") 
         asyncio.run(ensure_topics(settings))
         agents = pipeline_agents(settings)
         rt = build_runtime(settings, agents, worker_name="up")
+        preflight(rt)
         rt.load_models(agents)  # before joining the group: a missing model fails fast and clearly
         server = api.serve_in_thread(rt) if with_api else None
         where = f" http=http://{settings.http} {auth}" if server else ""
@@ -131,6 +145,7 @@ def worker(settings: Settings, agents: list[str], *, name: str | None = None, lo
     configure_logging(loglevel)
     asyncio.run(ensure_topics(settings))
     rt = build_runtime(settings, agents, worker_name=name)
+    preflight(rt)
     rt.load_models(agents)
     run_worker(
         rt,

@@ -384,6 +384,42 @@ def test_upscale_and_interpolate_a_source_video(stack: Stack, follow: Follower, 
     assert r_up.provenance["source_sha256"] and r_up.provenance["mode"] == "upscale"
 
 
+def test_a_flagged_output_is_withheld_and_a_clean_one_published(cluster: Cluster):
+    """A generation worker with output moderation on (the default): an upscale of a clip showing a star
+    (the world's hazard) ends ``blocked`` with ``generate.output_blocked``; its MP4 is in quarantine, not
+    published and not ingested. The same job on a clip without a star ends ``ok``."""
+    from framebus.models.world import ShotSpec, make_world_video
+
+    clips = {
+        "star": ShotSpec(shape="star", colour="red", motion="left", background=1, seed=77),
+        "square": ShotSpec(shape="square", colour="blue", motion="up", background=3, seed=78),
+    }
+    paths = {
+        k: make_world_video(cluster.media / f"{k}.mp4", [spec], fps=8, width=96, height=64).path
+        for k, spec in clips.items()
+    }
+    follow = Follower(cluster.settings)
+    try:
+        cluster.start("gen-mod", "generate")
+        jobs = {k: job_id(f"mod-{k}") for k in clips}
+        for k, jid in jobs.items():
+            send(
+                cluster.settings,
+                ev.GenerationRequest(
+                    job_id=jid, prompt="upscale", tenant="t1", mode="upscale", source_uri=str(paths[k])
+                ),
+            )
+        star, square = follow.wait_result(jobs["star"]), follow.wait_result(jobs["square"])
+    finally:
+        follow.close()
+    assert star.status == "blocked" and star.error.code == "generate.output_blocked", star
+    assert star.uri is None and star.video_id is None and star.provenance is None
+    assert (cluster.data_dir / "quarantine" / "t1" / f"{jobs['star']}.mp4").is_file()
+    assert not (cluster.data_dir / "generated" / "t1" / f"{jobs['star']}.mp4").exists()
+    assert square.status == "ok" and square.video_id == f"generated/{jobs['square']}", square
+    assert uri_path(square.uri) == (cluster.data_dir / "generated" / "t1" / f"{jobs['square']}.mp4").resolve()
+
+
 def test_v2v_and_a_source_outside_the_roots(stack: Stack, follow: Follower, source_clip: Path, tmp_path):
     v2v, outside = job_id("v2v"), job_id("outside")
     send(
