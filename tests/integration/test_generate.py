@@ -413,7 +413,7 @@ def test_a_flagged_output_is_withheld_and_a_clean_one_published(cluster: Cluster
     finally:
         follow.close()
     assert star.status == "blocked" and star.error.code == "generate.output_blocked", star
-    assert star.uri is None and star.video_id is None and star.provenance is None
+    assert star.uri is None and star.video_id is None and not star.provenance
     assert (cluster.data_dir / "quarantine" / "t1" / f"{jobs['star']}.mp4").is_file()
     assert not (cluster.data_dir / "generated" / "t1" / f"{jobs['star']}.mp4").exists()
     assert square.status == "ok" and square.video_id == f"generated/{jobs['square']}", square
