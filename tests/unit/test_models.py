@@ -205,7 +205,8 @@ def test_profiles_and_registry_shape():
     assert default.embedder.options == {"arch": "ViT-B-32", "pretrained": "laion2b_s34b_b79k"}
     assert get_profile("TINY").embedder.backend == "framebus_tiny_clip"
     assert default.captioner is not None and default.moderator is not None
-    assert default.spec("generator") is None  # reserved for later work
+    assert default.spec("generator").backend == "diffusers-ltx"
+    assert get_profile("tiny").spec("generator").backend == "tiny"
     assert set(TASKS) == {"embedder", "captioner", "moderator", "generator"}
     for _, backend in (("embedder", p.embedder.backend) for p in PROFILES.values()):
         assert ("embedder", backend) in backends("embedder")
