@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from framebus.models.base import ModelInfo
-from framebus.models.common import check_image, feed_file, looks_like_missing_weights
+from framebus.models.common import HF_MISSING_MARKERS, check_image, feed_file, looks_like_missing_weights
 from framebus.topics.errors import ModelError, ModelNotAvailable
 
 DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
@@ -221,24 +221,8 @@ def weights_missing_message(name: str, *, cache_dir: Path | None, cause: str = "
     return "\n".join(lines)
 
 
-_MISSING_MARKERS = (
-    "LocalEntryNotFound",
-    "OfflineModeIsEnabled",
-    "offline",
-    "couldn't connect",
-    "Connection",
-    "Timeout",
-    "cannot find the requested files",
-    "not a valid model identifier",
-    "No such file",
-    "does not appear to have a file",
-    "Failed to download",
-    "Can't load",
-)
-
-
 def _is_missing_weights(exc: BaseException) -> bool:
-    return looks_like_missing_weights(exc, (OSError, ConnectionError, TimeoutError), _MISSING_MARKERS)
+    return looks_like_missing_weights(exc, (OSError, ConnectionError, TimeoutError), HF_MISSING_MARKERS)
 
 
 #: the files of a ``save_pretrained`` directory that define the tiny captioner (and its version);

@@ -39,6 +39,24 @@ def file_digest(path: Path) -> str:
     return feed_file(hashlib.sha256(), Path(path)).hexdigest()
 
 
+#: what the Hugging Face loaders (transformers, diffusers) say when weights are not there and cannot be
+#: fetched
+HF_MISSING_MARKERS: tuple[str, ...] = (
+    "LocalEntryNotFound",
+    "OfflineModeIsEnabled",
+    "offline",
+    "couldn't connect",
+    "Connection",
+    "Timeout",
+    "cannot find the requested files",
+    "not a valid model identifier",
+    "No such file",
+    "does not appear to have a file",
+    "Failed to download",
+    "Can't load",
+)
+
+
 def looks_like_missing_weights(
     exc: BaseException, kinds: tuple[type[BaseException], ...], markers: tuple[str, ...]
 ) -> bool:

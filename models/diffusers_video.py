@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from framebus.models.base import GenerationSpec, ModelInfo, SamplerCheckpoint
-from framebus.models.common import looks_like_missing_weights
+from framebus.models.common import HF_MISSING_MARKERS, looks_like_missing_weights
 from framebus.models.profiles import DEFAULT_GENERATOR_MODEL, WAN_GENERATOR_MODEL
 from framebus.topics.errors import ModelError, ModelNotAvailable
 
@@ -660,22 +660,7 @@ def weights_missing_message(
     return "\n".join(lines)
 
 
-_MISSING_MARKERS = (
-    "LocalEntryNotFound",
-    "OfflineModeIsEnabled",
-    "offline",
-    "couldn't connect",
-    "Connection",
-    "Timeout",
-    "cannot find the requested files",
-    "not a valid model identifier",
-    "No such file",
-    "does not appear to have a file",
-    "Failed to download",
-    "Can't load",
-    "Cannot load",
-    "model_index.json",
-)
+_MISSING_MARKERS = (*HF_MISSING_MARKERS, "Cannot load", "model_index.json")
 
 
 def _is_missing_weights(exc: BaseException) -> bool:

@@ -366,6 +366,15 @@ class StageConsumer(ConsumerRebalanceListener):
                 out.extend(r for recs in got.values() for r in recs)
         return out
 
+    def _track(self, records: list[Any]) -> dict[int, PartitionOffsets]:
+        """Note each record's offset as taken (in flight) on its partition's tracker; the trackers used."""
+        trackers = {}
+        for r in records:
+            self.offsets[r.partition].take(r.offset)
+            trackers[r.partition] = self.offsets[r.partition]
+        self.stats["taken"] += len(records)
+        return trackers
+
     async def _run_loop(self) -> None:
         while not self._stopping:
             if self._slots.locked():
@@ -396,11 +405,7 @@ class StageConsumer(ConsumerRebalanceListener):
                 self._slots.release()
                 await self._commit()
                 continue
-            trackers = {}
-            for r in records:
-                self.offsets[r.partition].take(r.offset)
-                trackers[r.partition] = self.offsets[r.partition]
-            self.stats["taken"] += len(records)
+            trackers = self._track(records)
             log.debug(
                 "%s: took %d record(s) %s",
                 self.config.name,
@@ -513,11 +518,7 @@ class StageConsumer(ConsumerRebalanceListener):
                 records = self._owned(await self._take())
                 if not records:
                     continue
-                trackers = {}
-                for r in records:
-                    self.offsets[r.partition].take(r.offset)
-                    trackers[r.partition] = self.offsets[r.partition]
-                self.stats["taken"] += len(records)
+                trackers = self._track(records)
                 task = asyncio.create_task(self._run_txn(records, trackers))
                 self.in_flight[task] = _InFlight(records, trackers)
                 while not task.done():
