@@ -333,7 +333,7 @@ class Generation:
             height=int(height),
             negative_prompt=req.negative_prompt,
             mode=req.mode,
-            source=source,
+            source=source[:1] if source is not None and req.mode == "i2v" else source,  # i2v: the first frame
             strength=float(req.strength if req.strength is not None else 0.6),
         )
         return self.generator.normalise(spec)

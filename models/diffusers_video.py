@@ -165,6 +165,13 @@ def resumable_scheduler(scheduler: Any, *, shift: float | None = None) -> Any:
     )
 
 
+def _first_frame(source: Any) -> np.ndarray:
+    """The conditioning image of an ``i2v`` job: the source's first frame (or the source itself, one image),
+    RGB uint8 ``(H, W, 3)``."""
+    a = np.asarray(source)
+    return np.ascontiguousarray(a[0] if a.ndim == 4 else a).astype(np.uint8)
+
+
 # --- the generator ---------------------------------------------------------------------------------
 
 
@@ -254,6 +261,7 @@ class DiffusersVideoGenerator:
         pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe
         self._lock = threading.RLock()
+        self._i2v: Any = None  # LTXImageToVideoPipeline over the same modules, built on the first i2v job
 
     # --- model constraints -------------------------------------------------------------------------
     @property
@@ -288,12 +296,16 @@ class DiffusersVideoGenerator:
         within ``1..max_frames``; width and height scaled together so the longer side is at most ``max_side``,
         then each rounded to a multiple of ``spatial_multiple`` (at least one); steps within ``min_steps..max_steps``;
         ``fps`` the model's native rate (Wan) or a positive integer (LTX, which takes it as conditioning).
-        ``ModelError`` ``generate.unsupported``: a mode other than ``t2v``, or a non-positive size, frame
-        count, step count or fps."""
-        if spec.mode != "t2v":
+        ``ModelError`` ``generate.unsupported``: a mode other than ``t2v`` (and, for LTX, ``i2v`` with a
+        source: ``LTXImageToVideoPipeline`` over the same modules, conditioned on the source's first frame),
+        or a non-positive size, frame count, step count or fps."""
+        modes = ("t2v", "i2v") if self.family == "ltx" else ("t2v",)
+        if spec.mode not in modes:
             raise ModelError(
-                f"{self.info.name} does text-to-video only, not {spec.mode!r}", code="generate.unsupported"
+                f"{self.info.name} does {' and '.join(modes)}, not {spec.mode!r}", code="generate.unsupported"
             )
+        if spec.mode == "i2v" and (spec.source is None or np.asarray(spec.source).ndim not in (3, 4)):
+            raise ModelError("i2v needs a source image (its first frame)", code="generate.unsupported")
         if min(spec.width, spec.height, spec.num_frames, spec.steps) < 1 or not spec.fps > 0:
             raise ModelError("width, height, num_frames, steps and fps must be positive", code="generate.unsupported")
         k, m, lim = self.temporal_multiple, self.spatial_multiple, self.limits
@@ -324,8 +336,12 @@ class DiffusersVideoGenerator:
     def _check_resume(self, ckpt: SamplerCheckpoint, spec: GenerationSpec) -> None:
         """``ModelError`` ``generate.bad_checkpoint`` unless ``ckpt`` belongs to this model and ``spec``."""
         extra = ckpt.extra or {}
-        want = {"model": self.info.version, "shape": [spec.num_frames, spec.height, spec.width]}
-        got = {"model": extra.get("model"), "shape": list(extra.get("shape") or [])}
+        want = {"model": self.info.version, "shape": [spec.num_frames, spec.height, spec.width], "mode": spec.mode}
+        got = {
+            "model": extra.get("model"),
+            "shape": list(extra.get("shape") or []),
+            "mode": extra.get("mode", "t2v"),
+        }
         if ckpt.total_steps != spec.steps or got != want or not 0 <= ckpt.step <= spec.steps:
             raise ModelError(
                 f"checkpoint (step {ckpt.step}/{ckpt.total_steps}, {got}) does not belong to this job "
@@ -355,13 +371,19 @@ class DiffusersVideoGenerator:
             latents = resume.latents.unsqueeze(0).to(self.device, torch.float32)
         shape = [first.num_frames, first.height, first.width]
         scheduler = self.pipe.scheduler
+        pipe = self._i2v_pipe() if first.mode == "i2v" else self.pipe
 
         def callback(pipe, i, t, kwargs):
             step = skip + i + 1
             lat = kwargs["latents"].detach()
             denoised = scheduler.denoised
+            if denoised is not None and first.mode == "i2v":  # LTX i2v steps frames 1.. unpacked: add 0, pack
+                lf, lh, lw = self.latent_shape(first)
+                ps, pt = pipe.transformer_spatial_patch_size, pipe.transformer_temporal_patch_size
+                cond = pipe._unpack_latents(lat.float(), lf, lh, lw, ps, pt)[:, :, :1]
+                denoised = pipe._pack_latents(torch.cat([cond, denoised], dim=2), ps, pt)
             for b, gen in enumerate(generators):
-                extra = {"model": self.info.version, "shape": shape, "family": self.family}
+                extra = {"model": self.info.version, "shape": shape, "family": self.family, "mode": first.mode}
                 if denoised is not None:
                     extra["denoised"] = denoised[b].to("cpu", copy=True)
                 ckpt = SamplerCheckpoint(
@@ -395,13 +417,29 @@ class DiffusersVideoGenerator:
                 kw["decode_timestep"] = float(self.decode_timestep)
             if self.decode_noise_scale is not None:
                 kw["decode_noise_scale"] = float(self.decode_noise_scale)
+        if first.mode == "i2v":
+            from PIL import Image
+
+            kw["image"] = [Image.fromarray(_first_frame(s.source)) for s in specs]
+            # LTXImageToVideoPipeline's decode noise takes one torch.Generator, not a list (diffusers 0.42):
+            # i2v jobs run one per call (generate_batch groups them alone)
+            kw["generator"] = generators[0]
         scheduler.skip_steps = skip
         try:
-            frames = self.pipe(**kw).frames
+            frames = pipe(**kw).frames
         finally:
             scheduler.skip_steps = 0
             scheduler.denoised = None
         return [_to_uint8(np.asarray(frames[b])) for b in range(len(specs))]
+
+    def _i2v_pipe(self) -> Any:
+        """``LTXImageToVideoPipeline`` over this pipeline's own modules (built once; no copy of any weight)."""
+        if self._i2v is None:
+            from diffusers import LTXImageToVideoPipeline
+
+            self._i2v = LTXImageToVideoPipeline(**self.pipe.components)
+            self._i2v.set_progress_bar_config(disable=True)
+        return self._i2v
 
     def generate(
         self,
@@ -422,13 +460,14 @@ class DiffusersVideoGenerator:
         self, specs: list[GenerationSpec], *, on_step: Callable[[int, SamplerCheckpoint], None] | None = None
     ) -> list[np.ndarray]:
         """``generate`` for each spec, in order; specs that agree on shape, steps, guidance and fps (after
-        ``normalise``) share one pipeline call (prompt and generator lists). ``on_step(index, checkpoint)``
+        ``normalise``) share one pipeline call (prompt and generator lists); ``i2v`` jobs run one per call. ``on_step(index, checkpoint)``
         with ``index`` into ``specs``. Batched and single runs agree to float tolerance, not bitwise (batched
         kernels sum in another order)."""
         specs = [self.normalise(s) for s in specs]
         groups: dict[tuple, list[int]] = {}
         for i, s in enumerate(specs):
-            groups.setdefault((s.num_frames, s.height, s.width, s.steps, s.guidance, s.fps), []).append(i)
+            key = (s.mode, s.num_frames, s.height, s.width, s.steps, s.guidance, s.fps, i if s.mode == "i2v" else -1)
+            groups.setdefault(key, []).append(i)
         out: list[np.ndarray | None] = [None] * len(specs)
         with self._lock:
             for idx in groups.values():

@@ -46,7 +46,7 @@ VOCAB: tuple[str, ...] = ("<pad>", "<bos>", "<unk>", "a", "an", "moving", "shape
 PAD, BOS, UNK = 0, 1, 2
 _WORD = re.compile(r"[a-z]+")
 
-MODES = ("t2v", "v2v")
+MODES = ("t2v", "v2v", "i2v")
 MAX_STEPS = 200
 MAX_SIDE = 1280
 
@@ -61,6 +61,8 @@ class GeneratorConfig:
     height: int = 48
     ae_channels: tuple[int, int] = (16, 96)
     latent_channels: int = 16
+    #: the autoencoder's spatial downsampling (each ``2 x s x s`` block of pixels is one latent cell)
+    spatial_down: int = 4
     patch: tuple[int, int, int] = (2, 2, 2)
     dim: int = 128
     depth: int = 4
@@ -70,10 +72,19 @@ class GeneratorConfig:
     text_len: int = 8
     #: the sampler's timestep shift (``t' = s t / (1 + (s - 1) t)``): more steps at high noise
     shift: float = 2.0
+    #: what the AdaLN modulation sees of the prompt besides the timestep: ``pooled`` (the mean of the text
+    #: tokens) or ``tokens`` (every token position, concatenated: each word of "a red circle moving left"
+    #: reaches every block's modulation on its own, not averaged away)
+    text_cond: str = "pooled"
+    #: a depthwise 3x3 convolution over each latent frame's token grid inside every block's MLP (a Mix-FFN,
+    #: as in SegFormer and Sana): local, relative-position structure (an object's edges and corners)
+    #: that learned absolute positions give the attention only slowly
+    mlp_conv: bool = False
 
     @property
     def latent_shape(self) -> tuple[int, int, int, int]:
-        return (self.latent_channels, self.frames // 2, self.height // 4, self.width // 4)
+        s = self.spatial_down
+        return (self.latent_channels, self.frames // 2, self.height // s, self.width // s)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GeneratorConfig:
@@ -126,7 +137,7 @@ def build_modules(cfg: GeneratorConfig) -> tuple[Any, Any, Any]:
             super().__init__()
             c1, c2 = cfg.ae_channels
             act = nn.SiLU
-            block = 3 * 2 * 4 * 4
+            block = 3 * 2 * cfg.spatial_down**2
             self.encoder = nn.Sequential(
                 conv(block, c2, (1, 1, 1)),
                 act(),
@@ -150,14 +161,16 @@ def build_modules(cfg: GeneratorConfig) -> tuple[Any, Any, Any]:
         @staticmethod
         def to_blocks(video: Any) -> Any:
             b, c, t, h, w = video.shape
-            x = video.reshape(b, c, t // 2, 2, h // 4, 4, w // 4, 4)
-            return x.permute(0, 1, 3, 5, 7, 2, 4, 6).reshape(b, c * 32, t // 2, h // 4, w // 4)
+            s = cfg.spatial_down
+            x = video.reshape(b, c, t // 2, 2, h // s, s, w // s, s)
+            return x.permute(0, 1, 3, 5, 7, 2, 4, 6).reshape(b, c * 2 * s * s, t // 2, h // s, w // s)
 
         @staticmethod
         def from_blocks(x: Any) -> Any:
             b, _, t, h, w = x.shape
-            x = x.reshape(b, 3, 2, 4, 4, t, h, w).permute(0, 1, 5, 2, 6, 3, 7, 4)
-            return x.reshape(b, 3, t * 2, h * 4, w * 4)
+            s = cfg.spatial_down
+            x = x.reshape(b, 3, 2, s, s, t, h, w).permute(0, 1, 5, 2, 6, 3, 7, 4)
+            return x.reshape(b, 3, t * 2, h * s, w * s)
 
         def encode(self, video: Any) -> Any:
             return self.encoder(self.to_blocks(video))
@@ -230,6 +243,7 @@ def build_modules(cfg: GeneratorConfig) -> tuple[Any, Any, Any]:
             self.mlp = nn.Sequential(
                 nn.Linear(cfg.dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, cfg.dim)
             )
+            self.dw = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden) if cfg.mlp_conv else None
             self.ada = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 6 * cfg.dim))
             nn.init.zeros_(self.ada[1].weight)
             nn.init.zeros_(self.ada[1].bias)
@@ -246,7 +260,14 @@ def build_modules(cfg: GeneratorConfig) -> tuple[Any, Any, Any]:
                 y = self.attn(y).reshape(b, hw, t, d).transpose(1, 2).reshape(b, n, d)
             x = x + g1.unsqueeze(1) * y
             x = x + self.cross(self.norm2(x), text, text_mask)
-            return x + g2.unsqueeze(1) * self.mlp(modulate(self.norm3(x), s2, sc2))
+            y = modulate(self.norm3(x), s2, sc2)
+            if self.dw is None:
+                return x + g2.unsqueeze(1) * self.mlp(y)
+            y = self.mlp[0](y)  # (B, T*H*W, hidden) -> per frame (B*T, hidden, H, W), depthwise 3x3, back
+            hid = y.shape[-1]
+            y = y.view(b * t, grid[1], grid[2], hid).permute(0, 3, 1, 2)
+            y = self.dw(y).permute(0, 2, 3, 1).reshape(b, n, hid)
+            return x + g2.unsqueeze(1) * self.mlp[2](self.mlp[1](y))
 
     class DiffusionTransformer(nn.Module):
         """``(latents (B, C, T, H, W), t (B,) in [0, 1], text tokens, pooled text, text padding mask)`` ->
@@ -263,7 +284,8 @@ def build_modules(cfg: GeneratorConfig) -> tuple[Any, Any, Any]:
             nn.init.normal_(self.pos_t, std=0.02)
             nn.init.normal_(self.pos_s, std=0.02)
             self.time = nn.Sequential(nn.Linear(cfg.dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
-            self.text_proj = nn.Sequential(nn.Linear(cfg.dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
+            text_in = cfg.dim * (cfg.text_len if cfg.text_cond == "tokens" else 1)
+            self.text_proj = nn.Sequential(nn.Linear(text_in, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
             self.blocks = nn.ModuleList(Block("spatial" if i % 2 == 0 else "temporal") for i in range(cfg.depth))
             self.final_norm = nn.LayerNorm(cfg.dim, elementwise_affine=False, eps=1e-6)
             self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 2 * cfg.dim))
@@ -283,6 +305,8 @@ def build_modules(cfg: GeneratorConfig) -> tuple[Any, Any, Any]:
             gt, gh, gw = self.grid
             x = self.embed(z).flatten(3).transpose(1, 2).transpose(2, 3)  # (B, T', H'W', dim)
             x = (x + self.pos_t + self.pos_s).reshape(b, gt * gh * gw, cfg.dim)
+            if cfg.text_cond == "tokens":
+                pooled = (text * (~text_mask).unsqueeze(-1).to(text.dtype)).flatten(1)
             c = self.time(self.timestep_embedding(t)) + self.text_proj(pooled)
             mask = (~text_mask)[:, None, None, :]
             for block in self.blocks:
@@ -449,13 +473,13 @@ class TinyVideoGenerator:
     def normalise(self, spec: GenerationSpec) -> GenerationSpec:
         """Frames and fps snapped to the native ``16`` frames at ``8`` fps; width and height kept (even,
         ``16..1280``; the decoded 64x48 frames are resized to them); steps clamped to ``1..200``;
-        ``mode`` ``t2v`` or ``v2v`` (``i2v``: ``ModelError`` ``generate.unsupported``)."""
+        ``mode`` ``t2v``, ``v2v`` or ``i2v`` (the last two need ``source``)."""
         if spec.mode not in MODES:
             raise ModelError(
                 f"the tiny generator does not do {spec.mode!r} (only {MODES})", code="generate.unsupported"
             )
-        if spec.mode == "v2v" and spec.source is None:
-            raise ModelError("v2v needs source frames", code="generate.unsupported")
+        if spec.mode in ("v2v", "i2v") and spec.source is None:
+            raise ModelError(f"{spec.mode} needs source frames", code="generate.unsupported")
         if spec.width < 1 or spec.height < 1 or spec.steps < 1:
             raise ModelError("width, height and steps must be positive", code="generate.unsupported")
         cfg = self.config
@@ -502,18 +526,41 @@ class TinyVideoGenerator:
 
     def _initial(self, spec: GenerationSpec, steps: int) -> tuple[Any, int, Any]:
         """``(latents, first step, rng state)`` of a fresh job: noise from ``spec.seed``; for ``v2v`` the
-        encoded source noised to the level of its first step."""
+        encoded source (``i2v``: the image as a still clip) noised to the level of its first step."""
         import torch
 
         gen = torch.Generator().manual_seed(int(spec.seed))
         noise = torch.randn(self.config.latent_shape, generator=gen, dtype=torch.float32)
-        if spec.mode != "v2v":
+        if spec.mode not in ("v2v", "i2v"):
             return noise, 0, gen.get_state()
+        # v2v: the source clip; i2v: the image held still for the whole clip (then its first frame is pinned)
         ae = self.model.autoencoder
         z0 = ae.normalise_latents(ae.encode(frames_to_tensor(fit_source(spec.source, self.config))))[0]
         k0 = start_step(steps, spec.strength)
         t = timesteps(steps, self.config.shift)[k0]
         return (1 - t) * z0 + t * noise, k0, gen.get_state()
+
+    def _pinned(self, specs: list[GenerationSpec]) -> list[tuple[int, Any, Any]]:
+        """``i2v`` by replacement: for each ``i2v`` spec, ``(index, z, noise)``: ``z`` the source image's first
+        latent frame (the image held for two frames, encoded), ``noise`` that frame of the job's initial noise.
+        After every step the job's first latent frame is set to ``(1 - t) z + t noise`` at the new noise level
+        (``z`` itself at the end), and the transformer's temporal attention carries the image into the later
+        frames. A function of the seed and the source only, so a resumed job pins the same values."""
+        import torch
+
+        out = []
+        ae = self.model.autoencoder
+        for i, spec in enumerate(specs):
+            if spec.mode != "i2v":
+                continue
+            image = np.asarray(spec.source)
+            image = image[0] if image.ndim == 4 else image
+            clip = fit_source(np.repeat(image[None], 2, axis=0), self.config)
+            z = ae.normalise_latents(ae.encode(frames_to_tensor(clip)))[0, :, :1]
+            gen = torch.Generator().manual_seed(int(spec.seed))
+            noise = torch.randn(self.config.latent_shape, generator=gen, dtype=torch.float32)[:, :1]
+            out.append((i, z, noise))
+        return out
 
     def _sample(
         self, specs: list[GenerationSpec], resumes: list[SamplerCheckpoint | None], on_step: Callable | None
@@ -539,6 +586,7 @@ class TinyVideoGenerator:
                 rngs.append(rng)
             x = torch.stack(xs)
             n = len(specs)
+            pinned = self._pinned(specs)  # i2v: (index, clean first latent frame, its noise)
             cond = [s.prompt for s in specs]
             uncond = [s.negative_prompt or "" for s in specs]
             text = self.model.encode_text(cond + uncond)
@@ -553,6 +601,9 @@ class TinyVideoGenerator:
                 denoised = x - t * v
                 x_next = x + (ts[step + 1] - t) * v
                 x = torch.where(active.view(n, 1, 1, 1, 1), x_next, x)
+                t_next = ts[step + 1]
+                for i, z_img, noise0 in pinned:  # the first latent frame follows the image's own noising path
+                    x[i, :, :1] = (1 - t_next) * z_img + t_next * noise0
                 if on_step is not None:
                     for i in range(n):
                         if ks[i] <= step:

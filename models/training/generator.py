@@ -148,6 +148,10 @@ def train_tiny_generator(
             for g in opt.param_groups:
                 g["lr"] = _lr(step, int(a["steps"]), a["lr"], 20)
             x = video[torch.randint(len(video), (int(a["batch"]),), generator=gen)]
+            crop = int(a.get("crop_frames") or cfg.frames)  # a window of the clip: the AE is convolutional in time
+            if crop < cfg.frames:
+                start = 2 * int(torch.randint((cfg.frames - crop) // 2 + 1, (1,), generator=gen))
+                x = x[:, :, start : start + crop]
             z = ae.encode(x)
             rec = ae.decode(z + a["latent_noise"] * z.detach().std() * torch.randn(z.shape, generator=gen))
             # the object and its trail are bright on a dark background: weigh them up
@@ -168,7 +172,9 @@ def train_tiny_generator(
             lat = ae.normalise_latents(lat)
             # where the object (and its trail) is, on the latent grid: the flow loss weighs those cells up
             bright = (video.amax(dim=1, keepdim=True) > -0.2).float()
-            focus = 1 + r["dit"]["object_weight"] * torch.nn.functional.max_pool3d(bright, (2, 4, 4))
+            focus = 1 + r["dit"]["object_weight"] * torch.nn.functional.max_pool3d(
+                bright, (2, cfg.spatial_down, cfg.spatial_down)
+            )
         for p in ae.parameters():
             p.requires_grad_(False)
 

@@ -211,6 +211,58 @@ def test_preview_decodes_a_small_middle_frame(gen, reference):
     assert gen.preview(ckpt, _spec(gen)).shape == frame.shape
 
 
+# --- image to video (LTX) -----------------------------------------------------------------------------------
+
+
+def _image(seed: int, size: int) -> np.ndarray:
+    """A source clip of two frames: a bright square on a dark ground at a seeded place, then noise (only the
+    first frame conditions an i2v job)."""
+    rng = np.random.default_rng(seed)
+    img = np.full((2, size, size, 3), 20, np.uint8)
+    y, x = rng.integers(0, size // 2, 2)
+    img[0, y : y + size // 2, x : x + size // 2] = rng.integers(128, 256, 3)
+    img[1] = rng.integers(0, 256, (size, size, 3))
+    return img
+
+
+def test_wan_refuses_i2v_and_ltx_needs_a_source(gen):
+    if gen.family == "wan":
+        with pytest.raises(ModelError) as e:
+            gen.normalise(_spec(gen, mode="i2v", source=_image(0, 16)))
+        assert e.value.code == "generate.unsupported"
+    else:
+        assert gen.normalise(_spec(gen, mode="i2v", source=_image(0, 32))).mode == "i2v"
+
+
+def test_ltx_i2v_is_conditioned_on_the_first_frame_and_resumes_bitwise(gen, reference):
+    if gen.family != "ltx":
+        pytest.skip("Wan 2.1 T2V has no image-to-video pipeline")
+    size = CASES["ltx"]["size"]
+    spec = _spec(gen, mode="i2v", source=_image(1, size))
+    saved: list[SamplerCheckpoint] = []
+    frames = gen.generate(spec, on_step=saved.append)
+    assert frames.shape == reference[0].shape and frames.dtype == np.uint8
+    assert all(c.extra["mode"] == "i2v" for c in saved)
+    # the image conditions the run: not the text-to-video output, and another image gives another video
+    assert not np.array_equal(frames, reference[0])
+    assert not np.array_equal(frames, gen.generate(_spec(gen, mode="i2v", source=_image(2, size))))
+    # only the first frame counts
+    other_tail = _image(1, size)
+    other_tail[1] = 0
+    assert np.array_equal(frames, gen.generate(_spec(gen, mode="i2v", source=other_tail)))
+    # a killed i2v job resumes from its checkpoint to the same bits; a t2v checkpoint does not fit it
+    ckpt = SamplerCheckpoint.from_bytes(saved[RESUME_AT - 1].to_bytes())
+    steps: list[int] = []
+    resumed = gen.generate(spec, resume=ckpt, on_step=lambda c: steps.append(c.step))
+    assert steps == list(range(RESUME_AT + 1, spec.steps + 1))
+    assert np.array_equal(resumed, frames)
+    with pytest.raises(ModelError) as e:
+        gen.generate(spec, resume=SamplerCheckpoint.from_bytes(reference[1][RESUME_AT - 1]))
+    assert e.value.code == "generate.bad_checkpoint"
+    # its preview decodes the clean estimate with the conditioning frame put back
+    assert gen.preview(saved[0], spec).ndim == 3
+
+
 # --- loading -----------------------------------------------------------------------------------------------
 
 
