@@ -459,9 +459,9 @@ class DiffusersVideoGenerator:
     def generate_batch(
         self, specs: list[GenerationSpec], *, on_step: Callable[[int, SamplerCheckpoint], None] | None = None
     ) -> list[np.ndarray]:
-        """``generate`` for each spec, in order; specs that agree on shape, steps, guidance and fps (after
-        ``normalise``) share one pipeline call (prompt and generator lists); ``i2v`` jobs run one per call. ``on_step(index, checkpoint)``
-        with ``index`` into ``specs``. Batched and single runs agree to float tolerance, not bitwise (batched
+        """``generate`` for each spec, in order; specs that agree on mode, shape, steps, guidance and fps (after
+        ``normalise``) share one pipeline call (prompt and generator lists); ``i2v`` jobs run one per call.
+        ``on_step(index, checkpoint)`` with ``index`` into ``specs``. Batched and single runs agree to float tolerance, not bitwise (batched
         kernels sum in another order)."""
         specs = [self.normalise(s) for s in specs]
         groups: dict[tuple, list[int]] = {}
