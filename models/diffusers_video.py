@@ -461,8 +461,8 @@ class DiffusersVideoGenerator:
     ) -> list[np.ndarray]:
         """``generate`` for each spec, in order; specs that agree on mode, shape, steps, guidance and fps (after
         ``normalise``) share one pipeline call (prompt and generator lists); ``i2v`` jobs run one per call.
-        ``on_step(index, checkpoint)`` with ``index`` into ``specs``. Batched and single runs agree to float tolerance, not bitwise (batched
-        kernels sum in another order)."""
+        ``on_step(index, checkpoint)`` with ``index`` into ``specs``. Batched and single runs agree to float
+        tolerance, not bitwise (batched kernels sum in another order)."""
         specs = [self.normalise(s) for s in specs]
         groups: dict[tuple, list[int]] = {}
         for i, s in enumerate(specs):
