@@ -429,7 +429,7 @@ def test_a_flagged_output_is_withheld_and_a_clean_one_published(cluster: Cluster
     assert uri_path(square.uri) == (cluster.data_dir / "generated" / "t1" / f"{jobs['square']}.mp4").resolve()
 
 
-def test_v2v_and_a_source_outside_the_roots(stack: Stack, follow: Follower, source_clip: Path, tmp_path):
+def test_v2v_i2v_and_a_source_outside_the_roots(stack: Stack, follow: Follower, source_clip: Path, tmp_path):
     v2v, outside = job_id("v2v"), job_id("outside")
     send(
         stack.settings,
@@ -443,6 +443,19 @@ def test_v2v_and_a_source_outside_the_roots(stack: Stack, follow: Follower, sour
             steps=8,
         ),
     )
+    i2v = job_id("i2v")
+    send(
+        stack.settings,
+        ev.GenerationRequest(
+            job_id=i2v,
+            prompt="a yellow square moving right",
+            tenant="default",
+            mode="i2v",
+            source_uri=str(source_clip),
+            strength=0.75,
+            steps=8,
+        ),
+    )
     elsewhere = tmp_path / "elsewhere.mp4"
     elsewhere.write_bytes(source_clip.read_bytes())
     send(
@@ -453,3 +466,6 @@ def test_v2v_and_a_source_outside_the_roots(stack: Stack, follow: Follower, sour
     assert r.status == "ok" and r.steps == 8, r
     assert len([p for p in follow.progress[v2v]]) < 8  # strength 0.5: only the last part of the steps runs
     assert bad.status == "failed" and bad.error.code == "ingest.outside_allowed_roots"
+    still = follow.wait_result(i2v)  # from the source's first frame: round(0.75 * 8) steps
+    assert still.status == "ok" and still.steps == 8, still
+    assert max(p.step for p in follow.progress[i2v]) == 8 and len(follow.progress[i2v]) <= 6
