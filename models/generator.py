@@ -80,6 +80,10 @@ class GeneratorConfig:
     #: as in SegFormer and Sana): local, relative-position structure (an object's edges and corners)
     #: that learned absolute positions give the attention only slowly
     mlp_conv: bool = False
+    #: the text encoder's word embeddings fixed at an orthonormal basis (never trained): every word, each
+    #: shape included, is as distinct as any other from the first step, rather than only as distinct as the
+    #: transformer's early gradients made it
+    text_frozen: bool = False
 
     @property
     def latent_shape(self) -> tuple[int, int, int, int]:
@@ -191,6 +195,9 @@ def build_modules(cfg: GeneratorConfig) -> tuple[Any, Any, Any]:
         def __init__(self) -> None:
             super().__init__()
             self.embed = nn.Embedding(len(VOCAB), cfg.dim)
+            if cfg.text_frozen:
+                nn.init.orthogonal_(self.embed.weight)
+                self.embed.weight.requires_grad_(False)
             self.pos = nn.Parameter(torch.zeros(1, cfg.text_len, cfg.dim))
             nn.init.normal_(self.pos, std=0.02)
             layer = nn.TransformerEncoderLayer(

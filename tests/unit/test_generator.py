@@ -169,9 +169,9 @@ def test_generate_batch(random_generator):
 
 #: the quality test: 8 prompts (seeds no training used), each attribute named by the tiny captioner
 QUALITY_PROMPTS = 8
-#: (seed 0 names colour 1.0, shape 0.34, motion 0.34 on the 44-prompt suite: shape and motion are not yet
-#: above chance reliably, so only colour and the text-video similarity gap are pinned)
-QUALITY_BAR = {"colour": 0.75}
+#: (seed 0 names colour 1.00, motion 1.00, shape 0.39 on the 44-prompt suite: shape is not yet above
+#: chance reliably, so colour, motion and the text-video similarity gap are pinned)
+QUALITY_BAR = {"colour": 0.75, "motion": 0.75}
 
 
 @pytest.fixture(scope="module")
@@ -202,6 +202,7 @@ def test_the_shipped_generator_makes_what_the_prompt_says(judges):
 
     generator = load_generator(Settings(models="tiny", device="cpu", train_seed=0))
     result = _quality(generator, judges)
+    print(result["accuracy"], result["similarity"])
     assert _passes(result), (result["accuracy"], result["similarity"])
 
 
