@@ -563,6 +563,7 @@ class Generation:
         spec: Any = None,
     ) -> None:
         """Moderate, encode, sign, ingest, result (the order of effects 5-6)."""
+        from framebus.agents.media import watermark
         from framebus.agents.media.encode import encode_mp4, write_thumbnail
         from framebus.agents.media.provenance import ensure_signing_identity, sign_mp4
 
@@ -575,6 +576,9 @@ class Generation:
         out = self.output_path(req.tenant, req.job_id, quarantine=bool(flagged))
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".unsigned-{out.name}")
+        marked = False
+        if s.generate_watermark:  # in the keyframes' pixels, before the encode that makes them keyframes
+            frames, marked = await rt.in_process(watermark.embed, frames, fps)
         await rt.in_process(functools.partial(encode_mp4, crf=s.generate_crf), frames, tmp, fps)
         if flagged:
             tmp.replace(out)
@@ -602,6 +606,7 @@ class Generation:
             "width": int(frames.shape[2]),
             "height": int(frames.shape[1]),
             "pipeline": f"framebus/{_version()}",
+            "watermark": f"{watermark.METHOD}:{watermark.PAYLOAD.decode()}" if marked else None,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         identity = await rt.in_io_thread(

@@ -206,6 +206,9 @@ class Settings(BaseSettings):
         0.5, ge=0, le=1, description="a prompt whose similarity to a moderation category scores this or more is blocked"
     )
     generate_moderate_output: bool = Field(True, description="moderate the finished video before it is published")
+    generate_watermark: bool = Field(
+        True, description="invisible watermark (dwtDctSvd) on the keyframes of generated videos of 256x256 or more"
+    )
     generate_ingest: bool = Field(True, description="ingest each finished video (closed loop), tagged generated")
     generated_cap_bytes: int = Field(10 * 1024**3, ge=0, description="bound of the generated and quarantined videos")
     generated_ttl_s: float = Field(30 * 24 * 3600.0, gt=0, description="generated videos older than this are deleted")

@@ -18,6 +18,17 @@ def _name(parts: dict | None) -> str:
     return ", ".join(f"{k}={v}" for k, v in (parts or {}).items()) or "-"
 
 
+def _watermark(path: Path) -> dict | None:
+    """The invisible watermark report of ``path`` (``agents.media.watermark.detect``), ``None`` when it has
+    no readable video stream."""
+    from framebus.agents.media.watermark import detect
+
+    try:
+        return detect(path).as_dict()
+    except Exception:  # noqa: BLE001 - not a video PyAV can read: the C2PA verdict still stands
+        return None
+
+
 @provenance_app.command()
 def verify(
     file: Annotated[Path, typer.Argument(help="the video (or image) to check")],
@@ -29,8 +40,10 @@ def verify(
     config: ConfigOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
-    """Verify FILE's C2PA manifest against the local CA (and the configured chain's root). Exit code 0 when
-    it is valid: intact and signed by a trusted signer; 1 otherwise (altered, untrusted, not signed)."""
+    """Verify FILE's C2PA manifest against the local CA (and the configured chain's root), and look for
+    framebus's invisible watermark in its keyframes. Exit code 0 when the manifest is valid: intact and
+    signed by a trusted signer; 1 otherwise (altered, untrusted, not signed). The watermark is reported,
+    not judged: it survives re-encoding and metadata stripping, where the manifest does not."""
     from framebus.agents.media.provenance import trust_anchors
     from framebus.agents.media.provenance import verify as verify_file
     from framebus.topics.errors import FramebusError, GenerationError
@@ -46,8 +59,9 @@ def verify(
         result = verify_file(file, trust_anchors=anchors)
     except FramebusError as err:
         fail(err)
+    mark = _watermark(file)
     if json_out:
-        typer.echo(json.dumps(result.as_dict(), indent=2, sort_keys=True))
+        typer.echo(json.dumps({**result.as_dict(), "watermark": mark}, indent=2, sort_keys=True))
         raise typer.Exit(0 if result.valid else 1)
 
     if result.valid:
@@ -70,6 +84,16 @@ def verify(
         console.print(f"  state:     {result.state}   altered: {'yes' if result.altered else 'no'}")
         if result.failures:
             console.print(f"  failures:  [red]{', '.join(result.failures)}[/]")
+    if mark is None:
+        console.print("  watermark: [yellow]not readable[/] (no video stream)")
+    elif not mark["applicable"]:
+        console.print("  watermark: not applicable (frames under 256x256 carry none)")
+    else:
+        found = "[green]present[/]" if mark["present"] else "[yellow]absent[/]"
+        console.print(
+            f"  watermark: {found} ({mark['method']}, {mark['marked']} of {mark['checked']} keyframes, "
+            f"bit accuracy {mark['bit_accuracy']:.2f})"
+        )
     if result.claims:
         title = "org.framebus.generation" + ("" if result.valid else " (not verified)")
         table = Table("claim", "value", title=title)

@@ -122,12 +122,13 @@ def uri_path(uri: str) -> Path:
 
 
 def test_generate_cli_end_to_end(stack: Stack, tmp_path):
-    """``framebus generate ... --wait``: progress, an MP4 with the requested frames, fps and BT.709 tags,
-    provenance that verifies (and fails after a one-byte edit), and the clip found by search as generated."""
+    """``framebus generate ... --wait``: progress, an MP4 with the requested frames, size, fps and BT.709 tags,
+    provenance that verifies (and fails after a one-byte edit), the invisible watermark in its keyframe, and
+    the clip found by search as generated."""
     jid = job_id("e2e")
     out = subprocess.run(
         [*CLI, "generate", "a red circle moving left", "--wait", "--json", "--job-id", jid, "--seed", "7"]
-        + ["--frames", "16", "--fps", "8", "--broker", stack.broker],
+        + ["--frames", "16", "--fps", "8", "--size", "320x240", "--broker", stack.broker],
         capture_output=True,
         text=True,
         timeout=600,
@@ -139,7 +140,7 @@ def test_generate_cli_end_to_end(stack: Stack, tmp_path):
     assert result.provenance["prompt_sha256"] and result.provenance["seed"] == 7
     path = uri_path(result.uri)
     frames, facts = read_video(path)
-    assert frames.shape[0] == 16 and facts["fps"] == pytest.approx(8.0)
+    assert frames.shape[:3] == (16, 240, 320) and facts["fps"] == pytest.approx(8.0)
     assert facts["codec"] == "h264" and facts["pix_fmt"] == "yuv420p"
     bt709, tv = 1, 1  # AVCOL_PRI/TRC/SPC_BT709, AVCOL_RANGE_MPEG
     assert (facts["primaries"], facts["trc"], facts["space"], facts["range"]) == (bt709, bt709, bt709, tv)
@@ -150,6 +151,9 @@ def test_generate_cli_end_to_end(stack: Stack, tmp_path):
         [*CLI, "provenance", "verify", str(path), "--json"], capture_output=True, text=True, env=_env(env)
     )
     assert ok.returncode == 0, ok.stdout + ok.stderr
+    report = json.loads(ok.stdout)
+    assert report["claims"]["watermark"] == "dwtDctSvd:FBw1" == result.provenance["watermark"]
+    assert report["watermark"]["present"] and report["watermark"]["checked"] == 1, report["watermark"]
     tampered = tmp_path / "tampered.mp4"
     data = bytearray(path.read_bytes())
     data[_box(bytes(data), b"mdat") + 16] ^= 0xFF  # one byte of the coded video
