@@ -153,7 +153,14 @@ def demo_generation(settings, http: str, strip: Path) -> bool:
 
     console.rule("generation")
     req = GenerationRequest(
-        job_id=f"demo-{uuid.uuid4().hex[:8]}", prompt=GENERATE_PROMPT, tenant="demo", seed=1, num_frames=16, fps=8
+        job_id=f"demo-{uuid.uuid4().hex[:8]}",
+        prompt=GENERATE_PROMPT,
+        tenant="demo",
+        seed=1,
+        num_frames=16,
+        fps=8,
+        width=320,
+        height=240,
     )
     t0 = time.monotonic()
     with Progress(
@@ -179,7 +186,17 @@ def demo_generation(settings, http: str, strip: Path) -> bool:
         f"{result.model.name}/{result.model.version} ({result.steps} steps): {path}"
     )
     console.print(f"frames 1..{len(frames)}, six of them side by side: {strip}")
-    console.print(f"signed (C2PA): framebus provenance verify {path}")
+    from framebus.agents.media.provenance import trust_anchors, verify
+    from framebus.agents.media.watermark import detect
+
+    checked = verify(path, trust_anchors=trust_anchors(settings.data_dir, settings.provenance_cert))
+    mark = detect(path)
+    console.print(
+        f"provenance: C2PA {'valid' if checked.valid else 'NOT valid'} (signer "
+        f"{(checked.signer or {}).get('subject', {}).get('CN', '-')}), invisible watermark "
+        f"{'present' if mark.present else 'absent'} ({mark.marked}/{mark.checked} keyframes): "
+        f"framebus provenance verify {path}"
+    )
     deadline, hit = time.monotonic() + 180, None
     while hit is None and time.monotonic() < deadline:
         resp = httpx.get(

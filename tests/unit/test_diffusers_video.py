@@ -148,14 +148,6 @@ def test_resume_after_the_last_step_only_decodes(gen, reference):
     assert np.array_equal(out, frames)
 
 
-def test_ltx_decode_noise_comes_from_the_checkpointed_generator_state(gen, reference):
-    if gen.family != "ltx":
-        pytest.skip("only LTX's VAE draws noise at decode time")
-    ckpt = SamplerCheckpoint.from_bytes(reference[1][RESUME_AT - 1])
-    ckpt.rng_state = None  # the generator restarts from the seed: the decode noise is another draw
-    assert not np.array_equal(gen.generate(_spec(gen), resume=ckpt), reference[0])
-
-
 def test_a_checkpoint_of_another_job_is_refused(gen, reference):
     ckpt = SamplerCheckpoint.from_bytes(reference[1][0])
     for spec in (_spec(gen, steps=_spec(gen).steps + 1), _spec(gen, num_frames=17)):
@@ -234,9 +226,28 @@ def test_wan_refuses_i2v_and_ltx_needs_a_source(gen):
         assert gen.normalise(_spec(gen, mode="i2v", source=_image(0, 32))).mode == "i2v"
 
 
-def test_ltx_i2v_is_conditioned_on_the_first_frame_and_resumes_bitwise(gen, reference):
-    if gen.family != "ltx":
-        pytest.skip("Wan 2.1 T2V has no image-to-video pipeline")
+@pytest.fixture(scope="module")
+def ltx():
+    """LTX alone (Wan 2.1 T2V has no image-to-video pipeline: ``test_wan_refuses_i2v_and_ltx_needs_a_source``)."""
+    gen = _generator("ltx")
+    return gen, gen.generate(_spec(gen))
+
+
+def test_ltx_decode_noise_comes_from_the_checkpointed_generator_state(ltx):
+    """Only LTX's VAE draws noise at decode time (Wan's does not)."""
+    gen, t2v = ltx
+    saved: list[SamplerCheckpoint] = []
+    gen.generate(_spec(gen), on_step=saved.append)
+    ckpt = saved[RESUME_AT - 1]
+    assert np.array_equal(gen.generate(_spec(gen), resume=ckpt), t2v)
+    ckpt.rng_state = None  # the generator restarts from the seed: the decode noise is another draw
+    assert not np.array_equal(gen.generate(_spec(gen), resume=ckpt), t2v)
+
+
+def test_ltx_i2v_is_conditioned_on_the_first_frame_and_resumes_bitwise(ltx):
+    gen, t2v = ltx
+    reference = (t2v, [])
+    gen.generate(_spec(gen), on_step=lambda ck: reference[1].append(ck.to_bytes()))
     size = CASES["ltx"]["size"]
     spec = _spec(gen, mode="i2v", source=_image(1, size))
     saved: list[SamplerCheckpoint] = []
