@@ -138,7 +138,7 @@ def train_tiny_models(settings) -> None:
 GENERATE_PROMPT = "a red circle moving left"
 
 
-def demo_generation(settings, http: str, strip: Path) -> bool:
+def demo_generation(settings, http: str, strip: Path, data_dir: Path) -> bool:
     """Generate a clip from a prompt (progress bar from framebus.generate.progress), save a strip of its
     frames as an image, and find it in search as generated content (the closed loop)."""
     import uuid
@@ -189,7 +189,8 @@ def demo_generation(settings, http: str, strip: Path) -> bool:
     from framebus.agents.media.provenance import trust_anchors, verify
     from framebus.agents.media.watermark import detect
 
-    checked = verify(path, trust_anchors=trust_anchors(settings.data_dir, settings.provenance_cert))
+    # the stack's data directory holds the local CA its generation agent signed with
+    checked = verify(path, trust_anchors=trust_anchors(data_dir, settings.provenance_cert))
     mark = detect(path)
     console.print(
         f"provenance: C2PA {'valid' if checked.valid else 'NOT valid'} (signer "
@@ -197,6 +198,9 @@ def demo_generation(settings, http: str, strip: Path) -> bool:
         f"{'present' if mark.present else 'absent'} ({mark.marked}/{mark.checked} keyframes): "
         f"framebus provenance verify {path}"
     )
+    if not checked.valid:
+        console.print(f"[red]the generated clip's provenance does not verify:[/] {checked.message}")
+        return False
     deadline, hit = time.monotonic() + 180, None
     while hit is None and time.monotonic() < deadline:
         resp = httpx.get(
@@ -305,7 +309,9 @@ def run_demo(workdir: Path | None = None, *, keep: bool = False, strip_to: Path 
         resp.raise_for_status()
         console.print("only shots after the first 3 seconds of their video:")
         print_search_results(resp.json())
-        generated = demo_generation(settings, http, Path(strip_to or Path.cwd() / "framebus-demo-generated.png"))
+        generated = demo_generation(
+            settings, http, Path(strip_to or Path.cwd() / "framebus-demo-generated.png"), work / "data"
+        )
     finally:
         stop_stack(proc)
     ok = [docs.get(r.video_id) for r in requests[:-1]]
