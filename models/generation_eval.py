@@ -200,10 +200,12 @@ def evaluate_generation(
     steps: int = 20,
     guidance: float = 4.0,
     heldout: Iterable[str] | None = None,
+    clips_out: list[np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Generate one clip per ``(prompt, seed)`` with ``generator`` (``steps``, ``guidance``, native size)
     and measure it (``evaluate_clips``); adds timing and the model's identity. ``heldout``: the prompts to
-    report separately (default: ``heldout_prompts()``)."""
+    report separately (default: ``heldout_prompts()``). ``clips_out``: a list the generated clips are
+    appended to (for ``contact_sheet``)."""
     if len(prompts) != len(seeds):
         raise ValueError("one seed per prompt")
     held = heldout_prompts() if heldout is None else list(heldout)
@@ -222,6 +224,8 @@ def evaluate_generation(
         clips.append(generator.generate(spec, on_step=tick))
         seconds += time.perf_counter() - t0
         step_count += count[0]
+    if clips_out is not None:
+        clips_out.extend(clips)
     out = evaluate_clips(clips, prompts, captioner, embedder, heldout=held)
     out.update(
         model={"name": generator.info.name, "version": generator.info.version},
@@ -234,6 +238,41 @@ def evaluate_generation(
         seconds_per_step=round(seconds / max(1, step_count), 4),
     )
     return out
+
+
+def contact_sheet(
+    generated: Sequence[np.ndarray],
+    reference: Sequence[np.ndarray],
+    prompts: Sequence[str],
+    path: Any,
+    *,
+    title: str = "",
+    fractions: Sequence[float] = CAPTION_FRAMES,
+) -> None:
+    """A PNG at ``path``: one row per prompt, the world's own clip (the ceiling) then the generated one,
+    each as the frames at ``fractions`` of the clip (the frames the captioner reads)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, cols = len(prompts), 2 * len(fractions)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 1.25 * rows + 0.6), squeeze=False)
+    for r, prompt in enumerate(prompts):
+        for side, clip in enumerate((reference[r], generated[r])):
+            for k, f in enumerate(fractions):
+                ax = axes[r][side * len(fractions) + k]
+                ax.imshow(clip[min(len(clip) - 1, int(f * len(clip)))], interpolation="nearest")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if r == 0:
+                    ax.set_title(f"{'world' if side == 0 else 'generated'} t={f:.2f}", fontsize=7)
+        axes[r][0].set_ylabel(prompt.removeprefix("a ").replace(" moving ", "\n"), fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 #: metric path -> (direction, tolerance): +1 higher is better, -1 lower is better; absolute tolerance

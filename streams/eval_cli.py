@@ -34,6 +34,10 @@ def generation(
     baseline: Annotated[
         Path | None, typer.Option("--baseline", help="a previous --json; exit 1 on regressions")
     ] = None,
+    sheet: Annotated[
+        Path | None,
+        typer.Option("--sheet", help="save a PNG: world clip against generated clip for the first 8 prompts"),
+    ] = None,
     data_dir: DataOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -52,7 +56,20 @@ def generation(
         generator = load_generator(settings)
         captioner, embedder = load_captioner(judges), load_embedder(judges)
         err_console.print(f"generating {len(suite)} clips with {generator.info.name} {generator.info.version}...")
-        result = ge.evaluate_generation(generator, captioner, embedder, suite, seeds, steps=steps, guidance=guidance)
+        clips: list = []
+        result = ge.evaluate_generation(
+            generator, captioner, embedder, suite, seeds, steps=steps, guidance=guidance, clips_out=clips
+        )
+        if sheet is not None:
+            n = min(8, len(suite))
+            ge.contact_sheet(
+                clips[:n],
+                ge.reference_clips(suite[:n], seeds[:n]),
+                suite[:n],
+                sheet,
+                title=f"{generator.info.name} {generator.info.version}, {steps} steps, guidance {guidance}",
+            )
+            err_console.print(f"contact sheet: {sheet}")
         if reference:
             result["reference"] = ge.evaluate_clips(
                 ge.reference_clips(suite, seeds), suite, captioner, embedder, heldout=ge.heldout_prompts()
