@@ -238,3 +238,20 @@ def test_preview_from_inside_on_step(random_generator):
     previews = []
     random_generator.generate(_spec(steps=2), on_step=lambda ck: previews.append(random_generator.preview(ck, _spec())))
     assert len(previews) == 2 and previews[0].shape == (48, 64, 3) and previews[0].dtype == np.uint8
+
+
+def test_contact_sheet_draws_world_against_generated(tmp_path):
+    from PIL import Image
+
+    from framebus.models import generation_eval as ge
+
+    prompts = ge.suite(2)
+    reference = ge.reference_clips(prompts, [1, 2])
+    generated = [np.zeros_like(c) for c in reference]
+    ge.contact_sheet(generated, reference, prompts, tmp_path / "sheet.png", title="t")
+    img = np.asarray(Image.open(tmp_path / "sheet.png").convert("RGB"))
+    h, w, _ = img.shape
+    assert w > h > 100
+    # the all-black generated clips fill the right half, the world's clips (never pure black) the left
+    black = (img.max(axis=2) < 8).mean(axis=0)
+    assert black[w // 2 :].mean() > 0.3 > 0.02 > black[: w // 2].mean()
