@@ -434,32 +434,20 @@ def test_a_flagged_output_is_withheld_and_a_clean_one_published(cluster: Cluster
 
 
 def test_v2v_i2v_and_a_source_outside_the_roots(stack: Stack, follow: Follower, source_clip: Path, tmp_path):
-    v2v, outside = job_id("v2v"), job_id("outside")
-    send(
-        stack.settings,
-        ev.GenerationRequest(
-            job_id=v2v,
-            prompt="a yellow square moving right",
-            tenant="default",
-            mode="v2v",
-            source_uri=str(source_clip),
-            strength=0.5,
-            steps=8,
-        ),
-    )
-    i2v = job_id("i2v")
-    send(
-        stack.settings,
-        ev.GenerationRequest(
-            job_id=i2v,
-            prompt="a yellow square moving right",
-            tenant="default",
-            mode="i2v",
-            source_uri=str(source_clip),
-            strength=0.75,
-            steps=8,
-        ),
-    )
+    v2v, i2v, outside = job_id("v2v"), job_id("i2v"), job_id("outside")
+    for job, mode, strength in ((v2v, "v2v", 0.5), (i2v, "i2v", 0.75)):
+        send(
+            stack.settings,
+            ev.GenerationRequest(
+                job_id=job,
+                prompt="a yellow square moving right",
+                tenant="default",
+                mode=mode,
+                source_uri=str(source_clip),
+                strength=strength,
+                steps=8,
+            ),
+        )
     elsewhere = tmp_path / "elsewhere.mp4"
     elsewhere.write_bytes(source_clip.read_bytes())
     send(
