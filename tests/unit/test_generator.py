@@ -60,6 +60,24 @@ def test_autoencoder_and_transformer_shapes():
     assert [b.axis for b in dit.blocks] == ["spatial", "temporal"]
 
 
+def test_the_architecture_options_build_and_run():
+    """The options the recipe can switch (tried for shape; README): 8x spatial autoencoder with 1x1 spatial
+    patches, every text token into AdaLN, a depthwise conv in the MLPs, frozen orthonormal word embeddings."""
+    cfg = replace(SMALL, spatial_down=8, patch=(2, 1, 1), text_cond="tokens", mlp_conv=True, text_frozen=True)
+    torch.manual_seed(0)
+    ae, te, dit = build_modules(cfg)
+    video = torch.rand(1, 3, cfg.frames, cfg.height, cfg.width) * 2 - 1
+    z = ae.encode(video)
+    assert z.shape == (1, *cfg.latent_shape) == (1, 4, 8, 6, 8)
+    assert ae.decode(z).shape == video.shape
+    assert not te.embed.weight.requires_grad
+    w = te.embed.weight
+    assert torch.allclose(w @ w.T, torch.eye(len(w)), atol=1e-5)  # orthonormal words
+    tokens, pooled, mask = te(tokenize(["a blue star moving up", "a red circle moving left"], cfg.text_len))
+    v = dit(z.expand(2, -1, -1, -1, -1), torch.tensor([0.3, 0.9]), tokens, pooled, mask)
+    assert v.shape == (2, *cfg.latent_shape) and dit.blocks[0].dw is not None
+
+
 def test_timesteps_and_start_step():
     ts = timesteps(10, 2.0)
     assert ts[0] == 1.0 and ts[-1] == 0.0 and bool((ts[1:] < ts[:-1]).all())
