@@ -372,13 +372,13 @@ class DiffusersVideoGenerator:
         shape = [first.num_frames, first.height, first.width]
         scheduler = self.pipe.scheduler
         pipe = self._i2v_pipe() if first.mode == "i2v" else self.pipe
+        lf, lh, lw = self.latent_shape(first)
 
         def callback(pipe, i, t, kwargs):
             step = skip + i + 1
             lat = kwargs["latents"].detach()
             denoised = scheduler.denoised
             if denoised is not None and first.mode == "i2v":  # LTX i2v steps frames 1.. unpacked: add 0, pack
-                lf, lh, lw = self.latent_shape(first)
                 ps, pt = pipe.transformer_spatial_patch_size, pipe.transformer_temporal_patch_size
                 cond = pipe._unpack_latents(lat.float(), lf, lh, lw, ps, pt)[:, :, :1]
                 denoised = pipe._pack_latents(torch.cat([cond, denoised], dim=2), ps, pt)

@@ -562,7 +562,7 @@ class TinyVideoGenerator:
                 continue
             image = np.asarray(spec.source)
             image = image[0] if image.ndim == 4 else image
-            clip = fit_source(np.repeat(image[None], 2, axis=0), self.config)
+            clip = fit_source(image[None], self.config)  # the one frame, held for the whole clip
             z = ae.normalise_latents(ae.encode(frames_to_tensor(clip)))[0, :, :1]
             gen = torch.Generator().manual_seed(int(spec.seed))
             noise = torch.randn(self.config.latent_shape, generator=gen, dtype=torch.float32)[:, :1]

@@ -13,7 +13,7 @@ are left unmarked and say so (``applied``: ``False``)."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -43,14 +43,7 @@ class WatermarkReport:
     method: str = METHOD
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "present": self.present,
-            "applicable": self.applicable,
-            "checked": self.checked,
-            "marked": self.marked,
-            "bit_accuracy": self.bit_accuracy,
-            "method": self.method,
-        }
+        return asdict(self)
 
 
 def applicable(height: int, width: int) -> bool:
