@@ -4,13 +4,14 @@
 combination except ``HELDOUT_COMBOS``, which no training clip shows, so the evaluation can report
 compositional generalisation), then trains, in order:
 
-1. the video autoencoder, on the clips (reconstruction loss with the object's pixels weighted up, a small
-   L2 on the latents), and records the per-channel mean and std of the latents;
+1. the video autoencoder, on the clips (reconstruction loss with the object's pixels weighted up, the same
+   on the error's spatial differences so outlines stay sharp, a small L2 on the latents), and records the
+   per-channel mean and std of the latents;
 2. the text encoder and the diffusion transformer together, on the standardised latents of the same clips
    with their captions, by rectified flow matching (``x_t = (1 - t) x_0 + t noise``, target
-   ``noise - x_0``, ``t`` a shifted logit-normal weighted to high noise; the object's latent cells weighed
-   up), the caption replaced by the empty prompt ``cfg_dropout`` of the time (classifier-free guidance);
-   the transformer's weights are an exponential moving average.
+   ``noise - x_0``, ``t`` a shifted logit-normal weighted to high noise, a share uniform; the object's
+   latent cells weighed up), the caption replaced by the empty prompt ``cfg_dropout`` of the time
+   (classifier-free guidance); the transformer's weights are an exponential moving average.
 
 Deterministic for a seed on one torch build (fixed thread count, ``torch.use_deterministic_algorithms``,
 every random draw from a seeded generator). Writes ``out_path`` atomically.
@@ -77,6 +78,10 @@ RECIPE: dict[str, Any] = {
         "object_weight": 4.0,
         "latent_l2": 1e-3,
         "latent_noise": 0.1,
+        #: an L1 on the horizontal and vertical differences of the error (object pixels weighed up the same):
+        #: the plain L1 alone leaves the outlines soft; with it the tiny captioner names the reconstructions'
+        #: shape 0.85 of the time rather than 0.60 (40 evaluation prompts), for ~30 s more training
+        "edge_weight": 1.0,
     },
     "dit": {
         #: with the noise levels below, 1500 steps of 8 clips name motion 1.00 where 4000 steps at
@@ -89,7 +94,7 @@ RECIPE: dict[str, Any] = {
         "cfg_dropout": 0.1,
         #: latent cells that show the object weigh 1 + object_weight in the flow loss (the background
         #: textures are most of the latents, the object is what the prompt names)
-        "object_weight": 4.0,
+        "object_weight": 12.0,
         "ema": 0.99,
         "logit_normal_std": 1.0,
         #: t = shift(sigmoid(N(mean, std))) with t_shift 3: median t 0.89. The object is a large, coherent
@@ -97,6 +102,9 @@ RECIPE: dict[str, Any] = {
         #: (median 0.5) the transformer rarely trains where the prompt, not x_t, must decide the clip
         "logit_normal_mean": 1.0,
         "t_shift": 3.0,
+        #: ...but that leaves almost nothing below t 0.5 (1.8 % of draws), where the sampler's last steps
+        #: sharpen the outline: this share of the batch draws t ~ U(0, 1) instead
+        "t_uniform": 0.3,
     },
     "threads": 2,
     "render_version": RENDER_VERSION,
@@ -174,6 +182,12 @@ def train_tiny_generator(
             # the object and its trail are bright on a dark background: weigh them up
             weight = 1 + a["object_weight"] * (x.amax(dim=1, keepdim=True) > -0.2).float()
             loss = (weight * (rec - x).abs()).mean() + a["latent_l2"] * z.pow(2).mean()
+            if a.get("edge_weight"):  # the error's own gradients: edges and corners where the world has them
+                err = rec - x
+                loss = loss + a["edge_weight"] * (
+                    (weight[..., 1:] * (err[..., 1:] - err[..., :-1]).abs()).mean()
+                    + (weight[..., 1:, :] * (err[..., 1:, :] - err[..., :-1, :]).abs()).mean()
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -216,6 +230,9 @@ def train_tiny_generator(
             )
             t_shift = float(d.get("t_shift", 1.0))  # as the sampler's shift: more of the training at high noise
             t = t_shift * t / (1 + (t_shift - 1) * t)
+            if d.get("t_uniform"):  # a share of the batch at t ~ U(0, 1): the sampler's last, low-noise steps
+                uniform = torch.rand(len(idx), generator=gen) < d["t_uniform"]
+                t = torch.where(uniform, torch.rand(len(idx), generator=gen), t)
             noise = torch.randn(x0.shape, generator=gen)
             tb = t.view(-1, 1, 1, 1, 1)
             xt = (1 - tb) * x0 + tb * noise
