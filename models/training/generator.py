@@ -93,7 +93,8 @@ RECIPE: dict[str, Any] = {
         "weight_decay": 0.0,
         "cfg_dropout": 0.1,
         #: latent cells that show the object weigh 1 + object_weight in the flow loss (the background
-        #: textures are most of the latents, the object is what the prompt names)
+        #: textures are most of the latents, the object is what the prompt names; 12 rather than 4 named
+        #: shape 0.50 rather than 0.45 on 40 prompts, within one run's noise, and no worse anywhere else)
         "object_weight": 12.0,
         "ema": 0.99,
         "logit_normal_std": 1.0,
@@ -181,9 +182,9 @@ def train_tiny_generator(
             rec = ae.decode(z + a["latent_noise"] * z.detach().std() * torch.randn(z.shape, generator=gen))
             # the object and its trail are bright on a dark background: weigh them up
             weight = 1 + a["object_weight"] * (x.amax(dim=1, keepdim=True) > -0.2).float()
-            loss = (weight * (rec - x).abs()).mean() + a["latent_l2"] * z.pow(2).mean()
+            err = rec - x
+            loss = (weight * err.abs()).mean() + a["latent_l2"] * z.pow(2).mean()
             if a.get("edge_weight"):  # the error's own gradients: edges and corners where the world has them
-                err = rec - x
                 loss = loss + a["edge_weight"] * (
                     (weight[..., 1:] * (err[..., 1:] - err[..., :-1]).abs()).mean()
                     + (weight[..., 1:, :] * (err[..., 1:, :] - err[..., :-1, :]).abs()).mean()
