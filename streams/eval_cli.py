@@ -70,6 +70,9 @@ def generation(
                 title=f"{generator.info.name} {generator.info.version}, {steps} steps, guidance {guidance}",
             )
             err_console.print(f"contact sheet: {sheet}")
+        model = getattr(generator, "model", None)
+        if hasattr(model, "velocity"):  # the tiny generator: how much it uses each word of the prompt
+            result["word_reliance"] = ge.word_reliance(model, suite, seeds)
         if reference:
             result["reference"] = ge.evaluate_clips(
                 ge.reference_clips(suite, seeds), suite, captioner, embedder, heldout=ge.heldout_prompts()
@@ -106,6 +109,8 @@ def print_generation_report(result: dict[str, Any]) -> None:
         )
     for key in ("temporal_consistency", "flicker", "sharpness"):
         table.add_row(key.replace("_", " "), _fmt(result[key]), _fmt(ref.get(key)))
+    for attr, rise in (result.get("word_reliance") or {}).get("reliance", {}).items():
+        table.add_row(f"flow loss rise, {attr} word swapped", _fmt(rise), "-")
     table.add_row("seconds per step", _fmt(result["seconds_per_step"]), "-")
     table.add_row("seconds per clip", _fmt(result["seconds_per_clip"]), "-")
     console.print(table)

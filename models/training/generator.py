@@ -127,6 +127,20 @@ def render_clips(shots: list[Any], frames: int, fps: float, width: int, height: 
     return out
 
 
+def object_pixels(video: Any) -> Any:
+    """``(B, 1, T, H, W)`` 1.0 where a ``(B, 3, T, H, W)`` clip in ``[-1, 1]`` shows the object or its trail
+    (any channel above -0.2: the world's backgrounds are darker), else 0.0."""
+    return (video.amax(dim=1, keepdim=True) > -0.2).float()
+
+
+def object_cells(video: Any, spatial_down: int) -> Any:
+    """``object_pixels`` on the latent grid (``2 x spatial_down x spatial_down`` pixels a cell): 1.0 for
+    the cells that show any of the object."""
+    import torch
+
+    return torch.nn.functional.max_pool3d(object_pixels(video), (2, spatial_down, spatial_down))
+
+
 def training_shots(recipe: dict[str, Any] | None = None) -> list[Any]:
     from framebus.models.world import all_combinations, sample_shots
 
@@ -181,7 +195,7 @@ def train_tiny_generator(
             z = ae.encode(x)
             rec = ae.decode(z + a["latent_noise"] * z.detach().std() * torch.randn(z.shape, generator=gen))
             # the object and its trail are bright on a dark background: weigh them up
-            weight = 1 + a["object_weight"] * (x.amax(dim=1, keepdim=True) > -0.2).float()
+            weight = 1 + a["object_weight"] * object_pixels(x)
             err = rec - x
             loss = (weight * err.abs()).mean() + a["latent_l2"] * z.pow(2).mean()
             if a.get("edge_weight"):  # the error's own gradients: edges and corners where the world has them
@@ -203,10 +217,7 @@ def train_tiny_generator(
             ae.latent_std.copy_(lat.std(dim=(0, 2, 3, 4)).clamp_min(1e-4))
             lat = ae.normalise_latents(lat)
             # where the object (and its trail) is, on the latent grid: the flow loss weighs those cells up
-            bright = (video.amax(dim=1, keepdim=True) > -0.2).float()
-            focus = 1 + r["dit"]["object_weight"] * torch.nn.functional.max_pool3d(
-                bright, (2, cfg.spatial_down, cfg.spatial_down)
-            )
+            focus = 1 + r["dit"]["object_weight"] * object_cells(video, cfg.spatial_down)
         for p in ae.parameters():
             p.requires_grad_(False)
 
