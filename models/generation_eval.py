@@ -236,6 +236,7 @@ def evaluate_generation(
         embedder={"name": embedder.info.name, "version": embedder.info.version},
         steps=steps,
         guidance=guidance,
+        contrast_guidance=getattr(generator, "contrast_guidance", None),
         size=list(clips[0].shape),
         seconds_per_clip=round(seconds / len(clips), 4),
         seconds_per_step=round(seconds / max(1, step_count), 4),

@@ -16,7 +16,8 @@ Three parts, one file (``tiny-generator.pt``):
 
 Sampling (``TinyVideoGenerator``): rectified flow, ``x_t = (1 - t) x_0 + t noise``, ``v = noise - x_0``,
 an Euler sampler from ``t = 1`` to ``0`` on a shifted schedule, classifier-free guidance on the
-conditional/unconditional pair in one batch. The only randomness is the initial noise, drawn from a
+conditional/unconditional pair plus a contrast term against the prompt less its shape word
+(``TinyVideoGenerator.contrast_prompt``), all in one batch. The only randomness is the initial noise, drawn from a
 ``torch.Generator`` seeded by ``spec.seed`` at step 0, so a ``SamplerCheckpoint`` (latents + step index)
 resumes to the same bits as an uninterrupted run on the same torch build and thread count.
 
@@ -448,14 +449,27 @@ class TinyVideoGenerator:
     batchable = True
     #: what a job that names none gets (the agent reads these)
     default_steps = 20
-    default_guidance = 4.0
+    #: chosen with ``contrast_guidance`` on 40 prompts with seeds outside the evaluation's (shape named 0.70
+    #: there, 0.425 at guidance 4 alone)
+    default_guidance = 3.0
     default_frames = 16
     default_fps = 8.0
     default_width = 64
     default_height = 48
 
-    def __init__(self, model: TinyVideoModel, *, version: str = "untrained", name: str = "framebus/tiny-generator"):
+    def __init__(
+        self,
+        model: TinyVideoModel,
+        *,
+        version: str = "untrained",
+        name: str = "framebus/tiny-generator",
+        contrast_guidance: float = 5.0,
+        contrast_words: Sequence[str] = SHAPES,
+    ):
         self.model = model
+        #: the second guidance term (see ``contrast_prompt``); 0 turns it off
+        self.contrast_guidance = float(contrast_guidance)
+        self.contrast_words = tuple(contrast_words)
         self.config = model.config
         self.info = ModelInfo(name=name, version=version, task="generate")
         self._lock = threading.RLock()  # preview() is called from inside on_step
@@ -531,6 +545,19 @@ class TinyVideoGenerator:
 
     # --- the sampler ----------------------------------------------------------------------------
 
+    def contrast_prompt(self, prompt: str) -> str:
+        """``prompt`` without its ``contrast_words`` ("a red circle moving left" -> "a red moving left").
+
+        The sampler's velocity is ``v_u + g (v_c - v_u) + g_x (v_c - v_x)``: classifier-free guidance
+        (``g``, against the empty prompt) plus a contrast term (``g_x = contrast_guidance``) against this
+        prompt, the same prompt less its shape word. The second term is guidance along the shape word's
+        direction alone, as composable diffusion's negation is along a negative prompt's. It is there
+        because the flow loss barely pays for shape: swapping the shape word raises the trained
+        transformer's loss on the object by 4 %, the colour word by 230 % (``word_reliance``), so the
+        shape's share of ``v_c - v_u`` is small and ``g`` large enough to lift it overshoots colour and
+        motion. A prompt with no contrast word gets ``v_x = v_c``: the term vanishes."""
+        return " ".join(w for w in prompt.split() if w.lower() not in self.contrast_words)
+
     def _initial(self, spec: GenerationSpec, steps: int) -> tuple[Any, int, Any]:
         """``(latents, first step, rng state)`` of a fresh job: noise from ``spec.seed``; for ``v2v`` the
         encoded source (``i2v``: the image as a still clip) noised to the level of its first step."""
@@ -596,15 +623,20 @@ class TinyVideoGenerator:
             pinned = self._pinned(specs)  # i2v: (index, clean first latent frame, its noise)
             cond = [s.prompt for s in specs]
             uncond = [s.negative_prompt or "" for s in specs]
-            text = self.model.encode_text(cond + uncond)
+            contrast = [self.contrast_prompt(p) for p in cond] if self.contrast_guidance else []
+            if contrast == cond:  # no prompt names a contrast word: the term is zero, skip its pass
+                contrast = []
+            passes = 3 if contrast else 2
+            text = self.model.encode_text(cond + uncond + contrast)
             guidance = torch.tensor([float(s.guidance) for s in specs]).view(n, 1, 1, 1, 1)
             ts = timesteps(steps, self.config.shift)
             for step in range(min(ks), steps):
                 active = torch.tensor([k <= step for k in ks])
                 t = ts[step]
-                v = self.model.velocity(torch.cat([x, x]), t.expand(2 * n), text)
-                v_c, v_u = v[:n], v[n:]
-                v = v_u + guidance * (v_c - v_u)
+                v = self.model.velocity(torch.cat([x] * passes), t.expand(passes * n), text)
+                v_c, v_u = v[:n], v[n : 2 * n]
+                v_guided = v_u + guidance * (v_c - v_u)
+                v = v_guided + self.contrast_guidance * (v_c - v[2 * n :]) if contrast else v_guided
                 denoised = x - t * v
                 x_next = x + (ts[step + 1] - t) * v
                 x = torch.where(active.view(n, 1, 1, 1, 1), x_next, x)

@@ -27,7 +27,15 @@ def generation(
     models: Annotated[str, typer.Option("--model", help="model profile whose generator is measured")] = "tiny",
     prompts: Annotated[int, typer.Option("--prompts", min=2, help="prompts of the suite (one clip each)")] = 40,
     steps: Annotated[int, typer.Option("--steps", min=1, help="denoising steps per clip")] = 20,
-    guidance: Annotated[float, typer.Option("--guidance", help="classifier-free guidance scale")] = 4.0,
+    guidance: Annotated[
+        float | None, typer.Option("--guidance", help="classifier-free guidance scale (default: the model's)")
+    ] = None,
+    contrast: Annotated[
+        float | None,
+        typer.Option(
+            "--contrast-guidance", help="the tiny generator's shape-contrast guidance (default: its own; 0: off)"
+        ),
+    ] = None,
     heldout: Annotated[bool, typer.Option(help="add the combinations the tiny generator never saw")] = True,
     reference: Annotated[bool, typer.Option(help="also measure the world's own clips (the ceiling)")] = True,
     json_path: Annotated[Path | None, typer.Option("--json", help="write the result to this JSON file")] = None,
@@ -55,6 +63,9 @@ def generation(
     try:
         generator = load_generator(settings)
         captioner, embedder = load_captioner(judges), load_embedder(judges)
+        guidance = float(guidance if guidance is not None else getattr(generator, "default_guidance", 4.0))
+        if contrast is not None and hasattr(generator, "contrast_guidance"):
+            generator.contrast_guidance = float(contrast)
         err_console.print(f"generating {len(suite)} clips with {generator.info.name} {generator.info.version}...")
         clips: list = []
         result = ge.evaluate_generation(
@@ -67,7 +78,8 @@ def generation(
                 ge.reference_clips(suite[:n], seeds[:n]),
                 suite[:n],
                 sheet,
-                title=f"{generator.info.name} {generator.info.version}, {steps} steps, guidance {guidance}",
+                title=f"{generator.info.name} {generator.info.version}, {steps} steps, guidance {guidance}"
+                + (f", contrast {generator.contrast_guidance}" if getattr(generator, "contrast_guidance", 0) else ""),
             )
             err_console.print(f"contact sheet: {sheet}")
         model = getattr(generator, "model", None)

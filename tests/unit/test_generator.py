@@ -313,3 +313,21 @@ def test_word_reliance_tells_a_used_word_from_an_ignored_one():
     assert all(len(v) == 2 and all(x > 0 for x in v) for v in r["loss"].values()), r
     fresh = ge.word_reliance(TinyVideoModel.fresh(GeneratorConfig(), seed=0), prompts, seeds, ts=(0.6,))
     assert fresh["reliance"] == {"colour": 0.0, "shape": 0.0, "motion": 0.0}, fresh
+
+
+def test_contrast_guidance_acts_only_through_the_shape_word(random_generator):
+    """The contrast term guides against the prompt less its shape word: it changes a clip whose prompt
+    names a shape, and leaves one whose prompt names none bit-identical (its contrast prompt is itself)."""
+    g = random_generator
+    assert g.contrast_prompt("a red circle moving left") == "a red moving left"
+    assert g.contrast_prompt("a red moving left") == "a red moving left"
+    saved = g.contrast_guidance
+    try:
+        out = {}
+        for cg in (0.0, 5.0):
+            g.contrast_guidance = cg
+            out[cg] = (g.generate(_spec()), g.generate(_spec("a blue moving up")))
+    finally:
+        g.contrast_guidance = saved
+    assert not np.array_equal(out[0.0][0], out[5.0][0])
+    assert np.array_equal(out[0.0][1], out[5.0][1])
