@@ -162,7 +162,9 @@ def _tiny_generator(settings: ModelSettings, *, path: str | None = None) -> Vide
     from framebus.models.training import model_version, tiny_path
 
     file = Path(path) if path else tiny_path(settings, "tiny-generator")
-    return TinyVideoGenerator.load(file, version=model_version(file) if file.is_file() else None)
+    generator = TinyVideoGenerator.load(file, version=model_version(file) if file.is_file() else None)
+    generator.contrast_guidance = float(getattr(settings, "generate_contrast_guidance", generator.contrast_guidance))
+    return generator
 
 
 @register("generator", "diffusers-ltx")

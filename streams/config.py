@@ -184,6 +184,13 @@ class Settings(BaseSettings):
     generate_checkpoint_every: int = Field(
         2, ge=1, description="steps between checkpoints of a job's sampling state (a killed job resumes from the last)"
     )
+    generate_contrast_guidance: float = Field(
+        5.0,
+        ge=0,
+        le=50,
+        description="the tiny generator's shape-contrast guidance (0: off; it lifts shape accuracy but makes the "
+        "output moderation check flag more clips)",
+    )
     generate_preview_every: int = Field(4, ge=1, description="steps between preview frames on the progress topic")
     generate_queue: int = Field(
         8, ge=1, le=256, description="jobs a generation worker takes at once (queued by priority)"

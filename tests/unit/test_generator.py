@@ -331,3 +331,11 @@ def test_contrast_guidance_acts_only_through_the_shape_word(random_generator):
         g.contrast_guidance = saved
     assert not np.array_equal(out[0.0][0], out[5.0][0])
     assert np.array_equal(out[0.0][1], out[5.0][1])
+
+
+def test_the_contrast_guidance_setting_reaches_the_loaded_generator():
+    from framebus.models.registry import load_generator
+    from framebus.streams.config import Settings
+
+    assert load_generator(Settings(models="tiny", device="cpu")).contrast_guidance == 5.0
+    assert load_generator(Settings(models="tiny", device="cpu", generate_contrast_guidance=0)).contrast_guidance == 0.0
