@@ -57,15 +57,16 @@ def generation(
     from framebus.topics.errors import FramebusError
 
     settings = settings_or_exit(config, data_dir=data_dir, models=models)
+    if contrast is not None:  # through the setting the loader already reads, as the agent gets it
+        settings = settings.model_copy(update={"generate_contrast_guidance": float(contrast)})
     judges = settings.model_copy(update={"models": "tiny"})
     suite = ge.suite(prompts) + (ge.heldout_prompts() if heldout else [])
     seeds = [ge.EVAL_SEED_BASE + i for i in range(len(suite))]
     try:
         generator = load_generator(settings)
         captioner, embedder = load_captioner(judges), load_embedder(judges)
-        guidance = float(guidance if guidance is not None else getattr(generator, "default_guidance", 4.0))
-        if contrast is not None and hasattr(generator, "contrast_guidance"):
-            generator.contrast_guidance = float(contrast)
+        # a job that names no guidance gets the same (agents/generate.py)
+        guidance = float(guidance if guidance is not None else getattr(generator, "default_guidance", 3.0))
         err_console.print(f"generating {len(suite)} clips with {generator.info.name} {generator.info.version}...")
         clips: list = []
         result = ge.evaluate_generation(
