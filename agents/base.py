@@ -140,6 +140,10 @@ class Runtime(Protocol):
 
     async def in_model_thread(self, fn: Callable[..., T], *args: Any, task: str | None = None) -> T: ...
 
+    def preload(self, fn: Callable[[], Any]) -> None:
+        """Queue ``fn`` in the model thread now, not awaited (an agent's models, loaded while the worker
+        joins its group); model calls queued after it wait behind it."""
+
     async def in_prep_thread(self, fn: Callable[..., T], *args: Any) -> T: ...
 
     async def in_io_thread(self, fn: Callable[..., T], *args: Any) -> T: ...

@@ -224,21 +224,35 @@ class Generation:
         self.cancelled: dict[tuple[str, str], float] = {}
         self.seq = itertools.count()
         self._generator = None
+        self._generator_lock = threading.Lock()
 
     # --- models ----------------------------------------------------------------------------------
 
     @property
     def generator(self):
-        if self._generator is None:
-            from framebus.models.registry import create, load_generator
+        with self._generator_lock:  # warm() may be loading it in the model thread
+            if self._generator is None:
+                from framebus.models.registry import create, load_generator
 
-            if self.s.generator:  # a backend named in the settings, instead of the profile's
-                self._generator = create("generator", self.s.generator, self.s, **self.s.generator_options)
-            else:
-                self._generator = load_generator(self.s)
-            info = self._generator.info
-            log.warning("generate: model %s/%s ready", info.name, info.version)
-        return self._generator
+                if self.s.generator:  # a backend named in the settings, instead of the profile's
+                    self._generator = create("generator", self.s.generator, self.s, **self.s.generator_options)
+                else:
+                    self._generator = load_generator(self.s)
+                info = self._generator.info
+                log.warning("generate: model %s/%s ready", info.name, info.version)
+            return self._generator
+
+    def warm(self) -> None:
+        """Load the generator, and the moderator (with its embedder) when prompts or outputs are checked,
+        in the model thread while the worker joins its group, so the first job does not wait for them. A
+        model that cannot load is only logged here: each job then ends failed with its error code
+        (``models.weights_missing``), as without the warm-up."""
+        try:
+            _ = self.generator
+            if self.s.generate_prompt_check or self.s.generate_moderate_output:
+                _ = self.rt.moderator
+        except Exception as err:  # noqa: BLE001 - the jobs report it, with its code
+            log.warning("generate: models not loaded at start (%s); jobs will report it", type(err).__name__)
 
     @property
     def batchable(self) -> bool:
@@ -794,4 +808,5 @@ def register(rt: Runtime) -> Generation:
     # every worker sees every cancel (its own group): the job may run on any of them
     rt.stage("generate-cancel", registry.GENERATE_CANCEL, gen.on_cancel, batch_size=64, broadcast=True)
     rt.every(60.0, gen.sweep)
+    rt.preload(gen.warm)
     return gen

@@ -34,6 +34,41 @@ def feed_file(h: Any, path: Path) -> Any:
     return h
 
 
+def save_torch_atomic(obj: Any, out_path: Path) -> str:
+    """``torch.save`` ``obj`` to ``out_path`` atomically (a temporary file in the same folder renamed over
+    it, mode 0644); returns the file's sha256.
+
+    Serialised to memory first: torch names the archive inside the file after the file it is written to,
+    so saving straight to a temporary name (with a pid in it) would give other bytes, and another model
+    version, for the same weights.
+    """
+    import contextlib
+    import io
+    import os
+    import tempfile
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    data = buf.getvalue()
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600
+        os.replace(tmp, out_path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return hashlib.sha256(data).hexdigest()
+
+
 def file_digest(path: Path) -> str:
     """sha256 hex digest of a file (a checkpoint's version is its first 12 characters)."""
     return feed_file(hashlib.sha256(), Path(path)).hexdigest()

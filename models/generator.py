@@ -409,19 +409,13 @@ class TinyVideoModel:
         }
 
     def save(self, path: Path) -> None:
-        """Write to ``path`` atomically (a temp file renamed over it), weights as float16."""
-        import os
+        """Write to ``path`` atomically, weights as float16 (the same weights and meta, the same bytes)."""
+        from framebus.models.common import save_torch_atomic
 
-        import torch
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         state = self.state()
         for key in ("autoencoder", "text_encoder", "transformer"):  # float16 on disk: half the size
             state[key] = {k: v.half() if v.is_floating_point() else v for k, v in state[key].items()}
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        save_torch_atomic(state, Path(path))
 
     @classmethod
     def load(cls, path: Path) -> TinyVideoModel:

@@ -303,9 +303,9 @@ def save_head(
     logit_scale: Sequence[float] | None = None,
 ) -> Path:
     """Write a ``ClipHeadModerator`` file atomically (temp file + rename)."""
-    import os
-
     import torch
+
+    from framebus.models.common import save_torch_atomic
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -325,7 +325,5 @@ def save_head(
         blob["logit_scale"] = [
             float(v) for v in (logit_scale if logit_scale is not None else [1.0] * len(logit_offset))
         ]
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(blob, tmp)
-    os.replace(tmp, path)
+    save_torch_atomic(blob, path)
     return path

@@ -618,6 +618,11 @@ class Runtime:
         slack = MODEL_SLACK_S.get(task or "", 0.0)
         return await self._timed(lambda call: self.model_executor.submit(call, slack_s=slack), "model", fn, *args)
 
+    def preload(self, fn: Callable[[], Any]) -> None:
+        """Queue ``fn`` in the model thread now, not awaited (an agent's models, loaded while the worker
+        joins its group); model calls queued after it wait behind it."""
+        self.model_executor.submit(fn)
+
     async def in_prep_thread(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` in a preprocessing thread: CPU work for the model (frame decode, resize,
         normalise) that overlaps the batch in the model thread."""

@@ -31,11 +31,7 @@ Motion: frames are rendered with a motion trail and a direction-dependent positi
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from framebus.models.common import save_torch_atomic
 from framebus.models.openclip import TINY_CONFIG, TINY_SEED
 from framebus.models.training import deterministic_torch
 from framebus.models.world import RENDER_VERSION
@@ -182,37 +179,6 @@ def contrastive_loss(img, txt, logit_scale, pos, caption_idx, caption_cols, attr
     return loss, i2t, t2i
 
 
-def save_state_dict_atomic(state_dict: dict, out_path: Path) -> str:
-    """``torch.save`` ``state_dict`` to ``out_path`` atomically; returns the file's sha256.
-
-    Serialised to memory first: torch names the archive inside the file after the file it is
-    written to, so saving straight to a temporary name would give different bytes (and a different
-    model version) for the same weights.
-    """
-    import hashlib
-
-    import torch
-
-    buf = io.BytesIO()
-    torch.save(state_dict, buf)
-    data = buf.getvalue()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600
-        os.replace(tmp, out_path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return hashlib.sha256(data).hexdigest()
-
-
 def _prepare_data(preprocess, world_seed: int, frames_per_shot: int, max_shots: int | None):
     import torch
     from PIL import Image
@@ -336,7 +302,7 @@ def train_tiny_clip(
     if out_path is not None:
         from framebus.models.openclip import pack_tiny_state
 
-        sha = save_state_dict_atomic(pack_tiny_state(state, init_seed), Path(out_path))
+        sha = save_torch_atomic(pack_tiny_state(state, init_seed), Path(out_path))
     tail = losses[-10:] if losses else [float("nan")]
     return {
         "model": "tiny-clip",

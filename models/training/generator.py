@@ -112,9 +112,29 @@ RECIPE: dict[str, Any] = {
 }
 
 
-def render_clips(shots: list[Any], frames: int, fps: float, width: int, height: int, scale: int = 1) -> np.ndarray:
+def render_clips(
+    shots: list[Any], frames: int, fps: float, width: int, height: int, scale: int = 1, *, workers: int = 1
+) -> np.ndarray:
     """``(n, frames, height, width, 3)`` uint8: frame ``k`` of each shot at ``k / fps`` seconds, rendered at
-    ``scale`` x the size and box-filtered down."""
+    ``scale`` x the size and box-filtered down. ``workers`` > 1 splits the shots over that many processes
+    (the same bytes: each clip depends on its own spec only)."""
+    args = (frames, fps, width, height, scale)
+    workers = max(1, min(int(workers), len(shots) // 32))  # a process is worth it for dozens of clips
+    if workers == 1:
+        return _render_chunk(shots, *args)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    chunks = [shots[i::workers] for i in range(workers)]
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        parts = list(pool.map(_render_chunk, chunks, *([a] * workers for a in args)))
+    out = np.empty((len(shots), frames, height, width, 3), np.uint8)
+    for i, part in enumerate(parts):
+        out[i::workers] = part
+    return out
+
+
+def _render_chunk(shots: list[Any], frames: int, fps: float, width: int, height: int, scale: int) -> np.ndarray:
     from framebus.models.world import render_frame
 
     out = np.empty((len(shots), frames, height, width, 3), np.uint8)
@@ -173,7 +193,9 @@ def train_tiny_generator(
         cfg = GeneratorConfig.from_dict(r["model"])
         model = TinyVideoModel.fresh(cfg, seed=int(seed))
         shots = training_shots(r)
-        clips = render_clips(shots, cfg.frames, cfg.fps, cfg.width, cfg.height, int(r["render_scale"]))
+        clips = render_clips(
+            shots, cfg.frames, cfg.fps, cfg.width, cfg.height, int(r["render_scale"]), workers=int(r["threads"])
+        )
         video = torch.cat([frames_to_tensor(c) for c in clips])  # (n, 3, T, H, W)
         captions = [s.caption for s in shots]
         data_s = time.monotonic() - t_start
@@ -276,7 +298,9 @@ def train_tiny_generator(
             "steps": int(a["steps"]) + int(d["steps"]),
             "heldout_combos": [" ".join(c) for c in r["heldout_combos"]],
         }
-        model.meta = dict(stats)
+        # the file holds only what the recipe determines (timings stay in the returned stats and the
+        # sidecar): its bytes, and so its version, are the same for the same weights
+        model.meta = {k: v for k, v in stats.items() if not k.endswith("_seconds")}
         if out_path is not None:
             model.save(Path(out_path))
             from framebus.models.common import file_digest

@@ -326,7 +326,7 @@ def test_killed_worker_resumes_from_checkpoint(cluster: Cluster, backend: str):
     follow = Follower(cluster.settings)
     try:
         cluster.start("gen-a", "generate", **env)
-        steps = 40
+        steps = 24
         spec = {"prompt": "a blue circle moving up", "tenant": "default", "steps": steps, "seed": 5, **shape}
         killed = job_id("killed")
         send(cluster.settings, ev.GenerationRequest(job_id=killed, **spec))

@@ -294,6 +294,15 @@ def test_the_trainer_runs_end_to_end_on_a_reduced_recipe(tmp_path):
     assert generator.config == GeneratorConfig.from_dict(recipe["model"])
     clip = generator.generate(_spec(steps=2))
     assert clip.shape == (16, 48, 64, 3) and clip.dtype == np.uint8
+    # the file's bytes name the version: no timings in it, and the same bytes wherever it is saved
+    from framebus.models.common import file_digest
+    from framebus.models.generator import TinyVideoModel
+
+    model = TinyVideoModel.load(tmp_path / "g.pt")
+    assert not any(k.endswith("seconds") for k in model.meta)
+    model.save(tmp_path / "again" / "other-name.pt")
+    assert file_digest(tmp_path / "again" / "other-name.pt") == file_digest(tmp_path / "g.pt")
+    assert generator.info.version == stats["version"] == file_digest(tmp_path / "g.pt")[:12]
 
 
 def test_word_reliance_tells_a_used_word_from_an_ignored_one():

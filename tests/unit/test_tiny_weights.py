@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from framebus.models.common import file_digest
 from framebus.models.training import (
     SHIPPED_DIR,
     TRAINERS,
@@ -39,6 +40,8 @@ def test_the_shipped_weights_belong_to_the_current_recipes():
         assert stats["seed"] == 0
         assert tiny_path(settings, spec.name) == shipped
         assert os.path.getsize(shipped) < 5 * 1024 * 1024  # small enough to live in git
+        if shipped.suffix == ".pt":  # a checkpoint's version, as the sidecar gives it, is its bytes' digest
+            assert stats["version"] == file_digest(shipped)[:12], f"{spec.name}: sidecar version is stale"
     assert missing_models(settings) == []
 
 
