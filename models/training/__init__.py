@@ -5,7 +5,8 @@ Each model is one ``TrainSpec`` in ``TRAINERS``: a name, a file name, ``train(ou
 the models it is trained on top of (``depends``), a ``revision`` and the trainer module's ``RECIPE`` (every
 hyperparameter). Those, the training seed (``settings.train_seed``), the world's render version and the
 recipes of the models it depends on hash to the model's **recipe id**: same recipe id, same model (bit for
-bit on one torch build; the same quality on any, which the tests check under other seeds).
+bit with one torch build on one kind of CPU: other CPUs' kernels round floats differently; the same quality
+on any, which the tests check under other seeds).
 
 Where a model's file is (``TrainSpec.path``), first match wins:
 
@@ -84,7 +85,7 @@ class TrainSpec:
 def _train_clip(out_path: Path, settings: ModelSettings) -> dict[str, Any]:
     from framebus.models.training.clip import train_tiny_clip
 
-    # Always on CPU: the same checkpoint (bytes, version) on every machine with this torch build.
+    # Always on CPU: the same checkpoint (bytes, version) with this torch build on the same kind of CPU.
     return train_tiny_clip(out_path, device="cpu", seed=int(getattr(settings, "train_seed", 0)))
 
 

@@ -13,8 +13,10 @@ compositional generalisation), then trains, in order:
    latent cells weighed up), the caption replaced by the empty prompt ``cfg_dropout`` of the time
    (classifier-free guidance); the transformer's weights are an exponential moving average.
 
-Deterministic for a seed on one torch build (fixed thread count, ``torch.use_deterministic_algorithms``,
-every random draw from a seeded generator). Writes ``out_path`` atomically.
+Deterministic for a seed with one torch build on one kind of CPU (fixed thread count,
+``torch.use_deterministic_algorithms``, every random draw from a seeded generator; another CPU's kernels
+round floats differently, and its weights differ). Writes ``out_path`` atomically, with no timings in it:
+the same weights, the same bytes.
 """
 
 from __future__ import annotations
